@@ -1,0 +1,60 @@
+"""weightnorm: weight normalization (Salimans & Kingma, 2016) for PyTorch, done right.
+
+``w = g * v / ||v||`` with exact gradients, for any parameter of any module, with the paper's
+data-dependent initialization and mean-only batch normalization.
+
+Example::
+
+    >>> import torch, weightnorm as wn
+    >>> net = wn.apply_weight_norm(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU()))
+    >>> net[0].weight_g.shape
+    torch.Size([8, 1])
+"""
+
+from __future__ import annotations
+
+from . import functional
+from ._errors import WeightNormError
+from ._model import DEFAULT_LAYERS, apply_weight_norm, fold, replace_torch_weight_norm
+from ._reparam import (
+    WeightNormSpec,
+    default_dim,
+    is_weight_normed,
+    remove_weight_norm,
+    weight_norm,
+    weight_norm_specs,
+)
+from .layers import (
+    WNConv1d,
+    WNConv2d,
+    WNConv3d,
+    WNConvTranspose1d,
+    WNConvTranspose2d,
+    WNConvTranspose3d,
+    WNLinear,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_LAYERS",
+    "WNConv1d",
+    "WNConv2d",
+    "WNConv3d",
+    "WNConvTranspose1d",
+    "WNConvTranspose2d",
+    "WNConvTranspose3d",
+    "WNLinear",
+    "WeightNormError",
+    "WeightNormSpec",
+    "__version__",
+    "apply_weight_norm",
+    "default_dim",
+    "fold",
+    "functional",
+    "is_weight_normed",
+    "remove_weight_norm",
+    "replace_torch_weight_norm",
+    "weight_norm",
+    "weight_norm_specs",
+]

@@ -1,0 +1,180 @@
+"""Whole-model operations: apply weight norm everywhere, fold it away, migrate from PyTorch's."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from . import functional as F
+from ._errors import WeightNormError
+from ._reparam import (
+    PerOutput,
+    remove_weight_norm,
+    weight_norm,
+    weight_norm_specs,
+)
+from ._torch_compat import find_torch_weight_norms, take_apart
+
+__all__ = ["DEFAULT_LAYERS", "apply_weight_norm", "fold", "replace_torch_weight_norm"]
+
+M = TypeVar("M", bound=nn.Module)
+
+#: Layer types normalized by :func:`apply_weight_norm` by default (their ``weight``).
+DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+def _recurrent_weight_names(module: nn.RNNBase) -> list[str]:
+    return [n for n in module._flat_weights_names if n.startswith("weight_")]
+
+
+def _targets(
+    model: nn.Module,
+    layers: tuple[type[nn.Module], ...],
+    embedding: bool,
+    recurrent: bool,
+    exclude: tuple[str | type[nn.Module], ...],
+) -> Iterator[tuple[str, nn.Module, str]]:
+    patterns = [e for e in exclude if isinstance(e, str)]
+    types = tuple(e for e in exclude if isinstance(e, type))
+    for qualname, module in model.named_modules():
+        if types and isinstance(module, types):
+            continue
+        if any(fnmatch.fnmatchcase(qualname, p) for p in patterns):
+            continue
+        names: list[str] = []
+        if isinstance(module, layers) or (embedding and isinstance(module, nn.Embedding)):
+            names = ["weight"]
+        elif recurrent and isinstance(module, nn.RNNBase):
+            names = _recurrent_weight_names(module)
+        torch_normed = {f.name for f in find_torch_weight_norms(module)} if names else set()
+        for name in names:
+            if (
+                module._parameters.get(name) is not None
+                or name in weight_norm_specs(module)
+                or name in torch_normed
+            ):
+                yield qualname, module, name
+
+
+def apply_weight_norm(
+    model: M,
+    *,
+    layers: Iterable[type[nn.Module]] = DEFAULT_LAYERS,
+    embedding: bool = False,
+    recurrent: bool = False,
+    exclude: Iterable[str | type[nn.Module]] = (),
+    dim: int | PerOutput | None = "output",
+    eps: float = F.DEFAULT_EPS,
+) -> M:
+    """Weight-normalize every supported layer of ``model`` in place and return it.
+
+    Layers already normalized by this library are left as they are, so a second call changes
+    nothing. Layers carrying PyTorch's weight norm raise: convert those with
+    :func:`replace_torch_weight_norm`.
+
+    Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016.
+
+    Args:
+        model (nn.Module): the model.
+        layers (iterable of types, optional): layer types whose ``weight`` is normalized.
+            Default: :data:`DEFAULT_LAYERS` (Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d).
+        embedding (bool, optional): also ``nn.Embedding`` weights (one g per embedding row).
+            Default: ``False``.
+        recurrent (bool, optional): also every ``weight_ih_l*``/``weight_hh_l*`` (and
+            ``weight_hr_l*``) of ``nn.RNN``/``nn.LSTM``/``nn.GRU``, one g per gate row.
+            Default: ``False``.
+        exclude (iterable of str or type, optional): modules to skip, by qualified name
+            (``fnmatch`` patterns such as ``"head.*"``) or by type. Default: none.
+        dim, eps: as in :func:`weightnorm.weight_norm`.
+
+    Returns:
+        The same model.
+
+    Example::
+
+        >>> import torch, weightnorm as wn
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> net = wn.apply_weight_norm(net, exclude=["2"])
+        >>> wn.is_weight_normed(net[0]), wn.is_weight_normed(net[2])
+        (True, False)
+    """
+    excluded = tuple(exclude)
+    for item in excluded:
+        if not isinstance(item, (str, type)):
+            raise WeightNormError(
+                f"exclude takes module names (str) or types, got {type(item).__name__} {item!r}"
+            )
+    layer_types = tuple(layers)
+    for qualname, module, name in list(
+        _targets(model, layer_types, embedding, recurrent, excluded)
+    ):
+        if name in weight_norm_specs(module):
+            continue
+        if any(f.name == name for f in find_torch_weight_norms(module)):
+            raise WeightNormError(
+                f"{qualname or 'the model'}.{name} carries torch's weight norm; convert the model "
+                "with wn.replace_torch_weight_norm(model) first"
+            )
+        weight_norm(module, name, dim=dim, eps=eps)
+    return model
+
+
+def fold(model: M) -> M:
+    """Remove every weight norm in ``model``, ours and both of PyTorch's, in place.
+
+    Every normalized parameter becomes a plain ``nn.Parameter`` holding ``g * v / ||v||`` (also
+    under ``torch.no_grad()``/``torch.inference_mode()``), the modules get their original
+    classes back, and the model runs, exports and trains like one that never had weight norm.
+
+    Example::
+
+        >>> import torch, weightnorm as wn
+        >>> theirs = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(4, 4, 1))
+        >>> net = torch.nn.Sequential(wn.WNConv1d(1, 4, 3), theirs)
+        >>> [type(m).__name__ for m in wn.fold(net)]
+        ['Conv1d', 'Conv1d']
+    """
+    for module in list(model.modules()):
+        for name in weight_norm_specs(module):
+            remove_weight_norm(module, name)
+        for found in find_torch_weight_norms(module):
+            take_apart(module, found)
+    return model
+
+
+def replace_torch_weight_norm(model: M) -> M:
+    """Turn every PyTorch weight norm in ``model`` into ours, in place, with identical outputs.
+
+    Handles ``torch.nn.utils.weight_norm`` (hooks) and
+    ``torch.nn.utils.parametrizations.weight_norm``. ``g`` and ``v`` keep their values exactly
+    and their dim (torch's ``dim`` is kept, so a ConvTranspose normalized per input channel stays
+    so); ``v`` stays the same Parameter object. Afterwards ``copy.deepcopy``, pickling and
+    ``module.weight`` outside ``forward`` work.
+
+    Example::
+
+        >>> import torch, weightnorm as wn
+        >>> conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(2, 2, 3))
+        >>> wn.is_weight_normed(wn.replace_torch_weight_norm(conv))
+        True
+    """
+    for module in list(model.modules()):
+        for found in find_torch_weight_norms(module):
+            g = take_apart(module, found, fold=False)  # the plain parameter now holds v
+            weight_norm(module, found.name, dim=found.dim)
+            own_g = module._parameters[found.name + "_g"]
+            with torch.no_grad():
+                own_g.copy_(g.reshape(own_g.shape))  # type: ignore[union-attr]
+    return model

@@ -1,0 +1,535 @@
+"""Weight normalization of any parameter of any module.
+
+How it works. ``weight_norm(module, "weight")`` replaces the parameter ``weight`` by two
+parameters, ``weight_g`` (magnitude) and ``weight_v`` (direction; the *same* Parameter object that
+was ``weight``, so an optimizer built before keeps a handle on it), and switches the module's class
+to a subclass that adds one property, ``weight``, computing ``g * v / ||v||`` on every read. There
+are no hooks: the weight is current everywhere, inside and outside ``forward``, and the training
+step runs nothing but the math. The subclass is cached per original class and pickles as the
+original class plus the list of normalized names, so ``copy.deepcopy``, ``pickle`` and
+``torch.save(model)`` work. Removing the last weight norm restores the original class.
+
+The layer classes (``WNLinear`` ...) are this same mechanism with the property declared on the
+class; folding them gives back the plain ``torch.nn`` class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar, cast
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+from ._errors import WeightNormError
+from ._torch_compat import find_torch_weight_norms
+
+__all__ = [
+    "PerOutput",
+    "WeightNormSpec",
+    "default_dim",
+    "is_weight_normed",
+    "remove_weight_norm",
+    "weight_norm",
+    "weight_norm_specs",
+]
+
+M = TypeVar("M", bound=nn.Module)
+
+#: The default ``dim``: one g per output unit of the layer (see :func:`default_dim`).
+PerOutput = Literal["output"]
+
+_SPECS = "_wn_specs"  # module.__dict__[_SPECS]: dict[str, WeightNormSpec]
+_LAST = "_wn_last"  # module.__dict__[_LAST]: dict[str, (w handed out last, its version)]
+_EMPTY: dict[str, WeightNormSpec] = {}
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class WeightNormSpec:
+    """How one parameter is normalized: the unit ``dim`` (non-negative or ``None``), ``eps``, and
+    ``groups`` (> 1 only for a grouped transposed convolution, see :mod:`weightnorm.functional`)."""
+
+    dim: int | None
+    eps: float = F.DEFAULT_EPS
+    groups: int = 1
+
+
+# --------------------------------------------------------------------------------------------
+# The property and the class machinery
+# --------------------------------------------------------------------------------------------
+
+
+def _compute(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
+    params = module._parameters
+    v = params[name + "_v"]
+    g = params[name + "_g"]
+    return F.weight_norm(v, g, spec.dim, spec.eps, groups=spec.groups)  # type: ignore[arg-type]
+
+
+def _current_weight(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
+    if torch.compiler.is_compiling():  # no Python-side bookkeeping inside a traced graph
+        return _compute(module, name, spec)
+    last = module.__dict__.get(_LAST)
+    if last is None:
+        last = module.__dict__[_LAST] = {}
+    entry = last.get(name)
+    if entry is not None and entry[0]._version != entry[1]:
+        # the w handed out last was changed in place (``nn.init.*_``): make it the new weight
+        _set_weight(module, name, spec, entry[0])
+    w = _compute(module, name, spec)
+    if w.is_inference():
+        last.pop(name, None)
+    else:
+        last[name] = (w, w._version)
+    return w
+
+
+def _sync(module: nn.Module) -> None:
+    """Write back any in-place change made to a weight handed out earlier."""
+    last = module.__dict__.get(_LAST)
+    if not last:
+        return
+    specs = weight_norm_specs(module)
+    for name, (w, version) in list(last.items()):
+        if name in specs and w._version != version:
+            _set_weight(module, name, specs[name], w)
+    last.clear()
+
+
+def _set_weight(module: nn.Module, name: str, spec: WeightNormSpec, value: Any) -> None:
+    """Make ``value`` the weight: ``g = ||value||``, ``v = value`` (in place: objects are kept)."""
+    v = cast(nn.Parameter, module._parameters[name + "_v"])
+    g = cast(nn.Parameter, module._parameters[name + "_g"])
+    if not isinstance(value, Tensor) or value.shape != v.shape:
+        got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+        raise WeightNormError(
+            f"{type(module).__name__}.{name} is weight-normalized: it can be assigned a tensor of "
+            f"shape {tuple(v.shape)}, got {got}"
+        )
+    with torch.no_grad():
+        src = value.detach()
+        g.copy_(F.norm_except_dim(src, spec.dim, groups=spec.groups).reshape(g.shape))
+        v.copy_(src)
+    module.__dict__.get(_LAST, {}).pop(name, None)
+
+
+def _make_property(name: str) -> property:
+    def fget(self: nn.Module) -> Any:
+        spec = self.__dict__.get(_SPECS, _EMPTY).get(name)
+        if spec is None:  # a WN* layer before (or after) its weight norm: a plain parameter
+            return nn.Module.__getattr__(self, name)
+        return _current_weight(self, name, spec)
+
+    def fset(self: nn.Module, value: Any) -> None:
+        spec = self.__dict__.get(_SPECS, _EMPTY).get(name)
+        if spec is None:
+            raise AttributeError(f"cannot set {name!r} on {type(self).__name__} to {value!r}")
+        _set_weight(self, name, spec, value)
+
+    return property(
+        fget, fset, doc=f"``{name}`` computed as ``g * v / ||v||`` from ``{name}_g``, ``{name}_v``."
+    )
+
+
+class _WeightNormMixin:
+    """Behaviour shared by every weight-normalized module class (dynamic or ``WN*``)."""
+
+    _wn_props: ClassVar[frozenset[str]] = frozenset()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        spec = self.__dict__.get(_SPECS, _EMPTY).get(name)
+        if spec is not None:
+            _set_weight(cast(nn.Module, self), name, spec, value)
+            return
+        super().__setattr__(name, value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        parent = getattr(super(), "__getstate__", None)
+        state = dict(parent() if parent is not None else self.__dict__)
+        state.pop(_LAST, None)  # handed-out tensors are not part of the module
+        flat = state.get("_flat_weights")
+        if flat is not None:  # an RNN caches computed weights (non-leaf: deepcopy refuses them);
+            # store v in their place, a leaf whose identity tells the RNN to refresh its cache
+            names = state["_flat_weights_names"]
+            specs = self.__dict__.get(_SPECS, _EMPTY)
+            params = self.__dict__["_parameters"]
+            state["_flat_weights"] = [
+                params[n + "_v"] if n in specs else w for n, w in zip(names, flat, strict=True)
+            ]
+        return state
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        _sync(cast(nn.Module, self))
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        module = cast(nn.Module, self)
+        for name, spec in weight_norm_specs(module).items():
+            _accept_other_formats(module, state_dict, prefix, name, spec)
+        module.__dict__.pop(_LAST, None)
+        super()._load_from_state_dict(  # type: ignore[misc]
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
+        module = cast(nn.Module, self)
+        specs = weight_norm_specs(module)
+        before = {n: module._parameters[n + "_g"].detach() for n in specs}  # type: ignore[union-attr]
+        out = super()._apply(fn, recurse)  # type: ignore[misc]
+        for name, old_g in before.items():
+            g = cast(nn.Parameter, module._parameters[name + "_g"])
+            v = cast(nn.Parameter, module._parameters[name + "_v"])
+            if v.dtype in _LOW_PRECISION and g.dtype in _LOW_PRECISION:
+                # keep g in float32: a half-precision g cannot take small updates
+                g.data = old_g.to(device=g.device, dtype=torch.float32)
+        module.__dict__.pop(_LAST, None)
+        return out
+
+    def extra_repr(self) -> str:
+        base = super().extra_repr()  # type: ignore[misc]
+        specs = self.__dict__.get(_SPECS, _EMPTY)
+        if not specs:
+            return cast(str, base)
+        parts = [
+            f"{n}(dim={s.dim}{', groups=' + str(s.groups) if s.groups > 1 else ''})"
+            for n, s in specs.items()
+        ]
+        return (
+            f"{base}, weight_norm=[{', '.join(parts)}]"
+            if base
+            else f"weight_norm=[{', '.join(parts)}]"
+        )
+
+
+def _rebuild(root: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
+    """Unpickling entry point: an empty instance of the weight-normed subclass of ``root``."""
+    cls = _normed_class(root, frozenset(names))
+    return cast(nn.Module, object.__new__(cls))
+
+
+def _dynamic_reduce_ex(self: nn.Module, protocol: Any) -> Any:
+    cls = type(self)
+    state = self.__getstate__()  # type: ignore[attr-defined,no-untyped-call]
+    return (_rebuild, (cls._wn_root, tuple(sorted(cls._wn_props))), state)  # type: ignore[attr-defined]
+
+
+_CLASSES: dict[tuple[type, frozenset[str]], type] = {}
+
+
+def _root_class(cls: type) -> type:
+    return cast(type, cls.__dict__.get("_wn_root", cls))
+
+
+def _normed_class(root: type, names: frozenset[str]) -> type:
+    """The class for an instance of ``root`` whose parameters ``names`` are weight-normed."""
+    if not names:
+        return cast(type, root.__dict__.get("_wn_plain", root))
+    have: frozenset[str] = getattr(root, "_wn_props", frozenset())
+    missing = names - have
+    if not missing:
+        return root
+    key = (root, missing)
+    cls = _CLASSES.get(key)
+    if cls is None:
+        bases = (root,) if issubclass(root, _WeightNormMixin) else (_WeightNormMixin, root)
+        namespace: dict[str, Any] = {n: _make_property(n) for n in sorted(missing)}
+        namespace.update(
+            _wn_root=root,
+            _wn_props=have | missing,
+            __reduce_ex__=_dynamic_reduce_ex,
+            __module__=root.__module__,
+            __doc__=root.__doc__,
+        )
+        cls = type(f"WeightNormed{root.__name__}", bases, namespace)
+        _CLASSES[key] = cls
+    return cls
+
+
+def _set_specs(module: nn.Module, specs: dict[str, WeightNormSpec]) -> None:
+    root = _root_class(type(module))
+    module.__dict__[_SPECS] = specs
+    module.__dict__.pop(_LAST, None)
+    module.__class__ = _normed_class(root, frozenset(specs))
+
+
+def weight_norm_specs(module: nn.Module) -> dict[str, WeightNormSpec]:
+    """The weight norms of ``module`` itself, by parameter name (a copy).
+
+    Example::
+
+        >>> import torch, weightnorm as wn
+        >>> wn.weight_norm_specs(wn.weight_norm(torch.nn.Linear(3, 2)))
+        {'weight': WeightNormSpec(dim=0, eps=1e-12, groups=1)}
+    """
+    return dict(module.__dict__.get(_SPECS, _EMPTY))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading checkpoints written in other formats
+# --------------------------------------------------------------------------------------------
+
+
+def _accept_other_formats(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, name: str, spec: WeightNormSpec
+) -> None:
+    """Rewrite, in the (copied) ``state_dict`` given to ``load_state_dict``, the keys of ``name``.
+
+    Accepts torch's parametrize keys, a plain ``<name>``, and a g that was normalized along a
+    different dim (torch's ``dim=0`` default on a ConvTranspose): those are folded to ``w`` and
+    re-split along this module's dim, so the loaded layer computes the same weight.
+    """
+    kg, kv = prefix + name + "_g", prefix + name + "_v"
+    p0 = prefix + "parametrizations." + name + ".original0"
+    p1 = prefix + "parametrizations." + name + ".original1"
+    if kg not in state_dict and kv not in state_dict:
+        if p0 in state_dict and p1 in state_dict:
+            state_dict[kg] = state_dict.pop(p0)
+            state_dict[kv] = state_dict.pop(p1)
+        elif prefix + name in state_dict:
+            w = state_dict.pop(prefix + name)
+            if isinstance(w, Tensor):
+                state_dict[kg] = F.norm_except_dim(w, spec.dim, groups=spec.groups)
+            state_dict[kv] = w
+            return
+        else:
+            return
+    g, v = state_dict.get(kg), state_dict.get(kv)
+    own_g = module._parameters[name + "_g"]
+    if not isinstance(g, Tensor) or not isinstance(v, Tensor) or own_g is None:
+        return
+    if g.shape == own_g.shape:
+        return
+    if g.numel() == 1 and own_g.numel() == 1:  # torch's whole-tensor g is 0-d, ours keeps dims
+        state_dict[kg] = g.reshape(own_g.shape)
+        return
+    source_dim = _dim_of_g(g, v)
+    if source_dim is False:
+        return  # let load_state_dict report the size mismatch
+    with torch.no_grad():
+        w = F.weight_norm(v, g, source_dim)
+        state_dict[kg] = F.norm_except_dim(w, spec.dim, groups=spec.groups)
+        state_dict[kv] = w
+
+
+def _dim_of_g(g: Tensor, v: Tensor) -> int | Literal[False] | None:
+    """The dim along which ``g`` was computed for ``v``, from its keep-dim shape; False if none."""
+    if g.numel() == 1:
+        return None
+    for d in range(v.ndim):
+        if g.shape == F.g_shape(v.shape, d):
+            return d
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Public API: one module, one parameter
+# --------------------------------------------------------------------------------------------
+
+
+def default_dim(module: nn.Module, name: str = "weight") -> tuple[int, int]:
+    """The per-output-unit ``(dim, groups)`` for parameter ``name`` of ``module``.
+
+    ``0`` for Linear, Conv, Embedding and recurrent weights (rows are output units). A
+    ConvTranspose weight is laid out ``(in, out/groups, *kernel)``: its output units run along
+    dim 1, and with ``groups > 1`` each output channel's vector is a slice of its group's rows.
+
+    Example::
+
+        >>> import torch
+        >>> default_dim(torch.nn.ConvTranspose1d(4, 6, 3))
+        (1, 1)
+    """
+    if name == "weight" and isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return 1, int(module.groups)
+    return 0, 1
+
+
+def _describe(module: nn.Module) -> str:
+    return _root_class(type(module)).__name__
+
+
+def weight_norm(
+    module: M,
+    name: str = "weight",
+    dim: int | PerOutput | None = "output",
+    eps: float = F.DEFAULT_EPS,
+) -> M:
+    r"""Weight-normalize parameter ``name`` of ``module`` in place and return the module.
+
+    .. math::
+        \mathbf{w} = \frac{g}{\|\mathbf{v}\|}\,\mathbf{v}
+
+    The parameter is replaced by ``<name>_g`` (one magnitude per unit, kept in float32 for
+    half-precision weights) and ``<name>_v`` (the direction: the same Parameter object that was
+    ``<name>``). ``module.<name>`` stays readable at any time and is always current. Outputs are
+    unchanged: ``g`` starts at ``||w||`` and ``v`` at ``w``.
+
+    Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2.
+
+    Args:
+        module (nn.Module): the module to change.
+        name (str, optional): the parameter. Default: ``"weight"``.
+        dim (int, None or "output", optional): the unit dimension. ``"output"`` is one unit per
+            output unit of the layer, ConvTranspose included (see :func:`default_dim`); an int
+            keeps PyTorch's meaning except that negative values count from the end; ``None``
+            normalizes the whole tensor. Default: ``"output"``.
+        eps (float, optional): lower bound on ``||v||``. Default: ``1e-12``.
+
+    Returns:
+        The same module.
+
+    Raises:
+        WeightNormError: unknown, ``None``, non-floating or uninitialized (lazy) parameter, a
+            parameter already normalized (by us or by PyTorch), or ``dim`` out of range.
+
+    Example::
+
+        >>> import torch, weightnorm as wn
+        >>> conv = wn.weight_norm(torch.nn.Conv1d(4, 8, 3))
+        >>> sorted(n for n, _ in conv.named_parameters())
+        ['bias', 'weight_g', 'weight_v']
+        >>> conv.weight_g.shape
+        torch.Size([8, 1, 1])
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(module).__name__}")
+    kind = _describe(module)
+    specs = weight_norm_specs(module)
+    if name in specs:
+        raise WeightNormError(
+            f"{kind}.{name} is already weight-normalized; call wn.remove_weight_norm(module, "
+            f"{name!r}) first to change its settings"
+        )
+    for found in find_torch_weight_norms(module):
+        if found.name == name:
+            raise WeightNormError(
+                f"{kind}.{name} already carries torch's {found.kind} weight norm; convert it with "
+                "wn.replace_torch_weight_norm(model), or remove it with wn.fold(module)"
+            )
+    if name not in module._parameters:
+        available = ", ".join(module._parameters) or "none"
+        raise WeightNormError(
+            f"{kind} has no parameter {name!r}; expected one of its own parameters: {available}"
+        )
+    param = module._parameters[name]
+    if param is None:
+        raise WeightNormError(f"{kind}.{name} is None; expected a tensor to normalize")
+    if isinstance(param, nn.parameter.UninitializedParameter):
+        raise WeightNormError(
+            f"{kind}.{name} is uninitialized (a lazy module); run one forward pass to give it "
+            "a shape, then apply weight norm"
+        )
+    if not param.is_floating_point():
+        raise WeightNormError(f"{kind}.{name} has dtype {param.dtype}; expected a floating dtype")
+    for suffix in ("_g", "_v"):
+        if hasattr(module, name + suffix):
+            raise WeightNormError(f"{kind} already has an attribute {name + suffix!r}")
+    if eps < 0:
+        raise WeightNormError(f"eps must be >= 0, got {eps}")
+    if dim == "output":
+        unit_dim, groups = default_dim(module, name)
+        if param.ndim == 0:
+            unit_dim = None  # type: ignore[assignment]
+    elif dim is None or (isinstance(dim, int) and not isinstance(dim, bool)):
+        try:
+            unit_dim, groups = F.normalize_dim(dim, param.ndim), 1  # type: ignore[assignment]
+        except IndexError as err:
+            raise WeightNormError(f"{kind}.{name} has shape {tuple(param.shape)}: {err}") from None
+    else:
+        raise WeightNormError(f"dim must be an int, None or 'output', got {dim!r}")
+    spec = WeightNormSpec(dim=unit_dim, eps=float(eps), groups=groups)
+
+    with torch.no_grad():
+        norm = F.norm_except_dim(param.detach(), spec.dim, groups=spec.groups)
+    g_dtype = torch.float32 if param.dtype in _LOW_PRECISION else param.dtype
+    g = nn.Parameter(norm.to(g_dtype), requires_grad=param.requires_grad)
+    _rename_parameter(module, name, {name + "_g": g, name + "_v": param})
+    specs[name] = spec
+    _set_specs(module, specs)
+    return module
+
+
+def _rename_parameter(module: nn.Module, old: str, new: dict[str, nn.Parameter]) -> None:
+    """Replace ``old`` in ``module._parameters`` by the entries of ``new``, keeping the order."""
+    items = list(module._parameters.items())
+    module._parameters.clear()
+    for key, value in items:
+        if key == old:
+            module._parameters.update(new)
+        else:
+            module._parameters[key] = value
+
+
+def remove_weight_norm(module: M, name: str = "weight") -> M:
+    r"""Fold the weight norm of ``name`` back into a plain parameter and return the module.
+
+    The parameter ``<name>`` becomes an ``nn.Parameter`` holding the current ``g * v / ||v||``,
+    also under ``torch.no_grad()`` and ``torch.inference_mode()``. It is the same Parameter
+    object as ``<name>_v`` was, so an optimizer built on the normalized module keeps training it.
+    When the module carries no weight norm any more its class is the original one again
+    (``WNConv1d`` folds to ``nn.Conv1d``).
+
+    Args:
+        module (nn.Module): a module with a weight norm on ``name`` (ours; for PyTorch's use
+            :func:`weightnorm.fold`).
+        name (str, optional): the parameter. Default: ``"weight"``.
+
+    Returns:
+        The same module.
+
+    Raises:
+        WeightNormError: ``name`` is not weight-normalized by this library.
+
+    Example::
+
+        >>> import torch, weightnorm as wn
+        >>> lin = wn.remove_weight_norm(wn.weight_norm(torch.nn.Linear(3, 2)))
+        >>> type(lin) is torch.nn.Linear, isinstance(lin.weight, torch.nn.Parameter)
+        (True, True)
+    """
+    specs = weight_norm_specs(module)
+    if name not in specs:
+        hint = ""
+        if any(f.name == name for f in find_torch_weight_norms(module)):
+            hint = " (it carries torch's weight norm: use wn.fold(module))"
+        normed = ", ".join(specs) or "none"
+        raise WeightNormError(
+            f"{_describe(module)}.{name} is not weight-normalized{hint}; weight-normalized "
+            f"parameters of this module: {normed}"
+        )
+    _sync(module)
+    spec = specs.pop(name)
+    v = cast(nn.Parameter, module._parameters[name + "_v"])
+    with torch.no_grad():
+        w = _compute(module, name, spec)
+        v.copy_(w)
+    del module._parameters[name + "_v"]
+    _rename_parameter(module, name + "_g", {name: v})
+    _set_specs(module, specs)
+    return module
+
+
+def is_weight_normed(module: nn.Module, name: str = "weight") -> bool:
+    """Whether parameter ``name`` of ``module`` carries this library's weight norm.
+
+    PyTorch's own weight norms are not counted; :func:`weightnorm.fold` removes those too.
+
+    Example::
+
+        >>> import torch, weightnorm as wn
+        >>> wn.is_weight_normed(wn.WNLinear(2, 2)), wn.is_weight_normed(torch.nn.Linear(2, 2))
+        (True, False)
+    """
+    return name in module.__dict__.get(_SPECS, _EMPTY)

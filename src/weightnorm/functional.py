@@ -1,0 +1,235 @@
+"""Pure tensor math of weight normalization.
+
+Nothing here knows about modules: these functions take tensors and return tensors, so they can be
+used inside any model, under ``torch.func`` transforms, ``torch.compile`` and ``torch.export``.
+
+Reference: T. Salimans and D. P. Kingma, "Weight Normalization: A Simple Reparameterization to
+Accelerate Training of Deep Neural Networks", NeurIPS 2016 (arXiv:1602.07868), sections 2 and 4.
+
+Conventions
+-----------
+``dim`` names the dimension that indexes the normalized *units* (one scalar ``g`` per index), as in
+:func:`torch.nn.utils.parametrizations.weight_norm`: ``dim=0`` normalizes each row of a Linear
+weight. ``dim=None`` normalizes the whole tensor as one vector. Unlike PyTorch, a negative ``dim``
+counts from the end (``-1`` is the last dimension, not "the whole tensor").
+
+``groups > 1`` describes a grouped transposed convolution, whose weight has the layout
+``(in_channels, out_channels // groups, *kernel)``: output channel ``j`` of group ``k`` is fed
+only by the input rows of group ``k``. The weight is viewed as
+``(groups, in_channels // groups, out_channels // groups, *kernel)`` and normalized per
+``(group, column)``, so ``g`` has shape ``(groups, 1, out_channels // groups, 1, ...)``; flattened,
+it is ordered like the output channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_EPS",
+    "g_shape",
+    "mean_only_batch_norm",
+    "norm_except_dim",
+    "normalize_dim",
+    "weight_norm",
+]
+
+#: Lower bound on ``||v||`` in the division: a zero ``v`` gives ``w = 0`` and finite gradients.
+DEFAULT_EPS = 1e-12
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def normalize_dim(dim: int | None, ndim: int) -> int | None:
+    """Return ``dim`` as a non-negative index into a tensor of rank ``ndim`` (``None`` stays).
+
+    Raises:
+        IndexError: ``dim`` is outside ``[-ndim, ndim)``.
+        TypeError: ``dim`` is neither an ``int`` nor ``None``.
+
+    Example::
+
+        >>> normalize_dim(-1, 3)
+        2
+    """
+    if dim is None:
+        return None
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int or None, got {type(dim).__name__} {dim!r}")
+    if ndim == 0:
+        raise IndexError(f"dim={dim} given for a 0-dimensional tensor; use dim=None")
+    if not -ndim <= dim < ndim:
+        raise IndexError(
+            f"dim out of range: expected an int in [{-ndim}, {ndim - 1}] for a {ndim}-dimensional "
+            f"weight (or None for the whole tensor), got {dim}"
+        )
+    return dim % ndim
+
+
+def _grouped_view(v: Tensor, groups: int) -> Tensor:
+    if v.ndim < 2 or v.shape[0] % groups != 0:
+        raise ValueError(
+            f"groups={groups} needs a weight of rank >= 2 whose first dimension is divisible by "
+            f"groups, got shape {tuple(v.shape)}"
+        )
+    return v.reshape(groups, v.shape[0] // groups, *v.shape[1:])
+
+
+def _reduce_dims(ndim: int, dim: int | None, groups: int) -> list[int]:
+    if groups > 1:
+        kept = {0, (dim if dim is not None else 1) + 1}
+        return [d for d in range(ndim + 1) if d not in kept]
+    if dim is None:
+        return list(range(ndim))
+    return [d for d in range(ndim) if d != dim]
+
+
+def g_shape(
+    weight_shape: torch.Size | tuple[int, ...], dim: int | None, groups: int = 1
+) -> tuple[int, ...]:
+    """Shape of ``g`` for a weight of ``weight_shape`` normalized over units along ``dim``.
+
+    Example::
+
+        >>> g_shape((8, 3, 5), dim=0)
+        (8, 1, 1)
+        >>> g_shape((6, 4, 3), dim=1, groups=2)
+        (2, 1, 4, 1)
+    """
+    shape = tuple(weight_shape)
+    if groups > 1:
+        dim = 1 if dim is None else dim
+        return (groups, 1, *(s if d == dim else 1 for d, s in enumerate(shape[1:], start=1)))
+    if dim is None:
+        return (1,) * len(shape)
+    return tuple(s if d == dim else 1 for d, s in enumerate(shape))
+
+
+def norm_except_dim(v: Tensor, dim: int | None = 0, *, groups: int = 1) -> Tensor:
+    r"""Compute the Euclidean norm of every unit of ``v``, keeping the shape of ``g``.
+
+    Half-precision inputs are accumulated and returned in float32.
+
+    Args:
+        v (Tensor): the direction tensor.
+        dim (int or None, optional): the unit dimension (see the module docstring). Default: ``0``.
+        groups (int, optional): groups of a grouped transposed convolution. Default: ``1``.
+
+    Returns:
+        A tensor of shape :func:`g_shape` ``(v.shape, dim, groups)``.
+
+    Example::
+
+        >>> norm_except_dim(torch.tensor([[3.0, 4.0], [0.0, 1.0]]), 0).flatten().tolist()
+        [5.0, 1.0]
+    """
+    dim = normalize_dim(dim, v.ndim) if groups == 1 else dim
+    dtype = torch.float32 if v.dtype in _LOW_PRECISION else None
+    x = _grouped_view(v, groups) if groups > 1 else v
+    dims = _reduce_dims(v.ndim, dim, groups)
+    if not dims:  # a 1-D weight normalized per element: the norm is the absolute value
+        return x.abs() if dtype is None else x.abs().to(dtype)
+    norm: Tensor = torch.linalg.vector_norm(x, 2, dim=dims, keepdim=True, dtype=dtype)
+    return norm
+
+
+def weight_norm(
+    v: Tensor, g: Tensor, dim: int | None = 0, eps: float = DEFAULT_EPS, *, groups: int = 1
+) -> Tensor:
+    r"""Compute the weight-normalized tensor ``w = g * v / ||v||``.
+
+    .. math::
+        \mathbf{w} = \frac{g}{\max(\|\mathbf{v}\|, \epsilon)}\,\mathbf{v}
+
+    one scalar :math:`g` per unit, so :math:`\|\mathbf{w}\| = |g|` whatever :math:`\mathbf{v}` is
+    (paper eq. 2). Gradients are exact and follow paper eq. 3; a zero ``v`` gives ``w = 0`` and
+    finite gradients. Norms are computed in float32 for float16/bfloat16 ``v``; the result has the
+    dtype of ``v``.
+
+    Args:
+        v (Tensor): direction, the shape of the weight.
+        g (Tensor): magnitude, of shape :func:`g_shape` ``(v.shape, dim, groups)`` or anything
+            that broadcasts to it.
+        dim (int or None, optional): the unit dimension; negative counts from the end, ``None``
+            normalizes the whole tensor. Default: ``0``.
+        eps (float, optional): lower bound on the norm. Default: ``1e-12``.
+        groups (int, optional): groups of a grouped transposed convolution (see the module
+            docstring). Default: ``1``.
+
+    Returns:
+        The weight, with the shape and dtype of ``v``.
+
+    Example::
+
+        >>> v = torch.tensor([[3.0, 4.0]])
+        >>> weight_norm(v, torch.tensor([[10.0]]), dim=0)
+        tensor([[6., 8.]])
+    """
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    norm = norm_except_dim(v, dim, groups=groups)
+    scale = g / norm.clamp_min(eps) if eps > 0 else g / norm
+    if groups > 1:
+        w = _grouped_view(v, groups) * scale
+        w = w.reshape(v.shape)
+    else:
+        w = v * scale
+    return w if w.dtype == v.dtype else w.to(v.dtype)
+
+
+def mean_only_batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float = 0.1,
+) -> Tensor:
+    r"""Mean-only batch normalization (paper section 4): subtract the per-channel mean, add a bias.
+
+    .. math::
+        y = x - \mu[x] + b
+
+    with :math:`\mu` the mean over the batch and every position, per channel (dimension 1). No
+    division by a standard deviation. In training mode the batch mean is used and, when
+    ``running_mean`` is given, it is updated in place as in :class:`torch.nn.BatchNorm1d`:
+    ``running = (1 - momentum) * running + momentum * mean``. In evaluation mode
+    ``running_mean`` is subtracted instead. The backward pass centres the incoming gradient:
+    ``grad_x = grad_y - mean(grad_y)``.
+
+    Args:
+        x (Tensor): input of shape ``(batch, channels, *positions)``.
+        running_mean (Tensor or None): running mean of shape ``(channels,)``.
+        bias (Tensor or None): bias of shape ``(channels,)``.
+        training (bool): use (and track) batch statistics.
+        momentum (float, optional): weight of the new batch mean. Default: ``0.1``.
+
+    Returns:
+        A tensor the shape of ``x``.
+
+    Example::
+
+        >>> x = torch.tensor([[1.0], [3.0]])
+        >>> mean_only_batch_norm(x, None, torch.tensor([0.5]), training=True)
+        tensor([[-0.5000],
+                [ 1.5000]])
+    """
+    if x.ndim < 2:
+        raise ValueError(
+            f"expected an input of shape (batch, channels, *positions), got shape {tuple(x.shape)}"
+        )
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    if training or running_mean is None:
+        dims = [0, *range(2, x.ndim)]
+        mean = x.mean(dim=dims, keepdim=True)
+        if training and running_mean is not None:
+            with torch.no_grad():
+                running_mean.lerp_(mean.detach().reshape(-1).to(running_mean.dtype), momentum)
+    else:
+        mean = running_mean.reshape(shape)
+    y = x - mean
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y

@@ -1,0 +1,408 @@
+"""wn.weight_norm / wn.remove_weight_norm on single modules: the contract of DESIGN.md."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import weightnorm as wn
+from conftest import Case
+from weightnorm import functional as F
+
+
+def test_outputs_unchanged_when_applied(case: Case) -> None:
+    layer = case.build()
+    x = case.input()
+    before = layer(x)
+    wn.weight_norm(layer)
+    torch.testing.assert_close(layer(x), before)
+
+
+def test_parameter_names_and_keepdim_g_shape() -> None:
+    conv = wn.weight_norm(nn.Conv2d(3, 8, 3))
+    assert [n for n, _ in conv.named_parameters()] == ["weight_g", "weight_v", "bias"]
+    assert conv.weight_g.shape == (8, 1, 1, 1)
+    assert list(conv.state_dict()) == ["weight_g", "weight_v", "bias"]
+    assert wn.weight_norm(nn.Linear(3, 5), dim=1).weight_g.shape == (1, 3)
+    assert wn.weight_norm(nn.Linear(3, 5), dim=None).weight_g.shape == (1, 1)
+
+
+def test_default_is_one_g_per_output_unit(case: Case) -> None:
+    layer = wn.weight_norm(case.build())
+    with torch.no_grad():
+        layer.weight_g.copy_(torch.rand_like(layer.weight_g) + 0.5)
+    g = layer.weight_g.detach().reshape(-1)
+    assert g.numel() == getattr(layer, "out_features", None) or layer.out_channels
+    torch.testing.assert_close(case.unit_norms(layer.weight.detach()), g)
+
+
+def test_convtranspose_differs_from_torch_default() -> None:
+    # torch's dim=0 on a ConvTranspose normalizes per *input* channel: one g per in_channel
+    theirs = nn.utils.parametrizations.weight_norm(nn.ConvTranspose1d(3, 5, 4))
+    ours = wn.weight_norm(nn.ConvTranspose1d(3, 5, 4))
+    assert theirs.parametrizations.weight.original0.shape == (3, 1, 1)
+    assert ours.weight_g.shape == (1, 5, 1)
+
+
+def test_weight_is_current_without_forward() -> None:
+    layer = wn.weight_norm(nn.Linear(4, 3))
+    with torch.no_grad():
+        layer.weight_g.mul_(2.0)
+    v = layer.weight_v.detach()
+    expected = layer.weight_g.detach() * v / v.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(layer.weight, expected)
+
+
+def test_weight_is_current_after_optimizer_steps_and_constraint_holds() -> None:
+    torch.manual_seed(0)
+    layer = wn.weight_norm(nn.Linear(6, 4))
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    for _ in range(5):
+        opt.zero_grad()
+        layer(torch.randn(8, 6)).pow(2).mean().backward()
+        opt.step()
+    w = layer.weight.detach()
+    torch.testing.assert_close(w.norm(dim=1), layer.weight_g.detach().abs().reshape(-1))
+    torch.testing.assert_close(
+        layer(torch.ones(1, 6)), torch.ones(1, 6) @ w.T + layer.bias.detach()
+    )
+
+
+def test_zero_weight_row_gives_finite_outputs_and_gradients() -> None:
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight[1] = 0.0
+    wn.weight_norm(layer)
+    out = layer(torch.randn(5, 4))
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    for p in layer.parameters():
+        assert p.grad is not None
+        assert torch.isfinite(p.grad).all()
+
+
+def _assert_same_module(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    assert torch.equal(a(x), b(x))
+
+
+def test_deepcopy_is_bit_exact_and_independent(case: Case) -> None:
+    layer = wn.weight_norm(case.build())
+    clone = copy.deepcopy(layer)
+    _assert_same_module(layer, clone, case.input())
+    with torch.no_grad():
+        clone.weight_g.mul_(3.0)
+    assert not torch.equal(clone.weight, layer.weight)
+    assert wn.is_weight_normed(clone)
+
+
+def test_pickle_and_torch_save_whole_module(case: Case) -> None:
+    layer = wn.weight_norm(case.build())
+    layer(case.input())  # a forward leaves a handed-out w behind; it must not matter
+    restored = pickle.loads(pickle.dumps(layer))
+    _assert_same_module(layer, restored, case.input())
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    _assert_same_module(layer, loaded, case.input())
+    assert type(loaded) is type(layer)
+
+
+def test_state_dict_round_trip_is_bit_exact(case: Case) -> None:
+    source = wn.weight_norm(case.build())
+    target = wn.weight_norm(case.build())
+    target.load_state_dict(source.state_dict())
+    _assert_same_module(source, target, case.input())
+
+
+def test_loads_torch_parametrize_keys(case: Case) -> None:
+    theirs = nn.utils.parametrizations.weight_norm(
+        case.build(), dim=wn.default_dim(case.build())[0]
+    )
+    ours = wn.weight_norm(case.build())
+    ours.load_state_dict(theirs.state_dict())
+    torch.testing.assert_close(ours.weight, theirs.weight)
+    x = case.input()
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_loads_plain_weight(case: Case) -> None:
+    plain = case.build()
+    ours = wn.weight_norm(case.build())
+    ours.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(ours.weight, plain.weight)
+    assert torch.equal(ours.weight_v, plain.weight)  # v = w exactly
+    torch.testing.assert_close(
+        ours.weight_g.detach().reshape(-1), case.unit_norms(plain.weight.detach())
+    )
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm is deprecated
+def test_loads_legacy_convtranspose_checkpoint_normalized_per_input_channel() -> None:
+    torch.manual_seed(0)
+    legacy = nn.utils.weight_norm(nn.ConvTranspose1d(4, 6, 3))  # g per input channel: (4, 1, 1)
+    with torch.no_grad():
+        legacy.weight_g.mul_(torch.rand_like(legacy.weight_g) + 0.5)
+    x = torch.randn(2, 4, 5)
+    ours = wn.weight_norm(nn.ConvTranspose1d(4, 6, 3))  # g per output channel: (1, 6, 1)
+    ours.load_state_dict(legacy.state_dict())
+    assert ours.weight_g.shape == (1, 6, 1)
+    torch.testing.assert_close(ours(x), legacy(x))
+
+
+def test_removal_restores_plain_parameter_and_class(case: Case) -> None:
+    layer = case.build()
+    cls = type(layer)
+    wn.weight_norm(layer)
+    with torch.no_grad():
+        layer.weight_g.mul_(1.5)
+    expected = layer.weight.detach().clone()
+    v = layer.weight_v
+    wn.remove_weight_norm(layer)
+    assert type(layer) is cls
+    assert isinstance(layer.weight, nn.Parameter)
+    assert layer.weight is v  # the same object: an optimizer that held v keeps training it
+    assert torch.equal(layer.weight.detach(), expected)
+    assert "weight_g" not in dict(layer.named_parameters())
+
+
+@pytest.mark.parametrize(
+    "context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"]
+)
+def test_removal_under_no_grad_leaves_a_parameter(context: type) -> None:
+    layer = wn.weight_norm(nn.Conv1d(2, 3, 3))
+    expected = layer.weight.detach().clone()
+    with context():
+        wn.remove_weight_norm(layer)
+    assert isinstance(layer.weight, nn.Parameter)
+    assert "weight" in layer._parameters
+    assert "weight" not in layer._buffers
+    assert layer.weight.requires_grad
+    torch.testing.assert_close(layer.weight.detach(), expected)
+    # the folded layer trains again
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.randn(1, 2, 8)).sum().backward()
+    before = layer.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(layer.weight.detach(), before)
+
+
+def test_existing_optimizer_keeps_training_after_removal() -> None:
+    layer = wn.weight_norm(nn.Linear(3, 2))
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    wn.remove_weight_norm(layer)
+    layer(torch.randn(4, 3)).sum().backward()
+    before = layer.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(layer.weight.detach(), before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_keep_g_in_float32(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 4).to(dtype)
+    reference = layer.weight.detach().clone()
+    wn.weight_norm(layer)
+    assert layer.weight_g.dtype == torch.float32
+    assert layer.weight_v.dtype == dtype
+    assert layer.weight.dtype == dtype
+    torch.testing.assert_close(layer.weight.detach(), reference)
+    # a small update to g is representable
+    with torch.no_grad():
+        layer.weight_g.add_(1e-4)
+    assert layer.weight_g.dtype == torch.float32
+    layer.float().to(dtype)  # .to(dtype) keeps g in float32 too
+    assert layer.weight_g.dtype == torch.float32
+
+
+def test_half_conversion_keeps_g_values_exact() -> None:
+    layer = wn.weight_norm(nn.Linear(4, 3))
+    g = layer.weight_g.detach().clone()
+    layer.half()
+    assert layer.weight_g.dtype == torch.float32
+    assert torch.equal(layer.weight_g.detach(), g)
+    assert layer.weight_v.dtype == torch.float16
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+def test_recurrent_weights(cls: type[nn.RNNBase]) -> None:
+    torch.manual_seed(0)
+    rnn = cls(3, 4, num_layers=2, batch_first=True)
+    x = torch.randn(2, 5, 3)
+    before = rnn(x)[0]
+    for name in ("weight_ih_l0", "weight_hh_l0", "weight_hh_l1"):
+        wn.weight_norm(rnn, name)
+    torch.testing.assert_close(rnn(x)[0], before)
+    # the forward really uses the normalized weight: changing g changes the output
+    with torch.no_grad():
+        rnn.weight_hh_l0_g.mul_(0.0)
+    reference = cls(3, 4, num_layers=2, batch_first=True)
+    reference.load_state_dict(wn.fold(copy.deepcopy(rnn)).state_dict())
+    torch.testing.assert_close(rnn(x)[0], reference(x)[0])
+    rnn(x)[0].sum().backward()
+    assert rnn.weight_hh_l0_v.grad is not None
+
+
+def test_embedding() -> None:
+    emb = wn.weight_norm(nn.Embedding(10, 4))
+    idx = torch.tensor([[1, 2], [3, 9]])
+    out = emb(idx)
+    torch.testing.assert_close(out.norm(dim=-1), emb.weight_g.reshape(-1)[idx])
+
+
+def test_nn_init_on_weight_takes_effect() -> None:
+    # torch's parametrize version silently ignores this
+    layer = wn.weight_norm(nn.Linear(4, 3))
+    nn.init.constant_(layer.weight, 0.5)
+    torch.testing.assert_close(layer.weight, torch.full((3, 4), 0.5))
+    torch.testing.assert_close(layer.weight_g.detach(), torch.full((3, 1), 1.0))
+    nn.init.eye_(layer.weight)
+    assert torch.equal(layer.state_dict()["weight_v"], torch.eye(3, 4))
+
+
+def test_assigning_the_weight_reparameterizes_it() -> None:
+    layer = wn.weight_norm(nn.Linear(2, 2))
+    g_object = layer.weight_g
+    layer.weight = nn.Parameter(torch.tensor([[3.0, 4.0], [0.0, 2.0]]))
+    assert layer.weight_g is g_object
+    torch.testing.assert_close(layer.weight_g.detach().reshape(-1), torch.tensor([5.0, 2.0]))
+    torch.testing.assert_close(layer.weight, torch.tensor([[3.0, 4.0], [0.0, 2.0]]))
+    with pytest.raises(wn.WeightNormError, match=r"tensor of shape \(2, 2\), got shape \(3,\)"):
+        layer.weight = torch.ones(3)
+
+
+def test_parity_with_torch_parametrize(case: Case) -> None:
+    torch.manual_seed(0)
+    base = case.build()
+    dim = wn.default_dim(base)[0]
+    if case.id.endswith("grouped") and "transpose" in case.id:
+        pytest.skip("torch cannot express per-output-unit norm of a grouped ConvTranspose")
+    ours = wn.weight_norm(copy.deepcopy(base))
+    theirs = nn.utils.parametrizations.weight_norm(copy.deepcopy(base), dim=dim)
+    x = case.input()
+    out_ours, out_theirs = ours(x), theirs(x)
+    torch.testing.assert_close(out_ours, out_theirs)
+    grad = torch.randn_like(out_ours)
+    out_ours.backward(grad)
+    out_theirs.backward(grad)
+    pt = theirs.parametrizations.weight
+    torch.testing.assert_close(ours.weight_g.grad, pt.original0.grad)
+    torch.testing.assert_close(ours.weight_v.grad, pt.original1.grad)
+
+
+def test_gradcheck_through_every_layer_type(case: Case) -> None:
+    layer = wn.weight_norm(case.build(torch.float64))
+    x = case.input().double().requires_grad_(True)
+    g = layer.weight_g.detach().clone().requires_grad_(True)
+    v = layer.weight_v.detach().clone().requires_grad_(True)
+
+    def fn(g_: torch.Tensor, v_: torch.Tensor, x_: torch.Tensor) -> torch.Tensor:
+        return functional_call(layer, {"weight_g": g_, "weight_v": v_}, (x_,))
+
+    assert torch.autograd.gradcheck(fn, (g, v, x))
+
+
+def test_torch_func_grad_matches_autograd() -> None:
+    torch.manual_seed(0)
+    layer = wn.weight_norm(nn.Linear(3, 2))
+    x = torch.randn(4, 3)
+    params = {k: p.detach() for k, p in layer.named_parameters()}
+
+    def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(layer, p, (x,)).pow(2).sum()
+
+    grads = torch.func.grad(loss)(params)
+    layer(x).pow(2).sum().backward()
+    for k, p in layer.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad)
+
+
+# --- misuse -----------------------------------------------------------------------------------
+
+
+def test_applying_twice_raises() -> None:
+    layer = wn.weight_norm(nn.Linear(2, 2))
+    with pytest.raises(wn.WeightNormError, match="already weight-normalized"):
+        wn.weight_norm(layer)
+
+
+def test_applying_over_torch_weight_norm_raises() -> None:
+    layer = nn.utils.parametrizations.weight_norm(nn.Linear(2, 2))
+    with pytest.raises(wn.WeightNormError, match="torch's parametrize weight norm"):
+        wn.weight_norm(layer)
+
+
+def test_unknown_parameter_name_raises() -> None:
+    with pytest.raises(wn.WeightNormError, match=r"no parameter 'wieght'.*weight, bias"):
+        wn.weight_norm(nn.Linear(2, 2), "wieght")
+
+
+def test_missing_bias_raises() -> None:
+    with pytest.raises(wn.WeightNormError, match="bias is None"):
+        wn.weight_norm(nn.Linear(2, 2, bias=False), "bias")
+
+
+def test_lazy_module_raises() -> None:
+    with pytest.raises(wn.WeightNormError, match=r"uninitialized.*forward pass"):
+        wn.weight_norm(nn.LazyLinear(3))
+
+
+@pytest.mark.parametrize("dim", [2, -3, 7])
+def test_dim_out_of_range_raises(dim: int) -> None:
+    with pytest.raises(wn.WeightNormError, match=rf"shape \(2, 3\).*got {dim}"):
+        wn.weight_norm(nn.Linear(3, 2), dim=dim)
+
+
+def test_bad_dim_type_raises() -> None:
+    with pytest.raises(wn.WeightNormError, match="dim must be an int, None or 'output'"):
+        wn.weight_norm(nn.Linear(3, 2), dim="input")  # type: ignore[arg-type]
+
+
+def test_removal_where_there_is_none_raises() -> None:
+    with pytest.raises(wn.WeightNormError, match="not weight-normalized"):
+        wn.remove_weight_norm(nn.Linear(2, 2))
+
+
+def test_not_a_module_raises() -> None:
+    with pytest.raises(TypeError, match=r"expected an nn\.Module, got Tensor"):
+        wn.weight_norm(torch.ones(2))  # type: ignore[type-var]
+
+
+def test_negative_dim_means_last_dimension() -> None:
+    layer = wn.weight_norm(nn.Linear(3, 2), dim=-1)
+    assert layer.weight_g.shape == (1, 3)
+    assert wn.weight_norm_specs(layer)["weight"].dim == 1
+
+
+def test_several_parameters_of_one_module() -> None:
+    layer = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    before = layer(x)
+    wn.weight_norm(layer, "weight")
+    wn.weight_norm(layer, "bias", dim=None)
+    torch.testing.assert_close(layer(x), before)
+    clone = pickle.loads(pickle.dumps(layer))
+    torch.testing.assert_close(clone(x), before)
+    wn.remove_weight_norm(layer, "weight")
+    assert wn.is_weight_normed(layer, "bias")
+    assert not wn.is_weight_normed(layer)
+    wn.remove_weight_norm(layer, "bias")
+    assert type(layer) is nn.Linear
+    torch.testing.assert_close(layer(x), before)
+
+
+def test_g_shape_matches_functional(case: Case) -> None:
+    layer = case.build()
+    dim, groups = wn.default_dim(layer)
+    wn.weight_norm(layer)
+    assert layer.weight_g.shape == F.g_shape(layer.weight_v.shape, dim, groups)
