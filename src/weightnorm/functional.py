@@ -23,6 +23,8 @@ it is ordered like the output channels.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import Tensor
 
@@ -125,13 +127,11 @@ def norm_except_dim(v: Tensor, dim: int | None = 0, *, groups: int = 1) -> Tenso
         [5.0, 1.0]
     """
     dim = normalize_dim(dim, v.ndim) if groups == 1 else dim
-    dtype = torch.float32 if v.dtype in _LOW_PRECISION else None
     x = _grouped_view(v, groups) if groups > 1 else v
     dims = _reduce_dims(v.ndim, dim, groups)
     if not dims:  # a 1-D weight normalized per element: the norm is the absolute value
-        return x.abs() if dtype is None else x.abs().to(dtype)
-    norm: Tensor = torch.linalg.vector_norm(x, 2, dim=dims, keepdim=True, dtype=dtype)
-    return norm
+        return x.abs() if v.dtype not in _LOW_PRECISION else x.abs().float()
+    return _norm(x, dims)
 
 
 def weight_norm(
@@ -170,13 +170,110 @@ def weight_norm(
         raise ValueError(f"eps must be >= 0, got {eps}")
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
+    if groups == 1:
+        dim = normalize_dim(dim, v.ndim)
+    dims = tuple(_reduce_dims(v.ndim, dim, groups))
+    if not dims or torch.compiler.is_compiling() or _functorch_active():
+        # traced graphs and torch.func transforms get plain differentiable operations
+        return _weight_norm_composite(v, g, dim, eps, groups)
+    x = _grouped_view(v, groups) if groups > 1 else v
+    fused = (
+        groups == 1
+        and dim is not None
+        and (dim == 0 or dim == v.ndim - 1)
+        and v.device.type == "cpu"
+        and v.dtype in (torch.float32, torch.float64)
+        and g.dtype == v.dtype
+        and tuple(g.shape) == g_shape(v.shape, dim)
+    )
+    w = _WeightNormFunction.apply(x, g, dims, dim if fused else None, eps)  # type: ignore[no-untyped-call]
+    return cast(Tensor, w.reshape(v.shape) if groups > 1 else w)
+
+
+class _WeightNormFunction(torch.autograd.Function):
+    """``w = g v / max(||v||, eps)`` with the paper's closed-form backward (eq. 3).
+
+    On the CPU, in float32/float64, along the first or last dim, the forward and backward run
+    PyTorch's fused kernels (one pass each) whenever every norm is above ``eps``; they are
+    checked in the forward, where the fused kernel reports the norms for free. Otherwise a few
+    whole-tensor operations compute the same closed form with the norm clamped at ``eps``.
+
+    When a graph of the backward is asked for (``create_graph=True``), the backward is computed
+    by differentiating the composite form, so higher derivatives are exact. (PyTorch's own fused
+    double backward is wrong: it treats the saved norms as constants.)
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        v: Tensor,
+        g: Tensor,
+        dims: tuple[int, ...],
+        fused_dim: int | None,
+        eps: float,
+    ) -> Tensor:
+        ctx.dims, ctx.eps, ctx.fused_dim = dims, eps, None
+        if fused_dim is not None:
+            w, norms = torch.ops.aten._weight_norm_interface(v, g, fused_dim)
+            if bool((norms > eps).all()):
+                ctx.fused_dim = fused_dim
+                ctx.save_for_backward(v, g, norms)
+                return cast(Tensor, w)
+        norm = _norm(v, dims)
+        ctx.save_for_backward(v, g, norm)
+        w = v * (g / norm.clamp_min(eps))
+        return w if w.dtype == v.dtype else w.to(v.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_w: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:  # type: ignore[override]
+        v, g, norm = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the composite form
+            return _composite_backward(ctx, v, g, grad_w)
+        if ctx.fused_dim is not None:
+            grad_v, grad_g = torch.ops.aten._weight_norm_interface_backward(
+                grad_w.contiguous(), v, g, norm, ctx.fused_dim
+            )
+            return grad_v, grad_g, None, None, None
+        normc = norm.clamp_min(ctx.eps)
+        acc = norm.dtype
+        dot = torch.sum(grad_w * v, ctx.dims, keepdim=True, dtype=acc)  # grad_w . v per unit
+        grad_g = (dot / normc).sum_to_size(g.shape).to(g.dtype)
+        # grad_v = g/||v|| (grad_w - (grad_w.v / ||v||^2) v); the norm's own gradient is zero
+        # where it was clamped
+        coef = torch.where(norm >= ctx.eps, dot / (normc * normc), 0.0)
+        grad_v = torch.addcmul(grad_w, v, coef, value=-1).mul_(g / normc)
+        return grad_v.to(v.dtype), grad_g, None, None, None
+
+
+def _norm(v: Tensor, dims: tuple[int, ...] | list[int]) -> Tensor:
+    dtype = torch.float32 if v.dtype in _LOW_PRECISION else None
+    norm: Tensor = torch.linalg.vector_norm(v, 2, dim=dims, keepdim=True, dtype=dtype)
+    return norm
+
+
+def _composite_backward(
+    ctx: Any, v: Tensor, g: Tensor, grad_w: Tensor
+) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+    wanted = [t for t, need in zip((v, g), ctx.needs_input_grad[:2], strict=True) if need]
+    with torch.enable_grad():
+        w = v * (g / _norm(v, ctx.dims).clamp_min(ctx.eps))
+        grads = iter(torch.autograd.grad(w.to(v.dtype), wanted, grad_w, create_graph=True))
+    grad_v = next(grads) if ctx.needs_input_grad[0] else None
+    grad_g = next(grads) if ctx.needs_input_grad[1] else None
+    return grad_v, grad_g, None, None, None
+
+
+def _functorch_active() -> bool:
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
+
+
+def _weight_norm_composite(
+    v: Tensor, g: Tensor, dim: int | None, eps: float, groups: int
+) -> Tensor:
     norm = norm_except_dim(v, dim, groups=groups)
     scale = g / norm.clamp_min(eps) if eps > 0 else g / norm
-    if groups > 1:
-        w = _grouped_view(v, groups) * scale
-        w = w.reshape(v.shape)
-    else:
-        w = v * scale
+    w = (_grouped_view(v, groups) * scale).reshape(v.shape) if groups > 1 else v * scale
     return w if w.dtype == v.dtype else w.to(v.dtype)
 
 
