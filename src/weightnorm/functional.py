@@ -173,7 +173,7 @@ def weight_norm(
     if groups == 1:
         dim = normalize_dim(dim, v.ndim)
     dims = tuple(_reduce_dims(v.ndim, dim, groups))
-    if not dims or torch.compiler.is_compiling() or _functorch_active():
+    if not dims or torch.compiler.is_compiling() or _jit_tracing() or _functorch_active():
         # traced graphs and torch.func transforms get plain differentiable operations
         return _weight_norm_composite(v, g, dim, eps, groups)
     x = _grouped_view(v, groups) if groups > 1 else v
@@ -261,6 +261,10 @@ def _composite_backward(
     grad_v = next(grads) if ctx.needs_input_grad[0] else None
     grad_g = next(grads) if ctx.needs_input_grad[1] else None
     return grad_v, grad_g, None, None, None
+
+
+def _jit_tracing() -> bool:
+    return bool(torch._C._get_tracing_state())
 
 
 def _functorch_active() -> bool:

@@ -1,0 +1,56 @@
+"""The benchmark harness and ``weightnorm bench``: it runs, and reports ratios against plain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from weightnorm import bench
+
+
+def test_run_benchmarks_reports_ratios_against_plain() -> None:
+    results = bench.run_benchmarks(
+        ["mlp-b16"], ["weightnorm", "torch-parametrize"], rounds=3, steps_per_round=1, warmup=1
+    )
+    by = {r.implementation: r for r in results}
+    assert set(by) == {"plain", "weightnorm", "torch-parametrize"}
+    assert by["plain"].ratios == [1.0, 1.0, 1.0]
+    for r in results:
+        assert r.min_ratio <= r.median_ratio <= r.max_ratio
+        assert r.median_step_ms > 0
+    table = bench.format_table(results)
+    assert table.splitlines()[0].startswith("| model | plain step (ms) | plain | weightnorm")
+
+
+def test_unknown_names_raise() -> None:
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        bench.run_benchmarks(["nope"])
+    with pytest.raises(ValueError, match="unknown implementation 'nope'"):
+        bench.run_benchmarks(["mlp-b16"], ["nope"])
+
+
+def test_cli_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "weightnorm", "bench", "--models", "mlp-b16", "--rounds", "2",
+         "--steps", "1", "--json", str(out), "--no-progress"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "| mlp-b16 |" in proc.stdout
+    data = json.loads(out.read_text())
+    assert {r["implementation"] for r in data["results"]} >= {"plain", "weightnorm"}
+    assert data["environment"]["torch"]
+
+
+def test_cli_bad_value_exits_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "weightnorm", "bench", "--rounds", "0"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "expected a positive integer, got 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
