@@ -24,6 +24,13 @@ from ._reparam import (
     weight_norm,
     weight_norm_specs,
 )
+from .batchnorm import (
+    MeanOnlyBatchNorm1d,
+    MeanOnlyBatchNorm2d,
+    MeanOnlyBatchNorm3d,
+    SyncMeanOnlyBatchNorm,
+)
+from .init import data_dependent_init, data_dependent_init_plain
 from .layers import (
     WNConv1d,
     WNConv2d,
@@ -38,6 +45,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_LAYERS",
+    "MeanOnlyBatchNorm1d",
+    "MeanOnlyBatchNorm2d",
+    "MeanOnlyBatchNorm3d",
+    "SyncMeanOnlyBatchNorm",
     "WNConv1d",
     "WNConv2d",
     "WNConv3d",
@@ -49,6 +60,8 @@ __all__ = [
     "WeightNormSpec",
     "__version__",
     "apply_weight_norm",
+    "data_dependent_init",
+    "data_dependent_init_plain",
     "default_dim",
     "fold",
     "functional",
