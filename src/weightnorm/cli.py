@@ -1,10 +1,11 @@
-"""The ``weightnorm`` command line: ``weightnorm bench`` (more subcommands join as they land)."""
+"""The ``weightnorm`` command line: ``reproduce`` (the main job) and ``bench``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -44,6 +45,137 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """tqdm on a terminal, plain lines otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if not self.enabled:
+            return
+        if sys.stderr.isatty():
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="run", dynamic_ncols=True)
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix_str(message[-60:])
+        else:
+            print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from .experiments.configs import CONFIGS
+    from .experiments.data import CifarFormatError
+    from .experiments.report import write_report
+    from .experiments.runner import run_comparison
+
+    named = CONFIGS[args.config]
+    out = args.out or os.path.join("results", named.name + ("-quick" if args.quick else ""))
+    optimizers = (
+        None
+        if args.optimizer is None
+        else (("adam", "sgd") if args.optimizer == "both" else (args.optimizer,))
+    )
+    base = named.quick if args.quick else named.comparison
+    grid = dict(base.lr_grid)
+    if args.lr_grid_adam:
+        grid["adam"] = tuple(args.lr_grid_adam)
+    if args.lr_grid_sgd:
+        grid["sgd"] = tuple(args.lr_grid_sgd)
+    settings = named.settings(
+        args.quick,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        batch_size=args.batch_size,
+        methods=tuple(args.methods) if args.methods else None,
+        optimizers=optimizers,
+        lr_grid=grid,
+        target_train_error=args.target_train_error,
+    )
+    data_args = dict(named.quick_data_args if args.quick else named.data_args)
+    if args.samples is not None:
+        if named.name != "mnist1d":
+            return _fail("--samples applies to --config mnist1d only")
+        data_args["num_samples"] = args.samples
+    if named.name == "cifar10":
+        if not args.data_dir:
+            return _fail("--config cifar10 needs --data-dir (the CIFAR-10 python batches)")
+        data_args["data_dir"] = args.data_dir
+    network = {"widths": tuple(args.widths)} if args.widths else {}
+    workers = args.workers or (os.cpu_count() or 1)
+    device = args.device or ("cuda" if _cuda() else "cpu")
+    progress = _Progress(args.progress)
+    start = time.perf_counter()
+    try:
+        settings.validate()
+        data = named.load(**data_args)
+        factory = named.factory(data, args.quick, **network)
+        result = run_comparison(
+            settings, factory, data, out, workers=workers, progress=progress, device=device
+        )
+    except (ValueError, CifarFormatError) as err:
+        progress.close()
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"\ninterrupted: finished runs are kept in {out}/runs; rerun to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    progress.close()
+    resolved = {
+        "command": "reproduce",
+        "config": named.name,
+        "quick": args.quick,
+        "out": out,
+        "workers": workers,
+        "device": device,
+        "data_args": {k: str(v) for k, v in data_args.items()},
+        "network": {**(named.quick_network if args.quick else named.network), **network},
+    }
+    write_report(result, out, resolved=resolved)
+    minutes = (time.perf_counter() - start) / 60
+    print(f"report: {os.path.join(out, 'report.md')} ({minutes:.1f} min)")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _fail(message: str) -> int:
+    print(f"weightnorm: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -61,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Weight normalization (Salimans & Kingma, 2016) for PyTorch.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_reproduce(sub)
     b = sub.add_parser(
         "bench",
         help="time a training step against the plain model",
@@ -75,6 +208,44 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", dest="progress", action="store_false")
     b.set_defaults(func=_bench)
     return parser
+
+
+def _add_reproduce(sub: Any) -> None:
+    from .experiments.configs import CONFIGS
+    from .experiments.methods import METHODS
+
+    r = sub.add_parser(
+        "reproduce",
+        help="the paper's comparison of parameterizations, with a report and plots",
+        description="Train every method (normal, weight norm with and without data-dependent "
+        "init, batch norm, mean-only BN, weight norm + mean-only BN) under the paper's "
+        "optimizer schedule, each with its learning rate chosen on a validation split, over "
+        "several seeds; write report.md, results.json/csv and PNG plots. Finished runs are "
+        "kept: rerun the same command to resume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    configs = ", ".join(f"{n}: {c.description}" for n, c in CONFIGS.items())
+    r.add_argument("--config", choices=list(CONFIGS), default="mnist1d", help=configs)
+    r.add_argument("--quick", action="store_true", help="tiny budget, same pipeline (< 1 min)")
+    r.add_argument("--out", help="report folder (default: results/<config>[-quick])")
+    r.add_argument("--epochs", type=_positive, help="epochs per run (default: per config)")
+    r.add_argument("--seeds", type=_positive, help="seeds per method (default: per config)")
+    r.add_argument("--batch-size", type=_positive, help="minibatch size (default: per config)")
+    r.add_argument("--methods", nargs="+", choices=list(METHODS), help="methods (default: all)")
+    r.add_argument("--optimizer", choices=["adam", "sgd", "both"],
+                   help="optimizers (default: per config; both for mnist1d)")  # fmt: skip
+    r.add_argument("--lr-grid-adam", nargs="+", type=_positive_float, metavar="LR")
+    r.add_argument("--lr-grid-sgd", nargs="+", type=_positive_float, metavar="LR")
+    r.add_argument("--widths", nargs=2, type=_positive, metavar=("C1", "C2"),
+                   help="channels of the two stages of the network")  # fmt: skip
+    r.add_argument("--samples", type=_positive, help="MNIST-1D samples to generate")
+    r.add_argument("--data-dir", help="CIFAR-10 python batches (--config cifar10)")
+    r.add_argument("--target-train-error", type=_fraction,
+                   help="training error for 'epochs to target' (default: per config)")  # fmt: skip
+    r.add_argument("--workers", type=_positive, help="parallel runs (default: CPU count)")
+    r.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    r.add_argument("--no-progress", dest="progress", action="store_false")
+    r.set_defaults(func=_reproduce)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

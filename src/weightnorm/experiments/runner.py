@@ -1,0 +1,484 @@
+"""Run the comparison: learning-rate sweep on a validation split, then seeds, resumably.
+
+Each run (method, optimizer, learning rate, seed) is written atomically to
+``<out>/runs/<name>.json`` as soon as it finishes, under a key that hashes everything that
+determines its result (data, model architecture, training settings, the run itself). A rerun
+skips runs whose file holds the same key, so an interrupted comparison loses nothing finished and
+a changed configuration never reuses stale results.
+
+Protocol: for each optimizer and method, every learning rate of the grid is trained with seed 0
+and scored by its final validation error; the best one is trained again with seeds 1..S-1; the
+seed-0 run of the sweep is the first of the S final runs. Test errors are only reported.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from .. import __version__
+from .._io import atomic_write_text
+from ..batchnorm import SyncMeanOnlyBatchNorm
+from .data import Dataset, Split
+from .methods import METHODS, build_method
+
+__all__ = ["ComparisonConfig", "ComparisonResult", "RunSpec", "run_comparison", "train_run"]
+
+DEFAULT_LR_GRID: dict[str, tuple[float, ...]] = {
+    "adam": (3e-4, 1e-3, 3e-3, 1e-2),  # the paper's grid
+    "sgd": (1e-2, 3e-2, 1e-1, 3e-1),
+}
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    """Everything that defines a comparison except the model factory and the data.
+
+    Attributes:
+        name: label of the comparison (report titles, folder names).
+        epochs: training epochs of every run; the second half uses the paper's decay phase.
+        batch_size: minibatch size (paper: 100).
+        optimizers: ``"adam"`` (the paper's) and/or ``"sgd"`` (momentum, same schedule shape).
+        lr_grid: learning rates tried per optimizer.
+        seeds: final runs per method and optimizer (the sweep's seed 0 is the first).
+        methods: names from :data:`weightnorm.experiments.METHODS`.
+        init_batch_size: samples of the data-dependent initialization batch (paper: 500).
+        target_train_error: training error whose first crossing is reported per method
+            ("epochs to target"); ``None`` picks the worst final training error of all methods.
+    """
+
+    name: str = "custom"
+    epochs: int = 20
+    batch_size: int = 100
+    optimizers: tuple[str, ...] = ("adam", "sgd")
+    lr_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_LR_GRID))
+    seeds: int = 3
+    methods: tuple[str, ...] = tuple(METHODS)
+    init_batch_size: int = 500
+    target_train_error: float | None = None
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` saying what was expected and what was got."""
+        if self.epochs < 2:
+            raise ValueError(f"epochs must be >= 2 (two schedule phases), got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.init_batch_size < 2:
+            raise ValueError(f"init_batch_size must be >= 2, got {self.init_batch_size}")
+        for opt in self.optimizers:
+            if opt not in ("adam", "sgd"):
+                raise ValueError(f"optimizer must be 'adam' or 'sgd', got {opt!r}")
+            grid = self.lr_grid.get(opt)
+            if not grid or any(not (lr > 0 and math.isfinite(lr)) for lr in grid):
+                raise ValueError(f"lr_grid[{opt!r}] must be positive numbers, got {grid!r}")
+        if not self.optimizers:
+            raise ValueError("optimizers must name at least one of 'adam', 'sgd'")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(
+                f"unknown method(s) {', '.join(unknown) or '(none given)'}; expected some of "
+                f"{', '.join(METHODS)}"
+            )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run."""
+
+    method: str
+    optimizer: str
+    lr: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.optimizer}-lr{self.lr:g}-s{self.seed}"
+
+
+@dataclass
+class ComparisonResult:
+    """What a comparison produced: every run's record, the chosen learning rates, the config."""
+
+    config: ComparisonConfig
+    runs: list[dict[str, Any]]
+    chosen_lr: dict[str, dict[str, float]]  # optimizer -> method -> lr
+    data: dict[str, Any]
+    wall_time_s: float
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+
+def _distributed() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _set_schedule(opt: torch.optim.Optimizer, kind: str, lr0: float, step: int, total: int) -> None:
+    """The paper's schedule: lr0 and momentum 0.9 for the first half, then momentum 0.5 and a
+    linear decay of the learning rate to 0 over the second half."""
+    half = total // 2
+    if step < half:
+        lr, momentum = lr0, 0.9
+    else:
+        lr, momentum = lr0 * (total - step) / (total - half), 0.5
+    for group in opt.param_groups:
+        group["lr"] = lr
+        if kind == "adam":
+            group["betas"] = (momentum, group["betas"][1])
+        else:
+            group["momentum"] = momentum
+
+
+def _make_optimizer(kind: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+    return torch.optim.SGD(params, lr=lr, momentum=0.9)
+
+
+@torch.no_grad()
+def _error(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000) -> float:
+    model.eval()
+    wrong = 0
+    for start in range(0, len(split), batch_size):
+        out = model(split.x[start : start + batch_size].to(device))  # (batch, classes)
+        wrong += int((out.argmax(1).cpu() != split.y[start : start + batch_size]).sum())
+    model.train()
+    return wrong / len(split)
+
+
+def train_run(
+    spec: RunSpec,
+    config: ComparisonConfig,
+    factory: Callable[..., nn.Module],
+    data: Dataset,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Train one run and return its record (curves per epoch, final errors, timings).
+
+    Under ``torch.distributed`` (``torchrun``) every rank takes its slice of each minibatch, the
+    model is wrapped in DDP with synchronized (mean-only) batch norm, and data-dependent init
+    all-reduces its statistics; every rank returns the same record.
+    """
+    rank, world = _distributed()
+    torch.manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.seed)
+    n = len(data.train)
+    init_idx = torch.randperm(n, generator=gen)[: config.init_batch_size]
+    init_idx = init_idx[rank::world]  # each rank initializes on its part of the init batch
+    device = torch.device(device)
+    model = build_method(METHODS[spec.method], factory, data.train.x[init_idx])
+    model = model.to(device)
+    if world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+        model = SyncMeanOnlyBatchNorm.convert_sync_mean_only_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(model)
+    opt = _make_optimizer(spec.optimizer, model.parameters(), spec.lr)
+    steps = math.ceil(n / config.batch_size)
+    total = config.epochs * steps
+    curves: dict[str, list[float]] = {
+        k: [] for k in ("train_loss", "train_error", "val_error", "test_error", "epoch_time_s")
+    }
+    diverged = False
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    model.train()
+    for epoch in range(config.epochs):
+        perm = torch.randperm(n, generator=gen)
+        sums = torch.zeros(3, dtype=torch.float64)  # loss, errors, samples
+        start = time.perf_counter()
+        for i in range(steps):
+            _set_schedule(opt, spec.optimizer, spec.lr, epoch * steps + i, total)
+            idx = perm[i * config.batch_size : (i + 1) * config.batch_size][rank::world]
+            x = data.train.x[idx].to(device)  # (batch, channels, *positions)
+            y = data.train.y[idx].to(device)  # (batch,)
+            out = model(x)
+            loss = loss_fn(out, y)
+            opt.zero_grad(set_to_none=True)
+            (loss / len(idx)).backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sums += torch.tensor([loss.item(), float((out.argmax(1) != y).sum()), len(idx)])
+        elapsed = time.perf_counter() - start
+        if world > 1:
+            torch.distributed.all_reduce(sums)
+        train_loss = float(sums[0] / sums[2])
+        if not math.isfinite(train_loss):
+            diverged = True
+            break
+        eval_model = cast(nn.Module, model.module) if world > 1 else model
+        record = {
+            "train_loss": train_loss,
+            "train_error": float(sums[1] / sums[2]),
+            "val_error": _error(eval_model, data.val, device),
+            "test_error": _error(eval_model, data.test, device),
+            "epoch_time_s": elapsed,
+        }
+        for key, value in record.items():
+            curves[key].append(value)
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+    for values in curves.values():  # a diverged run keeps its length: NaN after divergence
+        values.extend([math.nan] * (config.epochs - len(values)))
+    return {
+        "spec": asdict(spec),
+        "diverged": diverged,
+        "curves": curves,
+        "final": {k: curves[k][-1] for k in ("train_error", "val_error", "test_error")},
+        "median_epoch_time_s": _nanmedian(curves["epoch_time_s"]),
+        "world_size": world,
+    }
+
+
+def _nanmedian(values: list[float]) -> float:
+    finite = sorted(v for v in values if math.isfinite(v))
+    if not finite:
+        return math.nan
+    mid = len(finite) // 2
+    return finite[mid] if len(finite) % 2 else (finite[mid - 1] + finite[mid]) / 2
+
+
+# --- many runs ---------------------------------------------------------------------------------
+
+
+def _run_key(spec: RunSpec, config: ComparisonConfig, data_id: str, arch: dict[str, str]) -> str:
+    payload = {
+        "version": __version__,
+        "torch": torch.__version__.split("+")[0],
+        "data": data_id,
+        "architecture": arch[METHODS[spec.method].norm],
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "init_batch_size": config.init_batch_size,
+        "spec": asdict(spec),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _load(path: Path, key: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("key") == key else None
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(
+    factory: Any, data: Dataset, config: ComparisonConfig, threads: int, device: str
+) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(factory=factory, data=data, config=config, device=device)
+
+
+def _worker_run(spec: RunSpec) -> dict[str, Any]:
+    w = _WORKER
+    return train_run(spec, w["config"], w["factory"], w["data"], device=w["device"])
+
+
+class _Executor:
+    """Runs specs, in this process or a pool of spawned processes, writing each result."""
+
+    def __init__(
+        self,
+        config: ComparisonConfig,
+        factory: Callable[..., nn.Module],
+        data: Dataset,
+        out: Path,
+        workers: int,
+        progress: Progress | None,
+        total: int,
+        device: str,
+    ) -> None:
+        self.config, self.factory, self.data, self.out = config, factory, data, out
+        self.workers, self.progress, self.total = workers, progress, total
+        self.device = device
+        self.done = 0
+        self.rank, self.world = _distributed()
+        self.data_id = data.fingerprint()
+        self.arch = {norm: repr(factory(norm=norm)) for norm in ("none", "bn", "mobn")}
+        self.pool: cf.ProcessPoolExecutor | None = None
+
+    def key(self, spec: RunSpec) -> str:
+        return _run_key(spec, self.config, self.data_id, self.arch)
+
+    def path(self, spec: RunSpec) -> Path:
+        return self.out / "runs" / f"{spec.name}.json"
+
+    def _finished(self, spec: RunSpec, record: dict[str, Any], cached: bool) -> dict[str, Any]:
+        record = {**record, "key": self.key(spec)}
+        if not cached and self.rank == 0:
+            atomic_write_text(self.path(spec), json.dumps(record, indent=1))
+        self.done += 1
+        if self.progress is not None:
+            final = record["final"]
+            status = "diverged" if record["diverged"] else f"test error {final['test_error']:.4f}"
+            note = " (cached)" if cached else ""
+            self.progress(self.done, self.total, f"{spec.name}: {status}{note}")
+        return record
+
+    def _cached(self, spec: RunSpec) -> dict[str, Any] | None:
+        record = _load(self.path(spec), self.key(spec)) if self.rank == 0 else None
+        if self.world > 1:  # rank 0 decides, so every rank runs the same runs
+            box = [record]
+            torch.distributed.broadcast_object_list(box, src=0)
+            record = box[0]
+        return record
+
+    def run(self, specs: list[RunSpec]) -> dict[RunSpec, dict[str, Any]]:
+        results: dict[RunSpec, dict[str, Any]] = {}
+        todo = []
+        for spec in specs:
+            cached = self._cached(spec)
+            if cached is not None:
+                results[spec] = self._finished(spec, cached, cached=True)
+            else:
+                todo.append(spec)
+        if self.workers <= 1 or self.world > 1:
+            for spec in todo:
+                record = train_run(spec, self.config, self.factory, self.data, device=self.device)
+                results[spec] = self._finished(spec, record, cached=False)
+            return results
+        pool = self._pool()
+        futures = {pool.submit(_worker_run, spec): spec for spec in todo}
+        try:
+            for future in cf.as_completed(futures):
+                spec = futures[future]
+                results[spec] = self._finished(spec, future.result(), cached=False)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return results
+
+    def _pool(self) -> cf.ProcessPoolExecutor:
+        if self.pool is None:
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            self.pool = cf.ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(self.factory, self.data, self.config, threads, self.device),
+            )
+        return self.pool
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _score(record: dict[str, Any]) -> float:
+    val = record["final"]["val_error"]
+    return 1.0 if record["diverged"] or not math.isfinite(val) else float(val)
+
+
+def run_comparison(
+    config: ComparisonConfig,
+    factory: Callable[..., nn.Module],
+    data: Dataset,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    progress: Progress | None = None,
+    device: str = "cpu",
+) -> ComparisonResult:
+    """Compare the methods of ``config`` on ``data`` with models from ``factory``.
+
+    Args:
+        config: the comparison settings (:class:`ComparisonConfig`).
+        factory: ``factory(norm=...)`` returns a fresh plain model whose convolutions are
+            followed by the normalization ``norm`` (``"none"``, ``"bn"`` or ``"mobn"``); weight
+            norm and data-dependent init are applied per method. It must be picklable for
+            ``workers > 1`` (a module-level function or ``functools.partial``).
+        data: train/validation/test splits.
+        out: folder for run records (``runs/``); the report is written by
+            :func:`weightnorm.experiments.report.write_report`.
+        workers: parallel processes (each run is independent).
+        progress: called as ``progress(done, total, message)`` after every run.
+        device: where to train (``"cpu"``, ``"cuda"``); results do not depend on it.
+
+    Returns:
+        A :class:`ComparisonResult` with every run's record and the chosen learning rates.
+
+    Example::
+
+        >>> import functools
+        >>> from weightnorm.experiments import ComparisonConfig, run_comparison, digits
+        >>> from weightnorm.experiments.models import paper_cnn
+        >>> cfg = ComparisonConfig(epochs=2, seeds=1, optimizers=("adam",),
+        ...                        lr_grid={"adam": (3e-3,)}, methods=("wn-init",))
+        >>> factory = functools.partial(paper_cnn, 1, 10, dims=2, widths=(4, 8), pool=False)
+        >>> import tempfile
+        >>> res = run_comparison(cfg, factory, digits(), tempfile.mkdtemp())
+        >>> res.chosen_lr
+        {'adam': {'wn-init': 0.003}}
+    """
+    config.validate()
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    start = time.perf_counter()
+    out = Path(out)
+    sweep = [
+        RunSpec(m, o, float(lr), 0)
+        for o in config.optimizers
+        for m in config.methods
+        for lr in config.lr_grid[o]
+    ]
+    finals_per_pair = config.seeds - 1
+    total = len(sweep) + finals_per_pair * len(config.optimizers) * len(config.methods)
+    executor = _Executor(config, factory, data, out, workers, progress, total, device)
+    try:
+        swept = executor.run(sweep)
+        chosen: dict[str, dict[str, float]] = {o: {} for o in config.optimizers}
+        for o in config.optimizers:
+            for m in config.methods:
+                candidates = [s for s in sweep if s.optimizer == o and s.method == m]
+                best = min(candidates, key=lambda s: (_score(swept[s]), s.lr))
+                chosen[o][m] = best.lr
+        finals = [
+            RunSpec(m, o, chosen[o][m], seed)
+            for o in config.optimizers
+            for m in config.methods
+            for seed in range(1, config.seeds)
+        ]
+        final_records = executor.run(finals)
+    finally:
+        executor.close()
+    runs = []
+    for spec, record in [*swept.items(), *final_records.items()]:
+        record = dict(record)
+        record["final_run"] = spec.lr == chosen[spec.optimizer][spec.method]
+        runs.append(record)
+    return ComparisonResult(
+        config=config,
+        runs=runs,
+        chosen_lr=chosen,
+        data={
+            "name": data.name,
+            "fingerprint": data.fingerprint(),
+            "train": len(data.train),
+            "val": len(data.val),
+            "test": len(data.test),
+            "input_shape": list(data.input_shape),
+        },
+        wall_time_s=time.perf_counter() - start,
+    )
