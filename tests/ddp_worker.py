@@ -63,5 +63,6 @@ def worker(rank: int, world: int, folder: str) -> None:
             },
             Path(folder) / f"rank{rank}.pt",
         )
+        torch.distributed.barrier()  # no rank tears down while another still talks
     finally:
         torch.distributed.destroy_process_group()

@@ -26,6 +26,20 @@ def test_run_benchmarks_reports_ratios_against_plain() -> None:
     assert table.splitlines()[0].startswith("| model | plain step (ms) | plain | weightnorm")
 
 
+def test_optimizer_level_mode_is_timed() -> None:
+    results = bench.run_benchmarks(["mlp-b16"], ["weightnorm-optim"], rounds=2, steps_per_round=1)
+    assert {r.implementation for r in results} == {"plain", "weightnorm-optim"}
+
+
+def test_extras_check_folding_and_time_data_init() -> None:
+    rows = bench.run_extras(["conv1d-dilated-b8"], repeats=2)
+    (row,) = rows
+    assert row["model"] == "conv1d-dilated-b8"
+    assert row["folded_inference_ratio"] > 0
+    assert row["data_init_vs_forward"] > 0
+    assert "| conv1d-dilated-b8 |" in bench.format_extras(rows)
+
+
 def test_unknown_names_raise() -> None:
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         bench.run_benchmarks(["nope"])
@@ -37,7 +51,7 @@ def test_cli_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "b.json"
     proc = subprocess.run(
         [sys.executable, "-m", "weightnorm", "bench", "--models", "mlp-b16", "--rounds", "2",
-         "--steps", "1", "--json", str(out), "--no-progress"],
+         "--steps", "1", "--json", str(out), "--no-progress", "--no-extras"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "| mlp-b16 |" in proc.stdout

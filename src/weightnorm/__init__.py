@@ -13,7 +13,7 @@ Example::
 
 from __future__ import annotations
 
-from . import functional
+from . import functional, optim
 from ._errors import WeightNormError
 from ._model import DEFAULT_LAYERS, apply_weight_norm, fold, replace_torch_weight_norm
 from ._reparam import (
@@ -30,6 +30,7 @@ from .batchnorm import (
     MeanOnlyBatchNorm3d,
     SyncMeanOnlyBatchNorm,
 )
+from .formats import convert_state_dict
 from .init import data_dependent_init, data_dependent_init_plain
 from .layers import (
     WNConv1d,
@@ -60,12 +61,14 @@ __all__ = [
     "WeightNormSpec",
     "__version__",
     "apply_weight_norm",
+    "convert_state_dict",
     "data_dependent_init",
     "data_dependent_init_plain",
     "default_dim",
     "fold",
     "functional",
     "is_weight_normed",
+    "optim",
     "remove_weight_norm",
     "replace_torch_weight_norm",
     "weight_norm",

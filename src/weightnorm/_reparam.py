@@ -314,23 +314,13 @@ def _accept_other_formats(
     if g.numel() == 1 and own_g.numel() == 1:  # torch's whole-tensor g is 0-d, ours keeps dims
         state_dict[kg] = g.reshape(own_g.shape)
         return
-    source_dim = _dim_of_g(g, v)
+    source_dim = F.dim_of_g(g.shape, v.shape)
     if source_dim is False:
         return  # let load_state_dict report the size mismatch
     with torch.no_grad():
         w = F.weight_norm(v, g, source_dim)
         state_dict[kg] = F.norm_except_dim(w, spec.dim, groups=spec.groups)
         state_dict[kv] = w
-
-
-def _dim_of_g(g: Tensor, v: Tensor) -> int | Literal[False] | None:
-    """The dim along which ``g`` was computed for ``v``, from its keep-dim shape; False if none."""
-    if g.numel() == 1:
-        return None
-    for d in range(v.ndim):
-        if g.shape == F.g_shape(v.shape, d):
-            return d
-    return False
 
 
 # --------------------------------------------------------------------------------------------

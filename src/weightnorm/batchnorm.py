@@ -7,7 +7,7 @@ noise than full batch norm; the paper credits the combination for its best CIFAR
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -196,14 +196,12 @@ class SyncMeanOnlyBatchNorm(_MeanOnlyBatchNorm):
         use_batch = self.training or self.running_mean is None
         if not use_batch or not _distributed(self.process_group):
             return F.mean_only_batch_norm(x, self.running_mean, self.bias, use_batch, momentum)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, x.ndim)]
         shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
         torch.distributed.all_reduce(count, group=self.process_group)
         # differentiable all-reduce: the backward sums the gradients of every rank too
-        total = cast(Tensor, all_reduce(x.sum(dim=dims), group=self.process_group))  # type: ignore[no-untyped-call]
+        total: Tensor = _AllReduceSum.apply(x.sum(dim=dims), self.process_group)  # type: ignore[no-untyped-call]
         mean = total / count.to(x.dtype)
         if self.running_mean is not None:
             with torch.no_grad():
@@ -235,6 +233,23 @@ class SyncMeanOnlyBatchNorm(_MeanOnlyBatchNorm):
             if converted is not child:
                 setattr(module, name, converted)
         return module
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the backward sums the incoming gradients over ranks as well."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+        ctx.group = group
+        out = x.clone()
+        torch.distributed.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        out = grad.clone()
+        torch.distributed.all_reduce(out, group=ctx.group)
+        return out, None
 
 
 def _distributed(group: Any) -> bool:

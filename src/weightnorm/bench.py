@@ -10,6 +10,7 @@ Run ``weightnorm bench`` (or ``python -m weightnorm bench``); ``--json FILE`` wr
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import json
 import platform
@@ -19,12 +20,14 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from ._model import apply_weight_norm
+from ._model import apply_weight_norm, fold
+from .init import data_dependent_init
+from .optim import WeightNormOptimizer
 
 __all__ = ["BenchResult", "IMPLEMENTATIONS", "MODELS", "run_benchmarks", "format_table"]
 
@@ -105,11 +108,22 @@ def _torch_parametrize(model: nn.Module) -> nn.Module:
     return model
 
 
-IMPLEMENTATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "plain": lambda m: m,
-    "weightnorm": apply_weight_norm,
-    "torch-legacy": _torch_legacy,
-    "torch-parametrize": _torch_parametrize,
+def _adam(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=1e-4)
+
+
+def _optimizer_level(model: nn.Module) -> tuple[nn.Module, Callable[[nn.Module], Any]]:
+    return model, lambda m: WeightNormOptimizer(m, torch.optim.Adam, lr=1e-4)
+
+
+Setup = Callable[[nn.Module], tuple[nn.Module, Callable[[nn.Module], torch.optim.Optimizer]]]
+
+IMPLEMENTATIONS: dict[str, Setup] = {
+    "plain": lambda m: (m, _adam),
+    "weightnorm": lambda m: (apply_weight_norm(m), _adam),
+    "weightnorm-optim": _optimizer_level,
+    "torch-legacy": lambda m: (_torch_legacy(m), _adam),
+    "torch-parametrize": lambda m: (_torch_parametrize(m), _adam),
 }
 
 
@@ -129,14 +143,24 @@ class BenchResult:
     ratios: list[float] = field(repr=False)
 
 
-def _make_step(model: nn.Module, spec: ModelSpec, seed: int) -> Callable[[], None]:
+def _inputs(spec: ModelSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(spec.input_shape, generator=gen)
     if spec.classes is None:
         target = torch.randn(spec.input_shape, generator=gen)
     else:
         target = torch.randint(0, spec.classes, (spec.input_shape[0],), generator=gen)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    return x, target
+
+
+def _make_step(
+    impl: str, base: nn.Module, spec: ModelSpec, seed: int, compiled: bool
+) -> Callable[[], None]:
+    model, make_opt = IMPLEMENTATIONS[impl](copy.deepcopy(base))
+    opt = make_opt(model)
+    x, target = _inputs(spec, seed)
+    if compiled:
+        model = cast(nn.Module, torch.compile(model))
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -159,10 +183,12 @@ def run_benchmarks(
     warmup: int = 5,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    compiled: bool = False,
 ) -> list[BenchResult]:
     """Time a training step (forward, backward, Adam) of every model under every implementation.
 
     Returns one :class:`BenchResult` per pair, ratios relative to ``"plain"`` in the same round.
+    With ``compiled``, every model (plain included) runs under ``torch.compile``.
 
     Example::
 
@@ -188,7 +214,7 @@ def run_benchmarks(
         spec = MODELS[name]
         torch.manual_seed(seed)
         base = spec.build()
-        steps = {i: _make_step(IMPLEMENTATIONS[i](copy.deepcopy(base)), spec, seed) for i in impls}
+        steps = {i: _make_step(i, base, spec, seed, compiled) for i in impls}
         for step in steps.values():
             for _ in range(warmup):
                 step()
@@ -218,6 +244,67 @@ def run_benchmarks(
                 )
             )
     return results
+
+
+def _median_time(fn: Callable[[], object], repeats: int, number: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - start) / number)
+    return statistics.median(times)
+
+
+def run_extras(
+    models: list[str] | None = None, repeats: int = 15, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Inference of the folded model vs the plain one, and data-dependent init vs one forward.
+
+    The folded model must compute what the normalized one does; that is checked here too.
+    """
+    rows = []
+    for name in models or list(MODELS):
+        spec = MODELS[name]
+        torch.manual_seed(seed)
+        plain = spec.build().eval()
+        normed = apply_weight_norm(copy.deepcopy(plain))
+        x, _ = _inputs(spec, seed)
+        with torch.no_grad():
+            expected = normed(x)
+            folded = fold(copy.deepcopy(normed))
+            if not torch.allclose(folded(x), expected, atol=1e-5, rtol=1e-4):
+                raise RuntimeError(f"{name}: the folded model disagrees with the normalized one")
+            t_plain = _median_time(functools.partial(plain, x), repeats, 5)
+            t_folded = _median_time(functools.partial(folded, x), repeats, 5)
+            t_normed = _median_time(functools.partial(normed, x), repeats, 5)
+        init = functools.partial(data_dependent_init, normed, x)
+        t_init = _median_time(init, max(3, repeats // 3), 1)
+        rows.append(
+            {
+                "model": name,
+                "folded_inference_ratio": t_folded / t_plain,
+                "normalized_inference_ratio": t_normed / t_plain,
+                "data_init_vs_forward": t_init / t_normed,
+                "plain_forward_ms": t_plain * 1e3,
+            }
+        )
+    return rows
+
+
+def format_extras(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`run_extras`."""
+    lines = [
+        "| model | plain forward (ms) | folded / plain (inference) | normalized / plain "
+        "(inference) | data init / one forward |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['plain_forward_ms']:.2f} | {r['folded_inference_ratio']:.2f} | "
+            f"{r['normalized_inference_ratio']:.2f} | {r['data_init_vs_forward']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def format_table(results: list[BenchResult]) -> str:
@@ -251,8 +338,13 @@ def environment() -> dict[str, Any]:
     }
 
 
-def to_json(results: list[BenchResult]) -> str:
+def to_json(results: list[BenchResult], extras: list[dict[str, Any]] | None = None) -> str:
     """Every number, with the environment."""
     return json.dumps(
-        {"environment": environment(), "results": [asdict(r) for r in results]}, indent=2
+        {
+            "environment": environment(),
+            "results": [asdict(r) for r in results],
+            "extras": extras or [],
+        },
+        indent=2,
     )

@@ -1,4 +1,4 @@
-"""The ``weightnorm`` command line: ``reproduce`` (the main job) and ``bench``."""
+"""The ``weightnorm`` command line: ``reproduce`` (the main job), ``convert`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -28,20 +28,26 @@ def _bench(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             steps_per_round=args.steps,
             progress=progress,
+            compiled=args.compile,
         )
+        extras = bench.run_extras(args.models) if args.extras else []
     except ValueError as err:
-        print(f"weightnorm bench: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
+    mode = "torch.compile" if args.compile else "eager"
+    print(f"Training step (forward, backward, Adam), {mode}: time / plain model's time\n")
     print(bench.format_table(results))
     env = bench.environment()
     print(
         f"\nratios to the plain model, median [min-max] over {args.rounds} interleaved rounds; "
         f"torch {env['torch']}, {env['threads']} threads, {env['machine']}"
     )
+    if extras:
+        print("\nInference (eval, no_grad) and data-dependent init\n")
+        print(bench.format_extras(extras))
     if args.json:
         from ._io import atomic_write_text
 
-        atomic_write_text(args.json, bench.to_json(results))
+        atomic_write_text(args.json, bench.to_json(results, extras))
     return 0
 
 
@@ -112,9 +118,10 @@ def _reproduce(args: argparse.Namespace) -> int:
             return _fail("--config cifar10 needs --data-dir (the CIFAR-10 python batches)")
         data_args["data_dir"] = args.data_dir
     network = {"widths": tuple(args.widths)} if args.widths else {}
-    workers = args.workers or (os.cpu_count() or 1)
     device = args.device or ("cuda" if _cuda() else "cpu")
-    progress = _Progress(args.progress)
+    rank = _init_distributed(device)  # under torchrun: one process group, runs in lockstep
+    workers = 1 if rank is not None else (args.workers or (os.cpu_count() or 1))
+    progress = _Progress(args.progress and not rank)
     start = time.perf_counter()
     try:
         settings.validate()
@@ -132,6 +139,8 @@ def _reproduce(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 130
     progress.close()
+    if rank:  # rank 0 writes
+        return 0
     resolved = {
         "command": "reproduce",
         "config": named.name,
@@ -146,6 +155,20 @@ def _reproduce(args: argparse.Namespace) -> int:
     minutes = (time.perf_counter() - start) / 60
     print(f"report: {os.path.join(out, 'report.md')} ({minutes:.1f} min)")
     return 0
+
+
+def _init_distributed(device: str) -> int | None:
+    """Join the process group torchrun describes (gloo on CPU); the rank, or None if alone."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    dist = torch.distributed
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return int(dist.get_rank())
 
 
 def _cuda() -> bool:
@@ -194,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_reproduce(sub)
+    _add_convert(sub)
     b = sub.add_parser(
         "bench",
         help="time a training step against the plain model",
@@ -205,9 +229,119 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=_positive, default=15, help="interleaved rounds (default 15)")
     b.add_argument("--steps", type=_positive, default=10, help="steps per round (default 10)")
     b.add_argument("--json", help="also write every number to this JSON file")
+    b.add_argument("--compile", action="store_true", help="run every model under torch.compile")
+    b.add_argument("--no-extras", dest="extras", action="store_false",
+                   help="skip the inference and data-init timings")  # fmt: skip
     b.add_argument("--no-progress", dest="progress", action="store_false")
     b.set_defaults(func=_bench)
     return parser
+
+
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "generator", "net", "module")
+
+
+def _find_state_dict(obj: Any, key: str | None) -> tuple[dict[str, Any], str | None]:
+    """The state dict inside a checkpoint, and the key it sits under (None: the top level)."""
+    import torch
+
+    def is_state_dict(value: Any) -> bool:
+        return (
+            isinstance(value, dict)
+            and bool(value)
+            and all(isinstance(k, str) for k in value)
+            and any(isinstance(v, torch.Tensor) for v in value.values())
+        )
+
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a state dict (a dict of tensors), got {type(obj).__name__}")
+    if key is not None:
+        if key not in obj:
+            raise ValueError(
+                f"no key {key!r} in the checkpoint; its keys: {', '.join(map(str, obj))}"
+            )
+        if not is_state_dict(obj[key]):
+            raise ValueError(f"checkpoint[{key!r}] is not a state dict (a dict of tensors)")
+        return obj[key], key
+    if is_state_dict(obj) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, None
+    nested = [k for k in _NESTED_KEYS if is_state_dict(obj.get(k))]
+    if not nested:
+        nested = [k for k, v in obj.items() if is_state_dict(v)]
+    if len(nested) == 1:
+        return obj[nested[0]], nested[0]
+    if is_state_dict(obj):
+        return obj, None
+    if nested:
+        raise ValueError(
+            f"the checkpoint holds several state dicts ({', '.join(nested)}); choose one with --key"
+        )
+    raise ValueError("the file holds no state dict (no dict of tensors found)")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import io
+    import pickle
+
+    import torch
+
+    from ._io import atomic_write_bytes
+    from .formats import convert_state_dict
+
+    try:
+        with open(args.input, "rb") as handle:
+            raw = handle.read()
+    except OSError as err:
+        return _fail(f"cannot read {args.input}: {err.strerror or err}")
+    try:
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=not args.unsafe_load)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
+        hint = (
+            ""
+            if args.unsafe_load
+            else ("; it may hold arbitrary Python objects: if you trust it, pass --unsafe-load")
+        )
+        return _fail(f"{args.input} is not a loadable checkpoint ({first}){hint}")
+    except Exception as err:
+        return _fail(f"{args.input} is not a PyTorch checkpoint: {err}")
+    try:
+        state_dict, key = _find_state_dict(obj, args.key)
+        converted = convert_state_dict(state_dict, to=args.to)
+    except ValueError as err:
+        return _fail(f"{args.input}: {err}")
+    result: Any = converted if key is None else {**obj, key: converted}
+    buffer = io.BytesIO()
+    torch.save(result, buffer)
+    try:
+        atomic_write_bytes(args.output, buffer.getvalue())
+    except OSError as err:
+        return _fail(f"cannot write {args.output}: {err.strerror or err}")
+    where = f" (under {key!r})" if key else ""
+    print(f"wrote {args.output}: {len(converted)} entries in the {args.to} format{where}")
+    return 0
+
+
+def _add_convert(sub: Any) -> None:
+    from .formats import FORMATS
+
+    c = sub.add_parser(
+        "convert",
+        help="convert a checkpoint between weight-norm formats",
+        description="Rewrite a checkpoint's weight-normalized parameters as weightnorm/legacy "
+        "keys (<name>_g, <name>_v), torch parametrize keys "
+        "(parametrizations.<name>.original0/1) or plain folded weights. Any mix is read. "
+        "The checkpoint is loaded with torch.load(weights_only=True): arbitrary pickled "
+        "objects are refused unless --unsafe-load is given.",
+    )
+    c.add_argument("input", help="checkpoint to read")
+    c.add_argument("output", help="where to write the converted checkpoint")
+    c.add_argument("--to", required=True, choices=list(FORMATS), help="target format")
+    c.add_argument("--key", help="the entry holding the state dict in a nested checkpoint "
+                   f"(default: detected; tried: {', '.join(_NESTED_KEYS)})")  # fmt: skip
+    c.add_argument("--unsafe-load", action="store_true",
+                   help="allow arbitrary pickled objects (executes code from the file: only for "
+                   "checkpoints you trust)")  # fmt: skip
+    c.set_defaults(func=_convert)
 
 
 def _add_reproduce(sub: Any) -> None:
@@ -251,7 +385,13 @@ def _add_reproduce(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``weightnorm`` console script."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    finally:
+        import torch
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

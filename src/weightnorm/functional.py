@@ -23,13 +23,14 @@ it is ordered like the output channels.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "DEFAULT_EPS",
+    "dim_of_g",
     "g_shape",
     "mean_only_batch_norm",
     "norm_except_dim",
@@ -106,6 +107,26 @@ def g_shape(
     if dim is None:
         return (1,) * len(shape)
     return tuple(s if d == dim else 1 for d, s in enumerate(shape))
+
+
+def dim_of_g(
+    g_shape_: torch.Size | tuple[int, ...], weight_shape: torch.Size | tuple[int, ...]
+) -> int | Literal[False] | None:
+    """The unit dim for which ``g_shape_`` is the keep-dim shape of ``g``; ``False`` if none.
+
+    A single-element g means the whole tensor (``None``).
+
+    Example::
+
+        >>> dim_of_g((1, 6, 1), (4, 6, 3)), dim_of_g((), (4, 6)), dim_of_g((2, 2), (4, 6))
+        (1, None, False)
+    """
+    if int(torch.Size(g_shape_).numel()) == 1:
+        return None
+    for d in range(len(weight_shape)):
+        if tuple(g_shape_) == g_shape(weight_shape, d):
+            return d
+    return False
 
 
 def norm_except_dim(v: Tensor, dim: int | None = 0, *, groups: int = 1) -> Tensor:

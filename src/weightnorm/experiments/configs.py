@@ -51,7 +51,7 @@ CONFIGS: dict[str, NamedConfig] = {
         "generated samples: 7,000 train, 1,000 validation, 2,000 test)",
         comparison=ComparisonConfig(
             name="mnist1d", epochs=16, batch_size=100, seeds=3, init_batch_size=500,
-            lr_grid={"adam": _ADAM, "sgd": _SGD}, target_train_error=0.10,
+            lr_grid={"adam": _ADAM, "sgd": _SGD}, target_train_error=0.06,
         ),
         quick=ComparisonConfig(
             name="mnist1d-quick", epochs=4, batch_size=100, seeds=2, init_batch_size=100,

@@ -175,13 +175,34 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def zca_whiten(train: np.ndarray, *others: np.ndarray, eps: float = 1e-2) -> list[np.ndarray]:
-    """ZCA-whiten ``train`` and apply the same transform to ``others`` (flattened per sample)."""
+    """ZCA-whiten ``train`` and apply the same transform to ``others`` (flattened per sample).
+
+    ``W = U (S + eps)^-1/2 U^T`` for the training covariance ``U S U^T``. With fewer samples than
+    features the covariance is handled through a thin SVD of the data (exactly: directions
+    outside the data's span have variance 0 and are scaled by ``eps^-1/2``).
+    """
     flat = train.reshape(len(train), -1).astype(np.float64)
     mean = flat.mean(axis=0)
-    cov = np.cov(flat - mean, rowvar=False)
-    u, s, _ = np.linalg.svd(cov)
-    w = (u * (1.0 / np.sqrt(s + eps))) @ u.T
-    return [((a.reshape(len(a), -1) - mean) @ w).reshape(a.shape) for a in (train, *others)]
+    centred = flat - mean
+    n, d = centred.shape
+    if n >= d:
+        values, vectors = np.linalg.eigh(centred.T @ centred / max(n - 1, 1))
+        values = np.clip(values, 0.0, None)
+
+        def apply(x: np.ndarray) -> np.ndarray:
+            out: np.ndarray = ((x @ vectors) / np.sqrt(values + eps)) @ vectors.T
+            return out
+
+    else:
+        _, sing, vt = np.linalg.svd(centred, full_matrices=False)  # vt: (n, d)
+        values = sing**2 / max(n - 1, 1)
+        extra = 1.0 / np.sqrt(values + eps) - 1.0 / np.sqrt(eps)
+
+        def apply(x: np.ndarray) -> np.ndarray:
+            out: np.ndarray = x / np.sqrt(eps) + ((x @ vt.T) * extra) @ vt
+            return out
+
+    return [apply(a.reshape(len(a), -1) - mean).reshape(a.shape) for a in (train, *others)]
 
 
 def cifar10(data_dir: str | Path, val_fraction: float = 0.1, seed: int = 0) -> Dataset:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import platform
 import statistics
 from dataclasses import asdict, dataclass
@@ -36,7 +37,7 @@ class MethodSummary:
     test_error_mean: float
     test_error_std: float
     train_error_final: float
-    epochs_to_target: int | None  # 1-based epoch at which the mean curve first reaches target
+    epochs_to_target: float | None  # when the mean curve first reaches target (interpolated)
     epoch_time_ratio: float  # median epoch time / the baseline's
     train_error_curve: list[float]
     test_error_curve: list[float]
@@ -50,6 +51,23 @@ def _nanmean(values: list[float]) -> float:
 def _mean_curve(runs: list[dict[str, Any]], key: str) -> list[float]:
     curves = [r["curves"][key] for r in runs]
     return [_nanmean([c[i] for c in curves]) for i in range(len(curves[0]))]
+
+
+def epochs_to(curve: list[float], target: float) -> float | None:
+    """Epochs (1-based, linearly interpolated between epochs) until ``curve`` <= ``target``.
+
+    Example::
+
+        >>> epochs_to([0.5, 0.3, 0.1], 0.2)
+        2.5
+    """
+    for i, value in enumerate(curve):
+        if math.isfinite(value) and value <= target:
+            before = curve[i - 1] if i > 0 else math.nan
+            if not math.isfinite(before) or before == value:
+                return float(i + 1)
+            return i + (before - target) / (before - value)
+    return None
 
 
 def _target(result: ComparisonResult, finals: dict[tuple[str, str], list[dict[str, Any]]]) -> float:
@@ -80,7 +98,6 @@ def summarize(result: ComparisonResult) -> tuple[list[MethodSummary], float]:
             tests = [r["final"]["test_error"] for r in runs]
             finite = [t for t in tests if math.isfinite(t)]
             train_curve = _mean_curve(runs, "train_error")
-            reached = [i + 1 for i, v in enumerate(train_curve) if v <= target]
             summaries.append(
                 MethodSummary(
                     optimizer=opt,
@@ -91,7 +108,7 @@ def summarize(result: ComparisonResult) -> tuple[list[MethodSummary], float]:
                     test_error_mean=statistics.fmean(finite) if finite else math.nan,
                     test_error_std=statistics.stdev(finite) if len(finite) > 1 else 0.0,
                     train_error_final=train_curve[-1],
-                    epochs_to_target=reached[0] if reached else None,
+                    epochs_to_target=epochs_to(train_curve, target),
                     epoch_time_ratio=_nanmean([r["median_epoch_time_s"] for r in runs]) / base_time,
                     train_error_curve=train_curve,
                     test_error_curve=_mean_curve(runs, "test_error"),
@@ -116,7 +133,7 @@ def _claims(summaries: list[MethodSummary], epochs: int) -> list[str]:
 
         def fmt(m: str, by: dict[str, MethodSummary] = by) -> str:
             value = by[m].epochs_to_target
-            return "never" if value is None else f"epoch {value}"
+            return "never" if value is None else f"epoch {value:.1f}"
 
         if "wn-init" in by and "normal-init" in by:
             held = ett("wn-init") < ett("normal-init")
@@ -186,6 +203,7 @@ def _environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor() or "unknown",
         "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
     }
 
 
@@ -197,7 +215,7 @@ def _table(summaries: list[MethodSummary], target: float) -> str:
     ]
     for s in summaries:
         div = f" ({s.diverged} diverged)" if s.diverged else ""
-        ett = "not reached" if s.epochs_to_target is None else str(s.epochs_to_target)
+        ett = "not reached" if s.epochs_to_target is None else f"{s.epochs_to_target:.1f}"
         lines.append(
             f"| {s.optimizer} | {s.method} | {s.lr:g} | {s.test_error_mean:.2%} +- "
             f"{s.test_error_std:.2%}{div} | {s.train_error_final:.2%} | {ett} | "
@@ -319,6 +337,9 @@ def write_report(
     atomic_write_text(out / "results.json", json.dumps(payload, indent=1, default=str))
     atomic_write_text(out / "results.csv", _csv(result))
     cfg = result.config
+    workers = ""
+    if resolved and "workers" in resolved:
+        workers = f", {resolved['workers']} parallel runs"
     methods = "\n".join(f"- `{m}`: {METHODS[m].label}" for m in cfg.methods)
     claims = "\n".join(_claims(summaries, cfg.epochs)) or "- (too few methods to check claims)"
     images = "\n".join(f"![{p}]({p})" for p in plots)
@@ -332,9 +353,10 @@ split (seed 0), then {cfg.seeds} seed(s) at that rate. Errors are on the test sp
 
 {_table(summaries, target)}
 
-Epochs to target: first epoch at which the mean training error over seeds (measured during the
-epoch, with dropout and input noise on) is at most {target:.1%}. Time per epoch: median training
-time of an epoch relative to the normal parameterization under the same optimizer.
+Epochs to target: when the mean training error over seeds (measured during each epoch, with
+dropout and input noise on; interpolated between epochs) first reaches {target:.1%}. Time per
+epoch: median training time of an epoch relative to the normal parameterization under the same
+optimizer.
 
 ## What held and what did not
 
@@ -348,7 +370,7 @@ time of an epoch relative to the normal parameterization under the same optimize
 
 {images}
 
-Machine: {env["machine"]} ({env["processor"]}), torch {env["torch"]}, {env["threads"]} threads;
+Machine: {env["machine"]}, {env["cpus"]} CPUs, torch {env["torch"]}{workers};
 wall time {result.wall_time_s / 60:.1f} min. Every curve is in `results.json` / `results.csv`.
 """
     atomic_write_text(out / "report.md", report)

@@ -189,7 +189,9 @@ def train_run(
     model = build_method(METHODS[spec.method], factory, data.train.x[init_idx])
     model = model.to(device)
     if world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+        if device.type == "cuda":  # torch's SyncBatchNorm runs on GPUs only; on CPU each rank
+            # normalizes its own slice of the batch (plain DDP behaviour)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
         model = SyncMeanOnlyBatchNorm.convert_sync_mean_only_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(model)
     opt = _make_optimizer(spec.optimizer, model.parameters(), spec.lr)

@@ -1,0 +1,207 @@
+"""Weight normalization at the optimizer: zero cost in the forward and backward passes.
+
+The model keeps its plain weights. :class:`WeightNormOptimizer` owns ``g`` and ``v`` for each
+normalized weight, and at every step converts ``grad_w`` into ``grad_g`` and ``grad_v`` with the
+paper's eq. 3, lets the wrapped optimizer update ``g`` and ``v``, and writes ``w = g v/||v||``
+back into the weight. The forward and backward passes are those of the plain network; the
+trajectory is that of the reparameterized model (the paper authors' own Keras implementation
+worked this way).
+
+Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2-3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+from ._errors import WeightNormError
+from ._model import DEFAULT_LAYERS
+from ._reparam import default_dim, weight_norm_specs
+
+__all__ = ["WeightNormOptimizer"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class _Entry:
+    """One normalized weight: the model's tensor ``w`` and the optimizer's ``g`` and ``v``."""
+
+    def __init__(self, name: str, w: nn.Parameter, dim: int | None, groups: int, eps: float):
+        self.name, self.w, self.dim, self.groups, self.eps = name, w, dim, groups, eps
+        with torch.no_grad():
+            norm = F.norm_except_dim(w.detach(), dim, groups=groups)
+        g_dtype = torch.float32 if w.dtype in _LOW_PRECISION else w.dtype
+        self.g = nn.Parameter(norm.to(g_dtype))
+        self.v = nn.Parameter(w.detach().clone())
+
+    def to_g_v_grads(self) -> None:
+        """grad_g = grad_w . v/||v||; grad_v = g/||v|| (grad_w - (grad_w . v)/||v||^2 v)."""
+        grad_w = self.w.grad
+        if grad_w is None:
+            self.g.grad = self.v.grad = None
+            return
+        v = self.v.detach()
+        x = F._grouped_view(v, self.groups) if self.groups > 1 else v
+        gw = F._grouped_view(grad_w, self.groups) if self.groups > 1 else grad_w
+        dims = F._reduce_dims(v.ndim, self.dim, self.groups)
+        norm = F._norm(x, dims)
+        normc = norm.clamp_min(self.eps)
+        dot = torch.sum(gw * x, dims, keepdim=True, dtype=norm.dtype)
+        self.g.grad = (dot / normc).to(self.g.dtype)
+        coef = torch.where(norm >= self.eps, dot / (normc * normc), 0.0)
+        grad_v = torch.addcmul(gw, x, coef, value=-1).mul_(self.g.detach() / normc)
+        self.v.grad = grad_v.reshape(v.shape).to(v.dtype)
+
+    @torch.no_grad()
+    def write_weight(self) -> None:
+        self.w.copy_(F.weight_norm(self.v, self.g, self.dim, self.eps, groups=self.groups))
+
+
+class WeightNormOptimizer(torch.optim.Optimizer):
+    r"""Train a plain model as if it were weight-normalized, through any ``torch.optim`` optimizer.
+
+    .. math::
+        \nabla_g L = \frac{\nabla_{\mathbf w} L \cdot \mathbf v}{\|\mathbf v\|}, \qquad
+        \nabla_{\mathbf v} L = \frac{g}{\|\mathbf v\|}\nabla_{\mathbf w} L
+            - \frac{g\,\nabla_g L}{\|\mathbf v\|^2}\mathbf v
+
+    The weights of every ``layers`` module of ``model`` (per output unit, as
+    :func:`weightnorm.weight_norm` would) are represented by ``g = ||w||`` and ``v = w``, which the
+    wrapped optimizer updates; every other parameter is updated directly. After each
+    :meth:`step` the model's weights equal ``g v / ||v||``. Forward and backward cost nothing
+    extra. The trajectory equals that of the model reparameterized by
+    :func:`weightnorm.apply_weight_norm` under the same optimizer, up to float rounding.
+
+    ``state_dict()`` holds the wrapped optimizer's state and every ``g`` and ``v``;
+    ``load_state_dict`` restores both, so training resumes exactly (also write the model's own
+    state dict). Use ``zero_grad`` as usual; the model's gradients are read at each step.
+
+    Args:
+        model (nn.Module): a plain model (layers normalized by this library are refused: they
+            already are weight-normalized).
+        optimizer (callable): builds the wrapped optimizer from a list of parameter groups,
+            e.g. ``torch.optim.Adam`` or ``lambda groups: torch.optim.SGD(groups, momentum=0.9)``.
+        layers (tuple of types, optional): modules whose ``weight`` is normalized.
+            Default: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d.
+        eps (float, optional): lower bound on ``||v||``. Default: ``1e-12``.
+        **defaults: keyword arguments of ``optimizer`` (``lr=...``).
+
+    Example::
+
+        >>> import torch, weightnorm as wn
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> opt = wn.optim.WeightNormOptimizer(net, torch.optim.Adam, lr=1e-2)
+        >>> net(torch.randn(16, 4)).pow(2).mean().backward()
+        >>> opt.step(); opt.zero_grad()
+        >>> g = opt.weight_norm_parameters()["0.weight"][0]
+        >>> bool(torch.allclose(net[0].weight.norm(dim=1), g.flatten()))
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        *,
+        layers: tuple[type[nn.Module], ...] = DEFAULT_LAYERS,
+        eps: float = F.DEFAULT_EPS,
+        **defaults: Any,
+    ) -> None:
+        entries: list[_Entry] = []
+        normalized: set[int] = set()
+        for qualname, module in model.named_modules():
+            if weight_norm_specs(module):
+                raise WeightNormError(
+                    f"{qualname or 'the model'} is already weight-normalized by wn.weight_norm; "
+                    "WeightNormOptimizer takes a plain model (wn.fold(model) first)"
+                )
+            if not isinstance(module, layers):
+                continue
+            w = module._parameters.get("weight")
+            if w is None or not w.requires_grad or id(w) in normalized:
+                continue
+            dim, n_groups = default_dim(module)
+            name = f"{qualname}.weight" if qualname else "weight"
+            entries.append(_Entry(name, w, dim, n_groups, eps))
+            normalized.add(id(w))
+        if not entries:
+            raise WeightNormError(
+                f"no {', '.join(t.__name__ for t in layers)} weight to normalize in the model"
+            )
+        self._entries = entries
+        others = [p for p in model.parameters() if p.requires_grad and id(p) not in normalized]
+        groups: list[dict[str, Any]] = [
+            {"params": [t for e in entries for t in (e.g, e.v)]},
+        ]
+        if others:
+            groups.append({"params": others})
+        self.inner = optimizer(groups, **defaults)
+        super().__init__([{"params": [e.g for e in entries]}], {})
+        # share the wrapped optimizer's groups and state: LR schedulers act on the real ones
+        self.param_groups = self.inner.param_groups
+        self.state = self.inner.state
+        self.defaults = self.inner.defaults
+
+    def weight_norm_parameters(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{weight name: (g, v)}`` for every normalized weight."""
+        return {e.name: (e.g, e.v) for e in self._entries}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Convert the weight gradients (eq. 3), step the wrapped optimizer, write the weights."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for entry in self._entries:
+            entry.to_g_v_grads()
+        self.inner.step()
+        for entry in self._entries:
+            entry.write_weight()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the model's gradients and those of ``g`` and ``v``."""
+        self.inner.zero_grad(set_to_none)
+        for entry in self._entries:
+            if set_to_none:
+                entry.w.grad = None
+            elif entry.w.grad is not None:
+                entry.w.grad.zero_()
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """The wrapped optimizer's state and every ``g`` and ``v``."""
+        return {
+            "inner": self.inner.state_dict(),
+            "weight_norm": {
+                e.name: (e.g.detach().clone(), e.v.detach().clone()) for e in self._entries
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """Restore :meth:`state_dict`'s content (and write the weights from ``g`` and ``v``)."""
+        saved = state_dict.get("weight_norm")
+        if not isinstance(saved, dict) or "inner" not in state_dict:
+            raise WeightNormError(
+                "expected a WeightNormOptimizer state dict with keys 'inner' and 'weight_norm'"
+            )
+        names = [e.name for e in self._entries]
+        if sorted(saved) != sorted(names):
+            raise WeightNormError(
+                f"the state dict normalizes {sorted(saved)}, this optimizer {sorted(names)}"
+            )
+        with torch.no_grad():
+            for entry in self._entries:
+                g, v = saved[entry.name]
+                entry.g.copy_(g)
+                entry.v.copy_(v)
+                entry.write_weight()
+        self.inner.load_state_dict(state_dict["inner"])
+
+    def __repr__(self) -> str:
+        return f"WeightNormOptimizer({len(self._entries)} weights, {self.inner!r})"

@@ -1,0 +1,307 @@
+"""The experiment harness: data, schedule, runs, resume, report, and ``weightnorm reproduce``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from weightnorm.experiments import ComparisonConfig, data, run_comparison
+from weightnorm.experiments.data import CifarFormatError, cifar10, digits, mnist1d
+from weightnorm.experiments.models import paper_cnn
+from weightnorm.experiments.report import write_report
+from weightnorm.experiments.runner import RunSpec, _set_schedule, train_run
+
+TINY = functools.partial(paper_cnn, 1, 10, dims=2, widths=(4, 8), pool=False)
+
+
+@pytest.fixture(scope="module")
+def digits_data() -> data.Dataset:
+    return digits()
+
+
+def tiny_config(**kw: object) -> ComparisonConfig:
+    base = {
+        "name": "tiny", "epochs": 2, "batch_size": 64, "seeds": 2, "optimizers": ("adam",),
+        "lr_grid": {"adam": (1e-3, 3e-3)}, "methods": ("wn-init", "normal"), "init_batch_size": 64,
+    }  # fmt: skip
+    base.update(kw)
+    return ComparisonConfig(**base)  # type: ignore[arg-type]
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def test_mnist1d_is_generated_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("MNIST-1D must be generated, not downloaded")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    ds = mnist1d(num_samples=400)
+    assert ds.input_shape == (1, 40)
+    assert len(ds.train) + len(ds.val) == 320
+    assert len(ds.test) == 80
+    # standardized with training statistics only
+    torch.testing.assert_close(ds.train.x.mean(0), torch.zeros(1, 40), atol=1e-5, rtol=0)
+    assert set(ds.train.y.tolist()) <= set(range(10))
+
+
+def test_digits_splits_are_disjoint(digits_data: data.Dataset) -> None:
+    ds = digits_data
+    assert ds.input_shape == (1, 8, 8)
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 1797
+    rows = {tuple(r) for r in ds.train.x.reshape(len(ds.train), -1).round(decimals=4).tolist()}
+    test_rows = [tuple(r) for r in ds.test.x.reshape(len(ds.test), -1).round(decimals=4).tolist()]
+    assert sum(r in rows for r in test_rows) < len(test_rows) // 10  # (digits has duplicates)
+
+
+def write_cifar(folder: Path, per_batch: int = 6) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = {
+            b"batch_label": name.encode(),
+            b"data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, size=per_batch).tolist(),
+        }
+        with (folder / name).open("wb") as handle:
+            pickle.dump(batch, handle)
+
+
+def test_cifar10_loader_reads_the_python_batches(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "cifar-10-batches-py")
+    ds = cifar10(tmp_path, val_fraction=0.2)
+    assert ds.input_shape == (3, 32, 32)
+    assert len(ds.train) == 24
+    assert len(ds.val) == 6
+    assert len(ds.test) == 6
+    # ZCA whitening with training statistics: zero mean
+    torch.testing.assert_close(ds.train.x.mean(0), torch.zeros(3, 32, 32), atol=1e-4, rtol=0)
+
+
+def test_cifar10_missing_or_malformed(tmp_path: Path) -> None:
+    with pytest.raises(CifarFormatError, match="does not exist"):
+        cifar10(tmp_path / "nope")
+    with pytest.raises(CifarFormatError, match="missing data_batch_1"):
+        cifar10(tmp_path)
+    write_cifar(tmp_path)
+    (tmp_path / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(CifarFormatError, match="data_batch_3 is not a CIFAR-10 python batch"):
+        cifar10(tmp_path)
+    with (tmp_path / "data_batch_3").open("wb") as handle:
+        pickle.dump({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}, handle)
+    with pytest.raises(CifarFormatError, match=r"expected b'data' of shape \(N, 3072\) uint8"):
+        cifar10(tmp_path)
+
+
+class Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("echo pwned",))
+
+
+def test_cifar10_batch_cannot_run_code(tmp_path: Path) -> None:
+    write_cifar(tmp_path)
+    with (tmp_path / "test_batch").open("wb") as handle:
+        pickle.dump({b"data": Payload()}, handle)
+    with pytest.raises(CifarFormatError, match="numpy arrays only"):
+        cifar10(tmp_path)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_paper_schedule(kind: str) -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param]) if kind == "adam" else torch.optim.SGD([param], lr=1)
+
+    def state(step: int) -> tuple[float, float]:
+        _set_schedule(opt, kind, 0.1, step, total=100)
+        group = opt.param_groups[0]
+        return group["lr"], group["betas"][0] if kind == "adam" else group["momentum"]
+
+    assert state(0) == (0.1, 0.9)
+    assert state(49) == (0.1, 0.9)
+    assert state(50) == (0.1, 0.5)
+    lr, momentum = state(75)
+    assert lr == pytest.approx(0.05)
+    assert momentum == 0.5
+    assert state(99)[0] == pytest.approx(0.002)
+
+
+def test_train_run_is_deterministic_and_learns(digits_data: data.Dataset) -> None:
+    config = tiny_config(epochs=3)
+    spec = RunSpec("wn-init", "adam", 3e-3, 0)
+    first = train_run(spec, config, TINY, digits_data)
+    second = train_run(spec, config, TINY, digits_data)
+    assert first["curves"]["train_loss"] == second["curves"]["train_loss"]
+    assert first["curves"]["test_error"][-1] < 0.8  # well below chance (0.9)
+    assert not first["diverged"]
+    assert len(first["curves"]["val_error"]) == 3
+
+
+def test_divergence_is_recorded(digits_data: data.Dataset) -> None:
+    record = train_run(RunSpec("normal", "sgd", 1e6, 0), tiny_config(), TINY, digits_data)
+    assert record["diverged"]
+    assert np.isnan(record["final"]["test_error"])
+
+
+def test_comparison_resumes_and_never_reuses_stale_results(
+    tmp_path: Path, digits_data: data.Dataset
+) -> None:
+    messages: list[str] = []
+    result = run_comparison(
+        tiny_config(), TINY, digits_data, tmp_path,
+        progress=lambda d, t, m: messages.append(m),
+    )  # fmt: skip
+    # 2 methods x 2 lrs in the sweep, then 1 more seed each
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 6
+    assert len(messages) == 6
+    assert set(result.chosen_lr["adam"]) == {"wn-init", "normal"}
+    assert sum(r["final_run"] for r in result.runs) == 4
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")}
+
+    messages.clear()
+    again = run_comparison(
+        tiny_config(), TINY, digits_data, tmp_path, progress=lambda d, t, m: messages.append(m)
+    )
+    assert all(m.endswith("(cached)") for m in messages)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert again.runs == result.runs
+
+    messages.clear()
+    run_comparison(
+        tiny_config(epochs=3), TINY, digits_data, tmp_path,
+        progress=lambda d, t, m: messages.append(m),
+    )  # fmt: skip
+    assert not any(m.endswith("(cached)") for m in messages)
+
+
+def test_interrupted_comparison_keeps_finished_runs(
+    tmp_path: Path, digits_data: data.Dataset
+) -> None:
+    def interrupt(done: int, total: int, message: str) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(tiny_config(), TINY, digits_data, tmp_path, progress=interrupt)
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 2
+    assert not list((tmp_path / "runs").glob(".*.tmp"))  # nothing half-written
+    messages: list[str] = []
+    run_comparison(
+        tiny_config(), TINY, digits_data, tmp_path, progress=lambda d, t, m: messages.append(m)
+    )
+    assert sum(m.endswith("(cached)") for m in messages) == 2
+
+
+def test_report_files(tmp_path: Path, digits_data: data.Dataset) -> None:
+    result = run_comparison(tiny_config(), TINY, digits_data, tmp_path)
+    payload = write_report(result, tmp_path, resolved={"note": "test"})
+    report = (tmp_path / "report.md").read_text()
+    assert "| adam | wn-init |" in report
+    assert "| adam | normal |" in report
+    assert "## What held and what did not" in report
+    for png in ("curves_adam.png", "lr_sweep.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["resolved"] == {"note": "test"}
+    assert saved["config"]["epochs"] == 2
+    assert saved["environment"]["torch"] == torch.__version__
+    assert len(saved["runs"]) == 6
+    assert len(saved["runs"][0]["curves"]["test_error"]) == 2
+    rows = (tmp_path / "results.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("optimizer,method,lr,seed,final_run,epoch,train_loss")
+    assert len(rows) == 1 + 6 * 2
+    assert payload["chosen_lr"] == result.chosen_lr
+
+
+def test_parallel_workers_match_serial(tmp_path: Path, digits_data: data.Dataset) -> None:
+    config = tiny_config(methods=("wn-init",), seeds=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each worker of a 2-worker pool on 2 cores
+    try:
+        serial = run_comparison(config, TINY, digits_data, tmp_path / "serial")
+    finally:
+        torch.set_num_threads(threads)
+    parallel = run_comparison(config, TINY, digits_data, tmp_path / "parallel", workers=2)
+    key = lambda r: r["spec"]["lr"]  # noqa: E731
+    for a, b in zip(sorted(serial.runs, key=key), sorted(parallel.runs, key=key), strict=True):
+        assert a["final"] == b["final"]
+
+
+def test_bad_config_raises() -> None:
+    with pytest.raises(ValueError, match="unknown method"):
+        tiny_config(methods=("nope",)).validate()
+    with pytest.raises(ValueError, match="epochs must be >= 2"):
+        tiny_config(epochs=1).validate()
+    with pytest.raises(ValueError, match=r"lr_grid\['adam'\] must be positive"):
+        tiny_config(lr_grid={"adam": (-1.0,)}).validate()
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "weightnorm", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_reproduce_quick_writes_report(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    proc = cli("reproduce", "--quick", "--out", str(out), "--workers", "1", "--seeds", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "report:" in proc.stdout
+    assert "[1/14]" in proc.stderr  # plain progress lines when not on a terminal
+    for name in ("report.md", "results.json", "results.csv", "curves_adam.png", "curves_sgd.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["resolved"]["config"] == "mnist1d"
+    assert saved["resolved"]["quick"] is True
+    assert {s["method"] for s in saved["summary"]} == {
+        "normal-init", "normal", "wn", "wn-init", "bn", "mobn", "wn-mobn",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "expected a positive integer, got 0"),
+        (["--methods", "nope"], "invalid choice: 'nope'"),
+        (["--lr-grid-adam", "-1"], "expected a positive number"),
+        (["--config", "cifar10"], "needs --data-dir"),
+        (["--config", "cifar10", "--data-dir", "/nonexistent"], "does not exist"),
+        (["--config", "digits", "--samples", "100"], "--samples applies to --config mnist1d"),
+    ],
+)
+def test_reproduce_bad_values_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    proc = cli("reproduce", "--quick", "--out", str(tmp_path), *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_reproduce_under_torchrun(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "weightnorm", "reproduce", "--quick", "--out", str(out),
+         "--workers", "1", "--seeds", "1", "--optimizer", "adam",
+         "--methods", "wn-mobn", "bn", "--no-progress"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    assert len(runs) == 2
+    assert all(r["world_size"] == 2 for r in runs)
+    assert (out / "report.md").is_file()
