@@ -13,8 +13,6 @@ from torch import nn
 import weightnorm as wn
 
 pytestmark = [
-    # torch 2.13 deprecates both; they still work and deployments still use them
-    pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning"),
     # raised inside torch's own ONNX exporter (torch 2.13 with a newer typing_extensions)
     pytest.mark.filterwarnings("ignore:.*isinstance.treespec, LeafSpec.*:FutureWarning"),
 ]

@@ -167,6 +167,8 @@ def test_comparison_resumes_and_never_reuses_stale_results(
     assert len(list((tmp_path / "runs").glob("*.json"))) == 6
     assert len(messages) == 6
     assert set(result.chosen_lr["adam"]) == {"wn-init", "normal"}
+    assert result.step_time_ratio["adam"]["normal"] == 1.0  # the baseline of the timing pass
+    assert result.step_time_ratio["adam"]["wn-init"] > 0
     assert sum(r["final_run"] for r in result.runs) == 4
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")}
 

@@ -16,7 +16,7 @@ class; folding them gives back the plain ``torch.nn`` class.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import torch
@@ -50,11 +50,23 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 @dataclass(frozen=True)
 class WeightNormSpec:
     """How one parameter is normalized: the unit ``dim`` (non-negative or ``None``), ``eps``, and
-    ``groups`` (> 1 only for a grouped transposed convolution, see :mod:`weightnorm.functional`)."""
+    ``groups`` (> 1 only for a grouped transposed convolution, see :mod:`weightnorm.functional`).
+
+    ``ndim`` (the weight's rank) fixes the reduced dims and whether PyTorch's fused kernels fit
+    the layout, computed once here rather than at every read of the weight."""
 
     dim: int | None
     eps: float = F.DEFAULT_EPS
     groups: int = 1
+    ndim: int = field(default=0, repr=False, compare=False)
+    reduce_dims: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    layout_fusable: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        dims = tuple(F._reduce_dims(self.ndim, self.dim, self.groups)) if self.ndim else ()
+        fusable = self.groups == 1 and self.dim is not None and self.dim in (0, self.ndim - 1)
+        object.__setattr__(self, "reduce_dims", dims)
+        object.__setattr__(self, "layout_fusable", fusable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,9 +76,13 @@ class WeightNormSpec:
 
 def _compute(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
     params = module._parameters
-    v = params[name + "_v"]
-    g = params[name + "_g"]
-    return F.weight_norm(v, g, spec.dim, spec.eps, groups=spec.groups)  # type: ignore[arg-type]
+    v = cast(Tensor, params[name + "_v"])
+    g = cast(Tensor, params[name + "_g"])
+    if v.ndim != spec.ndim:  # replaced by a tensor of another rank: take the checked path
+        return F.weight_norm(v, g, spec.dim, spec.eps, groups=spec.groups)
+    return F._weight_norm_core(
+        v, g, spec.dim, spec.eps, spec.groups, spec.reduce_dims, spec.layout_fusable
+    )
 
 
 def _current_weight(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
@@ -439,7 +455,7 @@ def weight_norm(
             raise WeightNormError(f"{kind}.{name} has shape {tuple(param.shape)}: {err}") from None
     else:
         raise WeightNormError(f"dim must be an int, None or 'output', got {dim!r}")
-    spec = WeightNormSpec(dim=unit_dim, eps=float(eps), groups=groups)
+    spec = WeightNormSpec(dim=unit_dim, eps=float(eps), groups=groups, ndim=param.ndim)
 
     with torch.no_grad():
         norm = F.norm_except_dim(param.detach(), spec.dim, groups=spec.groups)

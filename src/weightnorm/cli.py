@@ -76,9 +76,74 @@ class _Progress:
             self.bar.close()
 
 
+_EXPERIMENTS = ("comparison", "conditioning", "vae", "recurrent", "dqn")
+
+
+def _paper_experiment(args: argparse.Namespace) -> int:
+    """``--experiment conditioning|vae|recurrent|dqn``."""
+    import dataclasses
+    import os
+    import time
+
+    from .experiments import conditioning, generative
+
+    only_comparison = {
+        "--config": args.config != "mnist1d", "--methods": args.methods,
+        "--optimizer": args.optimizer, "--lr-grid-adam": args.lr_grid_adam,
+        "--lr-grid-sgd": args.lr_grid_sgd, "--widths": args.widths, "--samples": args.samples,
+        "--data-dir": args.data_dir, "--batch-size": args.batch_size,
+        "--target-train-error": args.target_train_error,
+    }  # fmt: skip
+    given = [flag for flag, value in only_comparison.items() if value]
+    if given:
+        return _fail(f"{', '.join(given)} apply to --experiment comparison only")
+    table: dict[str, tuple[Any, Any, Any]] = {
+        "conditioning": (
+            conditioning.run_conditioning,
+            conditioning.ConditioningSettings(),
+            conditioning.QUICK,
+        ),
+        "vae": (generative.run_vae, generative.VAESettings(), generative.VAE_QUICK),
+        "recurrent": (
+            generative.run_recurrent,
+            generative.RecurrentSettings(),
+            generative.RECURRENT_QUICK,
+        ),
+        "dqn": (generative.run_dqn, generative.DQNSettings(), generative.DQN_QUICK),
+    }
+    run, full, quick = table[args.experiment]
+    settings = quick if args.quick else full
+    overrides: dict[str, Any] = {}
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
+    if args.epochs is not None:
+        if not hasattr(settings, "epochs"):
+            return _fail(f"--epochs does not apply to --experiment {args.experiment}")
+        overrides["epochs"] = args.epochs
+    settings = dataclasses.replace(settings, **overrides)
+    out = args.out or os.path.join("results", args.experiment + ("-quick" if args.quick else ""))
+    workers = args.workers or (os.cpu_count() or 1)
+    progress = _Progress(args.progress)
+    start = time.perf_counter()
+    try:
+        run(out, settings, workers=workers, progress=progress)
+    except KeyboardInterrupt:
+        progress.close()
+        print(f"\ninterrupted: finished runs are kept in {out}/runs; rerun to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    progress.close()
+    minutes = (time.perf_counter() - start) / 60
+    print(f"report: {os.path.join(out, 'report.md')} ({minutes:.1f} min)")
+    return 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     import os
     import time
+
+    if args.experiment != "comparison":
+        return _paper_experiment(args)
 
     from .experiments.configs import CONFIGS
     from .experiments.data import CifarFormatError
@@ -357,6 +422,14 @@ def _add_reproduce(sub: Any) -> None:
         "several seeds; write report.md, results.json/csv and PNG plots. Finished runs are "
         "kept: rerun the same command to resume.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r.add_argument(
+        "--experiment",
+        choices=_EXPERIMENTS,
+        default="comparison",
+        help="comparison: the paper's CIFAR-10 comparison (on --config data); conditioning: the "
+        "loss Hessian's spectrum, normal vs weight norm; vae: a conv VAE on binarized digits; "
+        "recurrent: an LSTM over MNIST-1D; dqn: DQN on CartPole-v1 (normal, WN, batch norm)",
     )
     configs = ", ".join(f"{n}: {c.description}" for n, c in CONFIGS.items())
     r.add_argument("--config", choices=list(CONFIGS), default="mnist1d", help=configs)

@@ -194,21 +194,41 @@ def weight_norm(
     if groups == 1:
         dim = normalize_dim(dim, v.ndim)
     dims = tuple(_reduce_dims(v.ndim, dim, groups))
-    if not dims or torch.compiler.is_compiling() or _jit_tracing() or _functorch_active():
-        # traced graphs and torch.func transforms get plain differentiable operations
-        return _weight_norm_composite(v, g, dim, eps, groups)
-    x = _grouped_view(v, groups) if groups > 1 else v
-    fused = (
+    layout_fusable = (
         groups == 1
         and dim is not None
         and (dim == 0 or dim == v.ndim - 1)
-        and v.device.type == "cpu"
-        and v.dtype in (torch.float32, torch.float64)
-        and g.dtype == v.dtype
         and tuple(g.shape) == g_shape(v.shape, dim)
     )
-    w = _WeightNormFunction.apply(x, g, dims, dim if fused else None, eps)  # type: ignore[no-untyped-call]
-    return cast(Tensor, w.reshape(v.shape) if groups > 1 else w)
+    return _weight_norm_core(v, g, dim, eps, groups, dims, layout_fusable)
+
+
+def _weight_norm_core(
+    v: Tensor,
+    g: Tensor,
+    dim: int | None,
+    eps: float,
+    groups: int,
+    dims: tuple[int, ...],
+    layout_fusable: bool,
+) -> Tensor:
+    """:func:`weight_norm` after validation: ``dim`` normalized, ``dims`` the reduced dims,
+    ``layout_fusable`` whether the layout suits the fused kernels (groups 1, dim first or last,
+    keep-dim g). Modules call this directly with values fixed when weight norm was applied."""
+    if not dims or torch.compiler.is_compiling() or _jit_tracing() or _functorch_active():
+        # traced graphs and torch.func transforms get plain differentiable operations
+        return _weight_norm_composite(v, g, dim, eps, groups)
+    dtype = v.dtype
+    fused = (
+        layout_fusable
+        and (dtype is torch.float32 or dtype is torch.float64)
+        and g.dtype is dtype
+        and v.device.type == "cpu"
+    )
+    if groups > 1:
+        w = _WeightNormFunction.apply(_grouped_view(v, groups), g, dims, None, eps)  # type: ignore[no-untyped-call]
+        return cast(Tensor, w.reshape(v.shape))
+    return cast(Tensor, _WeightNormFunction.apply(v, g, dims, dim if fused else None, eps))  # type: ignore[no-untyped-call]
 
 
 class _WeightNormFunction(torch.autograd.Function):

@@ -13,12 +13,10 @@ seed-0 run of the sweep is the first of the S final runs. Test errors are only r
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import hashlib
-import json
+import functools
 import math
-import multiprocessing
-import os
+import random
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,10 +26,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from .. import __version__
-from .._io import atomic_write_text
 from ..batchnorm import SyncMeanOnlyBatchNorm
 from .data import Dataset, Split
+from .jobs import Jobs, Progress, distributed
 from .methods import METHODS, build_method
 
 __all__ = ["ComparisonConfig", "ComparisonResult", "RunSpec", "run_comparison", "train_run"]
@@ -40,8 +37,6 @@ DEFAULT_LR_GRID: dict[str, tuple[float, ...]] = {
     "adam": (3e-4, 1e-3, 3e-3, 1e-2),  # the paper's grid
     "sgd": (1e-2, 3e-2, 1e-1, 3e-1),
 }
-
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -120,16 +115,12 @@ class ComparisonResult:
     chosen_lr: dict[str, dict[str, float]]  # optimizer -> method -> lr
     data: dict[str, Any]
     wall_time_s: float
+    # optimizer -> method -> training-step time / the normal parameterization's, measured in
+    # one interleaved timing pass (parallel runs share the machine: their clocks are not)
+    step_time_ratio: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 # --- one run -----------------------------------------------------------------------------------
-
-
-def _distributed() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _set_schedule(opt: torch.optim.Optimizer, kind: str, lr0: float, step: int, total: int) -> None:
@@ -179,7 +170,7 @@ def train_run(
     model is wrapped in DDP with synchronized (mean-only) batch norm, and data-dependent init
     all-reduces its statistics; every rank returns the same record.
     """
-    rank, world = _distributed()
+    rank, world = distributed()
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     n = len(data.train)
@@ -260,132 +251,64 @@ def _nanmedian(values: list[float]) -> float:
 # --- many runs ---------------------------------------------------------------------------------
 
 
-def _run_key(spec: RunSpec, config: ComparisonConfig, data_id: str, arch: dict[str, str]) -> str:
-    payload = {
-        "version": __version__,
-        "torch": torch.__version__.split("+")[0],
-        "data": data_id,
-        "architecture": arch[METHODS[spec.method].norm],
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "init_batch_size": config.init_batch_size,
-        "spec": asdict(spec),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+def time_steps(
+    config: ComparisonConfig,
+    factory: Callable[..., nn.Module],
+    data: Dataset,
+    chosen_lr: dict[str, dict[str, float]],
+    *,
+    device: str = "cpu",
+    rounds: int = 7,
+    steps: int = 8,
+) -> dict[str, dict[str, float]]:
+    """Training-step time of each method relative to the normal parameterization.
+
+    All methods are timed in this process, interleaved round by round in shuffled order, on
+    the same minibatch; the ratio to the baseline (``normal-init``, else ``normal``, else the
+    first method) is taken per round and the median reported.
+    """
+    rng = random.Random(0)
+    dev = torch.device(device)
+    x = data.train.x[: config.batch_size].to(dev)
+    y = data.train.y[: config.batch_size].to(dev)
+    init = data.train.x[: config.init_batch_size]
+    result: dict[str, dict[str, float]] = {}
+    for opt_name in config.optimizers:
+        step_fns = {}
+        for method in config.methods:
+            torch.manual_seed(0)
+            model = build_method(METHODS[method], factory, init).to(dev)
+            opt = _make_optimizer(opt_name, model.parameters(), chosen_lr[opt_name][method])
+
+            def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
+                opt.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
+                opt.step()
+
+            for _ in range(2):
+                step()
+            step_fns[method] = step
+        base = next((m for m in ("normal-init", "normal") if m in step_fns), config.methods[0])
+        per_round: dict[str, list[float]] = {m: [] for m in step_fns}
+        for _ in range(rounds):
+            times = {}
+            order = list(step_fns)
+            rng.shuffle(order)
+            for method in order:
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step_fns[method]()
+                times[method] = time.perf_counter() - start
+            for method in step_fns:
+                per_round[method].append(times[method] / times[base])
+        result[opt_name] = {m: statistics.median(v) for m, v in per_round.items()}
+    return result
 
 
-def _load(path: Path, key: str) -> dict[str, Any] | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("key") == key else None
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_init(
-    factory: Any, data: Dataset, config: ComparisonConfig, threads: int, device: str
-) -> None:
-    torch.set_num_threads(threads)
-    _WORKER.update(factory=factory, data=data, config=config, device=device)
-
-
-def _worker_run(spec: RunSpec) -> dict[str, Any]:
-    w = _WORKER
-    return train_run(spec, w["config"], w["factory"], w["data"], device=w["device"])
-
-
-class _Executor:
-    """Runs specs, in this process or a pool of spawned processes, writing each result."""
-
-    def __init__(
-        self,
-        config: ComparisonConfig,
-        factory: Callable[..., nn.Module],
-        data: Dataset,
-        out: Path,
-        workers: int,
-        progress: Progress | None,
-        total: int,
-        device: str,
-    ) -> None:
-        self.config, self.factory, self.data, self.out = config, factory, data, out
-        self.workers, self.progress, self.total = workers, progress, total
-        self.device = device
-        self.done = 0
-        self.rank, self.world = _distributed()
-        self.data_id = data.fingerprint()
-        self.arch = {norm: repr(factory(norm=norm)) for norm in ("none", "bn", "mobn")}
-        self.pool: cf.ProcessPoolExecutor | None = None
-
-    def key(self, spec: RunSpec) -> str:
-        return _run_key(spec, self.config, self.data_id, self.arch)
-
-    def path(self, spec: RunSpec) -> Path:
-        return self.out / "runs" / f"{spec.name}.json"
-
-    def _finished(self, spec: RunSpec, record: dict[str, Any], cached: bool) -> dict[str, Any]:
-        record = {**record, "key": self.key(spec)}
-        if not cached and self.rank == 0:
-            atomic_write_text(self.path(spec), json.dumps(record, indent=1))
-        self.done += 1
-        if self.progress is not None:
-            final = record["final"]
-            status = "diverged" if record["diverged"] else f"test error {final['test_error']:.4f}"
-            note = " (cached)" if cached else ""
-            self.progress(self.done, self.total, f"{spec.name}: {status}{note}")
-        return record
-
-    def _cached(self, spec: RunSpec) -> dict[str, Any] | None:
-        record = _load(self.path(spec), self.key(spec)) if self.rank == 0 else None
-        if self.world > 1:  # rank 0 decides, so every rank runs the same runs
-            box = [record]
-            torch.distributed.broadcast_object_list(box, src=0)
-            record = box[0]
-        return record
-
-    def run(self, specs: list[RunSpec]) -> dict[RunSpec, dict[str, Any]]:
-        results: dict[RunSpec, dict[str, Any]] = {}
-        todo = []
-        for spec in specs:
-            cached = self._cached(spec)
-            if cached is not None:
-                results[spec] = self._finished(spec, cached, cached=True)
-            else:
-                todo.append(spec)
-        if self.workers <= 1 or self.world > 1:
-            for spec in todo:
-                record = train_run(spec, self.config, self.factory, self.data, device=self.device)
-                results[spec] = self._finished(spec, record, cached=False)
-            return results
-        pool = self._pool()
-        futures = {pool.submit(_worker_run, spec): spec for spec in todo}
-        try:
-            for future in cf.as_completed(futures):
-                spec = futures[future]
-                results[spec] = self._finished(spec, future.result(), cached=False)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-        return results
-
-    def _pool(self) -> cf.ProcessPoolExecutor:
-        if self.pool is None:
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
-            self.pool = cf.ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init,
-                initargs=(self.factory, self.data, self.config, threads, self.device),
-            )
-        return self.pool
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+def _describe(record: dict[str, Any]) -> str:
+    if record["diverged"]:
+        return "diverged"
+    return f"test error {record['final']['test_error']:.4f}"
 
 
 def _score(record: dict[str, Any]) -> float:
@@ -438,18 +361,23 @@ def run_comparison(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     start = time.perf_counter()
-    out = Path(out)
     sweep = [
         RunSpec(m, o, float(lr), 0)
         for o in config.optimizers
         for m in config.methods
         for lr in config.lr_grid[o]
     ]
-    finals_per_pair = config.seeds - 1
-    total = len(sweep) + finals_per_pair * len(config.optimizers) * len(config.methods)
-    executor = _Executor(config, factory, data, out, workers, progress, total, device)
-    try:
-        swept = executor.run(sweep)
+    context = {
+        "data": data.fingerprint(),
+        "architecture": {norm: repr(factory(norm=norm)) for norm in ("none", "bn", "mobn")},
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "init_batch_size": config.init_batch_size,
+    }
+    run = functools.partial(train_run, config=config, factory=factory, data=data, device=device)
+    with Jobs(out, run, context, workers=workers, progress=progress, describe=_describe) as jobs:
+        jobs.expect(len(sweep) + (config.seeds - 1) * len(config.optimizers) * len(config.methods))
+        swept = jobs.run(sweep)
         chosen: dict[str, dict[str, float]] = {o: {} for o in config.optimizers}
         for o in config.optimizers:
             for m in config.methods:
@@ -462,18 +390,19 @@ def run_comparison(
             for m in config.methods
             for seed in range(1, config.seeds)
         ]
-        final_records = executor.run(finals)
-    finally:
-        executor.close()
+        final_records = jobs.run(finals)
     runs = []
     for spec, record in [*swept.items(), *final_records.items()]:
         record = dict(record)
         record["final_run"] = spec.lr == chosen[spec.optimizer][spec.method]
         runs.append(record)
+    rank, _ = distributed()
+    ratios = {} if rank else time_steps(config, factory, data, chosen, device=device)
     return ComparisonResult(
         config=config,
         runs=runs,
         chosen_lr=chosen,
+        step_time_ratio=ratios,
         data={
             "name": data.name,
             "fingerprint": data.fingerprint(),

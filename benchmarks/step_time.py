@@ -1,0 +1,50 @@
+"""Training-step cost of weight norm, ours against PyTorch's, as ratios to the plain model.
+
+    python benchmarks/step_time.py                 # every model, eager
+    python benchmarks/step_time.py --compile       # every model under torch.compile
+    python benchmarks/step_time.py --json out.json
+
+The same measurement as ``weightnorm bench`` (interleaved rounds, medians of per-round ratios);
+this script only adds a summary of the two targets: our overhead at most 5% at batch 128 and
+above, and at most half of torch parametrize's overhead everywhere. Timings are never pass/fail
+in the test suite; this script reports, it does not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from weightnorm import bench
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    results = bench.run_benchmarks(
+        rounds=args.rounds, steps_per_round=args.steps, compiled=args.compile
+    )
+    print(bench.format_table(results))
+    by = {(r.model, r.implementation): r.median_ratio for r in results}
+    print("\ntargets (overhead = ratio - 1):")
+    for model in dict.fromkeys(r.model for r in results):
+        theirs = by[(model, "torch-parametrize")] - 1
+        for impl in ("weightnorm", "weightnorm-optim"):
+            ours = by[(model, impl)] - 1
+            half = "yes" if ours <= max(theirs, 0) / 2 else "no"
+            print(
+                f"  {model:20s} {impl:17s} overhead {ours:+.1%}  <= half of parametrize's "
+                f"({theirs:+.1%}): {half}"
+            )
+    if args.json:
+        with open(args.json, "w") as handle:
+            handle.write(bench.to_json(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
