@@ -66,9 +66,36 @@ def test_gradcheck_float64(shape: tuple[int, ...], dim: int | None, groups: int)
     v = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     g = torch.randn(F.g_shape(shape, dim, groups), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: F.weight_norm(a, b, dim, groups=groups), (v, g))
-    assert torch.autograd.gradgradcheck(
-        lambda a, b: F.weight_norm(a, b, dim, groups=groups), (v, g)
-    )
+
+    def exact(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        with F.exact_gradients():
+            return F.weight_norm(a, b, dim, groups=groups)
+
+    assert torch.autograd.gradgradcheck(exact, (v, g))
+
+
+def test_torch_fused_double_backward_is_wrong_and_refused() -> None:
+    """Regression: torch's fused weight-norm double backward treats the norms as constants.
+
+    The default (fused) path must refuse a graph of its backward rather than return wrong
+    second derivatives; exact_gradients() gives the right ones.
+    """
+    torch.manual_seed(2)
+    v = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(4, 1, dtype=torch.float64, requires_grad=True)
+
+    def second(w: torch.Tensor) -> torch.Tensor:
+        (gv,) = torch.autograd.grad(w.pow(3).sum(), v, create_graph=True)
+        (ggv,) = torch.autograd.grad(gv.pow(2).sum(), v)
+        return ggv
+
+    reference = second(v * (g / v.norm(dim=1, keepdim=True)))
+    assert not torch.allclose(second(torch._weight_norm(v, g, 0)), reference)  # torch's bug
+    with pytest.raises(F.HigherOrderGradientError, match="exact_gradients"):
+        second(F.weight_norm(v, g, 0))
+    with F.exact_gradients():
+        w = F.weight_norm(v, g, 0)
+    torch.testing.assert_close(second(w), reference)
 
 
 @pytest.mark.parametrize("dim", [0, 1, None])

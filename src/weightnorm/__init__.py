@@ -31,6 +31,7 @@ from .batchnorm import (
     SyncMeanOnlyBatchNorm,
 )
 from .formats import convert_state_dict
+from .functional import HigherOrderGradientError, exact_gradients
 from .init import data_dependent_init, data_dependent_init_plain
 from .layers import (
     WNConv1d,
@@ -57,6 +58,7 @@ __all__ = [
     "WNConvTranspose2d",
     "WNConvTranspose3d",
     "WNLinear",
+    "HigherOrderGradientError",
     "WeightNormError",
     "WeightNormSpec",
     "__version__",
@@ -64,6 +66,7 @@ __all__ = [
     "convert_state_dict",
     "data_dependent_init",
     "data_dependent_init_plain",
+    "exact_gradients",
     "default_dim",
     "fold",
     "functional",

@@ -23,6 +23,9 @@ it is ordered like the output channels.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any, Literal, cast
 
 import torch
@@ -30,7 +33,9 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_EPS",
+    "HigherOrderGradientError",
     "dim_of_g",
+    "exact_gradients",
     "g_shape",
     "mean_only_batch_norm",
     "norm_except_dim",
@@ -228,7 +233,59 @@ def _weight_norm_core(
     if groups > 1:
         w = _WeightNormFunction.apply(_grouped_view(v, groups), g, dims, None, eps)  # type: ignore[no-untyped-call]
         return cast(Tensor, w.reshape(v.shape))
+    if fused and not _EXACT.get():
+        # the hot path: PyTorch's fused kernels with their C++ backward (no Python in the
+        # backward pass), used when every norm is above eps, which the kernel reports for free
+        w, norms = torch._weight_norm_interface(v, g, dim)  # type: ignore[arg-type]
+        if bool((norms > eps).all()):
+            if w.requires_grad:
+                w.register_hook(_refuse_higher_order)  # type: ignore[no-untyped-call]
+            return w
     return cast(Tensor, _WeightNormFunction.apply(v, g, dims, dim if fused else None, eps))  # type: ignore[no-untyped-call]
+
+
+_EXACT: contextvars.ContextVar[bool] = contextvars.ContextVar("weightnorm_exact", default=False)
+
+
+class HigherOrderGradientError(RuntimeError):
+    """A second-order gradient through the fused weight-norm kernel was asked for."""
+
+
+def _refuse_higher_order(grad: Tensor) -> None:
+    if torch.is_grad_enabled():  # inside backward, grad mode is on only with create_graph=True
+        raise HigherOrderGradientError(
+            "weightnorm: a graph of the backward pass (create_graph=True, e.g. a gradient "
+            "penalty) goes through weight norm's fused kernel, whose double backward in PyTorch "
+            "is wrong (it treats the norms as constants). Run the forward pass inside "
+            "`with weightnorm.exact_gradients():` for exact higher-order gradients."
+        )
+
+
+@contextlib.contextmanager
+def exact_gradients() -> Iterator[None]:
+    """Compute weight norm so that gradients of every order are exact (slower on the CPU).
+
+    By default the CPU float32/float64 path uses PyTorch's fused kernels, whose first
+    derivatives are exact but whose double backward is not; a backward pass with
+    ``create_graph=True`` through them raises :class:`HigherOrderGradientError`. Inside this
+    context the paper's closed-form backward (eq. 3) is used instead, and its own backward is
+    differentiated exactly. Wrap the forward passes whose gradients you differentiate again
+    (gradient penalties, meta-learning).
+
+    Example::
+
+        >>> v = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+        >>> g = torch.ones(3, 1, dtype=torch.float64, requires_grad=True)
+        >>> with exact_gradients():
+        ...     w = weight_norm(v, g)
+        >>> (gv,) = torch.autograd.grad(w.pow(3).sum(), v, create_graph=True)
+        >>> gv.sum().backward()
+    """
+    token = _EXACT.set(True)
+    try:
+        yield
+    finally:
+        _EXACT.reset(token)
 
 
 class _WeightNormFunction(torch.autograd.Function):

@@ -29,7 +29,12 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class _Entry:
-    """One normalized weight: the model's tensor ``w`` and the optimizer's ``g`` and ``v``."""
+    """One normalized weight: the model's tensor ``w`` and the optimizer's ``g`` and ``v``.
+
+    On the CPU in float32/float64 with one g per first or last dim, the gradient conversion and
+    the weight write use PyTorch's fused weight-norm kernels (one pass each); the norms come from
+    the last write, so they are not computed twice. Elsewhere the closed form is evaluated.
+    """
 
     def __init__(self, name: str, w: nn.Parameter, dim: int | None, groups: int, eps: float):
         self.name, self.w, self.dim, self.groups, self.eps = name, w, dim, groups, eps
@@ -38,6 +43,17 @@ class _Entry:
         g_dtype = torch.float32 if w.dtype in _LOW_PRECISION else w.dtype
         self.g = nn.Parameter(norm.to(g_dtype))
         self.v = nn.Parameter(w.detach().clone())
+        self.dims = tuple(F._reduce_dims(w.ndim, dim, groups))
+        self.fusable = (
+            groups == 1
+            and dim is not None
+            and dim in (0, w.ndim - 1)
+            and len(self.dims) > 0
+            and w.dtype in (torch.float32, torch.float64)
+            and w.device.type == "cpu"
+        )
+        self.norms: Tensor | None = None  # from the last fused write, when every norm > eps
+        self.write_weight()
 
     def to_g_v_grads(self) -> None:
         """grad_g = grad_w . v/||v||; grad_v = g/||v|| (grad_w - (grad_w . v)/||v||^2 v)."""
@@ -45,20 +61,32 @@ class _Entry:
         if grad_w is None:
             self.g.grad = self.v.grad = None
             return
-        v = self.v.detach()
+        v, g = self.v.detach(), self.g.detach()
+        if self.norms is not None:
+            self.v.grad, self.g.grad = torch.ops.aten._weight_norm_interface_backward(
+                grad_w.contiguous(), v, g, self.norms, self.dim
+            )
+            return
         x = F._grouped_view(v, self.groups) if self.groups > 1 else v
         gw = F._grouped_view(grad_w, self.groups) if self.groups > 1 else grad_w
-        dims = F._reduce_dims(v.ndim, self.dim, self.groups)
-        norm = F._norm(x, dims)
+        norm = F._norm(x, self.dims)
         normc = norm.clamp_min(self.eps)
-        dot = torch.sum(gw * x, dims, keepdim=True, dtype=norm.dtype)
+        dot = torch.sum(gw * x, self.dims, keepdim=True, dtype=norm.dtype)
         self.g.grad = (dot / normc).to(self.g.dtype)
         coef = torch.where(norm >= self.eps, dot / (normc * normc), 0.0)
-        grad_v = torch.addcmul(gw, x, coef, value=-1).mul_(self.g.detach() / normc)
+        grad_v = torch.addcmul(gw, x, coef, value=-1).mul_(g / normc)
         self.v.grad = grad_v.reshape(v.shape).to(v.dtype)
 
     @torch.no_grad()
     def write_weight(self) -> None:
+        """``w = g v/||v||`` into the model's weight (in place: the same Parameter)."""
+        self.norms = None
+        if self.fusable and self.g.dtype == self.v.dtype:
+            w, norms = torch._weight_norm_interface(self.v, self.g, self.dim)  # type: ignore[arg-type]
+            if bool((norms > self.eps).all()):
+                self.w.copy_(w)
+                self.norms = norms
+                return
         self.w.copy_(F.weight_norm(self.v, self.g, self.dim, self.eps, groups=self.groups))
 
 

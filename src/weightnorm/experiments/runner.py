@@ -396,8 +396,9 @@ def run_comparison(
         record = dict(record)
         record["final_run"] = spec.lr == chosen[spec.optimizer][spec.method]
         runs.append(record)
-    rank, _ = distributed()
-    ratios = {} if rank else time_steps(config, factory, data, chosen, device=device)
+    # the timing pass builds models (data init all-reduces): single-process runs only
+    _, world = distributed()
+    ratios = {} if world > 1 else time_steps(config, factory, data, chosen, device=device)
     return ComparisonResult(
         config=config,
         runs=runs,
