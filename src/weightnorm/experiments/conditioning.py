@@ -30,7 +30,7 @@ from .._reparam import weight_norm_specs
 from ..init import data_dependent_init
 from .curves import Curve, mean_std, write_curves_report
 from .data import Dataset, digits
-from .jobs import Jobs, Progress
+from .jobs import MethodSeed, Progress, run_method_seeds
 
 __all__ = ["ConditioningSettings", "run_conditioning"]
 
@@ -50,16 +50,6 @@ class ConditioningSettings:
 
 
 QUICK = ConditioningSettings(hidden=6, hessian_samples=128, steps=(0, 20), seeds=2)
-
-
-@dataclass(frozen=True)
-class _Job:
-    method: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}-s{self.seed}"
 
 
 def _model(hidden: int) -> nn.Module:
@@ -112,7 +102,7 @@ def _gradient_alignment(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((along / mean_eig.clamp_min(1e-30)).mean())
 
 
-def _run(job: _Job, settings: ConditioningSettings, data: Dataset) -> dict[str, Any]:
+def _run(job: MethodSeed, settings: ConditioningSettings, data: Dataset) -> dict[str, Any]:
     torch.manual_seed(job.seed)
     gen = torch.Generator().manual_seed(job.seed)
     x_all, y_all = data.train.x, data.train.y
@@ -186,17 +176,15 @@ def run_conditioning(
     settings = settings or ConditioningSettings()
     start = time.perf_counter()
     data = digits()
-    jobs = [_Job(m, s) for m in METHODS for s in range(settings.seeds)]
     run = functools.partial(_run, settings=settings, data=data)
     context = {
         "experiment": "conditioning",
         "settings": asdict(settings),
         "data": data.fingerprint(),
     }
-    with Jobs(out, run, context, workers=workers, progress=progress) as runner:
-        runner.expect(len(jobs))
-        done = runner.run(jobs)
-    records = {m: [done[j] for j in jobs if j.method == m] for m in METHODS}
+    records = run_method_seeds(
+        out, run, METHODS, settings.seeds, context, workers=workers, progress=progress
+    )
     table = [
         "| step | method | top eigenvalue | lambda_1/lambda_10 | lambda_1/lambda_100 | "
         "gradient along w (x mean direction) |",

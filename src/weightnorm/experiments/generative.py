@@ -30,36 +30,10 @@ from .._model import apply_weight_norm
 from ..init import data_dependent_init
 from .curves import Curve, mean_std, write_curves_report
 from .data import Dataset, digits, mnist1d
-from .jobs import Jobs, Progress
+from .jobs import MethodSeed, Progress, run_method_seeds
 from .runner import _set_schedule
 
 __all__ = ["DQNSettings", "RecurrentSettings", "VAESettings", "run_dqn", "run_recurrent", "run_vae"]
-
-
-@dataclass(frozen=True)
-class _Job:
-    method: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}-s{self.seed}"
-
-
-def _run_jobs(
-    out: str | Path,
-    run: Any,
-    methods: tuple[str, ...],
-    seeds: int,
-    context: dict[str, Any],
-    workers: int,
-    progress: Progress | None,
-) -> dict[str, list[dict[str, Any]]]:
-    jobs = [_Job(m, s) for m in methods for s in range(seeds)]
-    with Jobs(out, run, context, workers=workers, progress=progress) as runner:
-        runner.expect(len(jobs))
-        done = runner.run(jobs)
-    return {m: [done[j] for j in jobs if j.method == m] for m in methods}
 
 
 def _final(records: dict[str, list[dict[str, Any]]], key: str) -> dict[str, tuple[float, float]]:
@@ -136,7 +110,7 @@ def _elbo(model: nn.Module, x: Tensor, seed: int) -> float:
     return value
 
 
-def _run_vae(job: _Job, settings: VAESettings) -> dict[str, Any]:
+def _run_vae(job: MethodSeed, settings: VAESettings) -> dict[str, Any]:
     train, test = _binarized(digits())
     torch.manual_seed(job.seed)
     gen = torch.Generator().manual_seed(job.seed)
@@ -173,9 +147,9 @@ def run_vae(
     start = time.perf_counter()
     methods = ("normal", "wn")
     context = {"experiment": "vae", "settings": asdict(settings)}
-    records = _run_jobs(
+    records = run_method_seeds(
         out, functools.partial(_run_vae, settings=settings), methods, settings.seeds, context,
-        workers, progress,
+        workers=workers, progress=progress,
     )  # fmt: skip
     test, train = _final(records, "test_elbo"), _final(records, "train_elbo")
     table = [
@@ -253,7 +227,7 @@ def _error(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return float((model(x).argmax(1) != y).float().mean())
 
 
-def _run_recurrent(job: _Job, settings: RecurrentSettings) -> dict[str, Any]:
+def _run_recurrent(job: MethodSeed, settings: RecurrentSettings) -> dict[str, Any]:
     data = mnist1d(num_samples=settings.samples)
     torch.manual_seed(job.seed)
     gen = torch.Generator().manual_seed(job.seed)
@@ -295,9 +269,9 @@ def run_recurrent(
     start = time.perf_counter()
     methods = ("normal", "wn")
     context = {"experiment": "recurrent", "settings": asdict(settings)}
-    records = _run_jobs(
-        out, functools.partial(_run_recurrent, settings=settings), methods, settings.seeds,
-        context, workers, progress,
+    records = run_method_seeds(
+        out, functools.partial(_run_recurrent, settings=settings), methods, settings.seeds, context,
+        workers=workers, progress=progress,
     )  # fmt: skip
     test, train = _final(records, "test_error"), _final(records, "train_error")
     mid = max(0, settings.epochs // 2 - 1)
@@ -396,7 +370,7 @@ def _greedy_return(env: Any, q: nn.Module, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
-def _run_dqn(job: _Job, settings: DQNSettings) -> dict[str, Any]:
+def _run_dqn(job: MethodSeed, settings: DQNSettings) -> dict[str, Any]:
     import gymnasium as gym
 
     torch.manual_seed(job.seed)
@@ -478,9 +452,9 @@ def run_dqn(
     start = time.perf_counter()
     methods = ("normal", "wn", "bn")
     context = {"experiment": "dqn", "settings": asdict(settings)}
-    records = _run_jobs(
+    records = run_method_seeds(
         out, functools.partial(_run_dqn, settings=settings), methods, settings.seeds, context,
-        workers, progress,
+        workers=workers, progress=progress,
     )  # fmt: skip
     best = {
         m: mean_std([max(r["curves"]["eval_return"]) for r in runs]) for m, runs in records.items()

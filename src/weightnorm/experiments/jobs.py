@@ -15,7 +15,7 @@ import json
 import multiprocessing
 import os
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,7 +24,7 @@ import torch
 from .. import __version__
 from .._io import atomic_write_text
 
-__all__ = ["Job", "Jobs", "Progress", "distributed"]
+__all__ = ["Job", "Jobs", "MethodSeed", "Progress", "distributed", "run_method_seeds"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -179,3 +179,34 @@ class Jobs:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class MethodSeed:
+    """The job of experiments that compare methods over seeds."""
+
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-s{self.seed}"
+
+
+def run_method_seeds(
+    out: str | Path,
+    run: Callable[[MethodSeed], dict[str, Any]],
+    methods: Iterable[str],
+    seeds: int,
+    context: dict[str, Any],
+    *,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Run every (method, seed) through :class:`Jobs`; ``{method: [record per seed]}``."""
+    methods = tuple(methods)
+    jobs = [MethodSeed(m, s) for m in methods for s in range(seeds)]
+    with Jobs(out, run, context, workers=workers, progress=progress) as runner:
+        runner.expect(len(jobs))
+        done = runner.run(jobs)
+    return {m: [done[j] for j in jobs if j.method == m] for m in methods}
