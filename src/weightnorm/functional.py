@@ -237,7 +237,7 @@ def _weight_norm_core(
         # the hot path: PyTorch's fused kernels with their C++ backward (no Python in the
         # backward pass), used when every norm is above eps, which the kernel reports for free
         w, norms = torch._weight_norm_interface(v, g, dim)  # type: ignore[arg-type]
-        if bool((norms > eps).all()):
+        if norms.min().item() > eps:
             if w.requires_grad:
                 w.register_hook(_refuse_higher_order)  # type: ignore[no-untyped-call]
             return w
@@ -313,7 +313,7 @@ class _WeightNormFunction(torch.autograd.Function):
         ctx.dims, ctx.eps, ctx.fused_dim = dims, eps, None
         if fused_dim is not None:
             w, norms = torch.ops.aten._weight_norm_interface(v, g, fused_dim)
-            if bool((norms > eps).all()):
+            if norms.min().item() > eps:
                 ctx.fused_dim = fused_dim
                 ctx.save_for_backward(v, g, norms)
                 return cast(Tensor, w)

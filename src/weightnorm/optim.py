@@ -83,7 +83,7 @@ class _Entry:
         self.norms = None
         if self.fusable and self.g.dtype == self.v.dtype:
             w, norms = torch._weight_norm_interface(self.v, self.g, self.dim)  # type: ignore[arg-type]
-            if bool((norms > self.eps).all()):
+            if norms.min().item() > self.eps:
                 self.w.copy_(w)
                 self.norms = norms
                 return
