@@ -21,6 +21,11 @@ def _bench(args: argparse.Namespace) -> int:
         if args.progress:
             print(msg, file=sys.stderr, flush=True)
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
     try:
         results = bench.run_benchmarks(
             models=args.models,
@@ -295,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=_positive, default=10, help="steps per round (default 10)")
     b.add_argument("--json", help="also write every number to this JSON file")
     b.add_argument("--compile", action="store_true", help="run every model under torch.compile")
+    b.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's)")
     b.add_argument("--no-extras", dest="extras", action="store_false",
                    help="skip the inference and data-init timings")  # fmt: skip
     b.add_argument("--no-progress", dest="progress", action="store_false")

@@ -82,9 +82,9 @@ class _Entry:
         """``w = g v/||v||`` into the model's weight (in place: the same Parameter)."""
         self.norms = None
         if self.fusable and self.g.dtype == self.v.dtype:
-            w, norms = torch._weight_norm_interface(self.v, self.g, self.dim)  # type: ignore[arg-type]
+            norms = torch.linalg.vector_norm(self.v, 2, dim=self.dims, keepdim=True)
             if norms.min().item() > self.eps:
-                self.w.copy_(w)
+                torch.mul(self.v, self.g / norms, out=self.w.data)  # one pass, no temporary
                 self.norms = norms
                 return
         self.w.copy_(F.weight_norm(self.v, self.g, self.dim, self.eps, groups=self.groups))
