@@ -159,10 +159,14 @@ def test_comparison_resumes_and_never_reuses_stale_results(
     tmp_path: Path, digits_data: data.Dataset
 ) -> None:
     messages: list[str] = []
+    epochs: list[tuple[str, int, int]] = []
     result = run_comparison(
         tiny_config(), TINY, digits_data, tmp_path,
-        progress=lambda d, t, m: messages.append(m),
+        progress=lambda d, t, m: d and messages.append(m),
+        epoch_progress=lambda name, e, n: epochs.append((name, e, n)),
     )  # fmt: skip
+    assert len(epochs) == 6 * 2
+    assert ("wn-init-adam-lr0.001-s0", 2, 2) in epochs
     # 2 methods x 2 lrs in the sweep, then 1 more seed each
     assert len(list((tmp_path / "runs").glob("*.json"))) == 6
     assert len(messages) == 6
@@ -174,7 +178,11 @@ def test_comparison_resumes_and_never_reuses_stale_results(
 
     messages.clear()
     again = run_comparison(
-        tiny_config(), TINY, digits_data, tmp_path, progress=lambda d, t, m: messages.append(m)
+        tiny_config(),
+        TINY,
+        digits_data,
+        tmp_path,
+        progress=lambda d, t, m: d and messages.append(m),
     )
     assert all(m.endswith("(cached)") for m in messages)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -183,7 +191,7 @@ def test_comparison_resumes_and_never_reuses_stale_results(
     messages.clear()
     run_comparison(
         tiny_config(epochs=3), TINY, digits_data, tmp_path,
-        progress=lambda d, t, m: messages.append(m),
+        progress=lambda d, t, m: d and messages.append(m),
     )  # fmt: skip
     assert not any(m.endswith("(cached)") for m in messages)
 
@@ -201,7 +209,11 @@ def test_interrupted_comparison_keeps_finished_runs(
     assert not list((tmp_path / "runs").glob(".*.tmp"))  # nothing half-written
     messages: list[str] = []
     run_comparison(
-        tiny_config(), TINY, digits_data, tmp_path, progress=lambda d, t, m: messages.append(m)
+        tiny_config(),
+        TINY,
+        digits_data,
+        tmp_path,
+        progress=lambda d, t, m: d and messages.append(m),
     )
     assert sum(m.endswith("(cached)") for m in messages) == 2
 

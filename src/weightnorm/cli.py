@@ -67,14 +67,23 @@ class _Progress:
         if not self.enabled:
             return
         if sys.stderr.isatty():
-            if self.bar is None:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="run", dynamic_ncols=True)
+            self.start(total)
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix_str(message[-60:])
         else:
             print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
+
+    def start(self, total: int) -> None:
+        """Open the overall bar (on a terminal) before the first run finishes."""
+        if self.enabled and self.bar is None and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="run", dynamic_ncols=True)
+
+    def epoch(self, run: str, epoch: int, epochs: int) -> None:
+        """Progress inside a run (shown on a terminal only: plain output gets one line a run)."""
+        if self.enabled and self.bar is not None:
+            self.bar.set_postfix_str(f"{run}: epoch {epoch}/{epochs}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -198,8 +207,9 @@ def _reproduce(args: argparse.Namespace) -> int:
         data = named.load(**data_args)
         factory = named.factory(data, args.quick, **network)
         result = run_comparison(
-            settings, factory, data, out, workers=workers, progress=progress, device=device
-        )
+            settings, factory, data, out, workers=workers, progress=progress,
+            epoch_progress=progress.epoch, device=device,
+        )  # fmt: skip
     except (ValueError, CifarFormatError) as err:
         progress.close()
         return _fail(str(err))

@@ -127,8 +127,10 @@ class Jobs:
         return record
 
     def expect(self, count: int) -> None:
-        """Announce ``count`` more jobs (the progress total)."""
+        """Announce ``count`` more jobs (the progress total), and report the start."""
         self.total += count
+        if self.progress is not None and self.done == 0:
+            self.progress(0, self.total, f"{self.total} runs to do or load")
 
     def run(self, jobs: Iterable[Job]) -> dict[Any, dict[str, Any]]:
         """Run (or load) every job; returns ``{job: record}`` in the order given."""

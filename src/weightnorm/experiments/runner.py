@@ -305,6 +305,16 @@ def time_steps(
     return result
 
 
+def _with_epochs(
+    spec: RunSpec,
+    *,
+    run: Callable[..., dict[str, Any]],
+    report: Callable[[str, int, int], None],
+    epochs: int,
+) -> dict[str, Any]:
+    return run(spec, on_epoch=lambda epoch, record: report(spec.name, epoch + 1, epochs))
+
+
 def _describe(record: dict[str, Any]) -> str:
     if record["diverged"]:
         return "diverged"
@@ -324,6 +334,7 @@ def run_comparison(
     *,
     workers: int = 1,
     progress: Progress | None = None,
+    epoch_progress: Callable[[str, int, int], None] | None = None,
     device: str = "cpu",
 ) -> ComparisonResult:
     """Compare the methods of ``config`` on ``data`` with models from ``factory``.
@@ -339,6 +350,8 @@ def run_comparison(
             :func:`weightnorm.experiments.report.write_report`.
         workers: parallel processes (each run is independent).
         progress: called as ``progress(done, total, message)`` after every run.
+        epoch_progress: called as ``epoch_progress(run name, epoch, epochs)`` after every epoch
+            of runs trained in this process (``workers=1``).
         device: where to train (``"cpu"``, ``"cuda"``); results do not depend on it.
 
     Returns:
@@ -374,7 +387,11 @@ def run_comparison(
         "batch_size": config.batch_size,
         "init_batch_size": config.init_batch_size,
     }
-    run = functools.partial(train_run, config=config, factory=factory, data=data, device=device)
+    run: Callable[[RunSpec], dict[str, Any]] = functools.partial(
+        train_run, config=config, factory=factory, data=data, device=device
+    )
+    if workers == 1 and epoch_progress is not None:
+        run = functools.partial(_with_epochs, run=run, report=epoch_progress, epochs=config.epochs)
     with Jobs(out, run, context, workers=workers, progress=progress, describe=_describe) as jobs:
         jobs.expect(len(sweep) + (config.seeds - 1) * len(config.optimizers) * len(config.methods))
         swept = jobs.run(sweep)
