@@ -13,7 +13,6 @@ import copy
 import functools
 import gc
 import json
-import platform
 import random
 import statistics
 import time
@@ -25,11 +24,22 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ._env import environment
 from ._model import apply_weight_norm, fold
 from .init import data_dependent_init
 from .optim import WeightNormOptimizer
 
-__all__ = ["BenchResult", "IMPLEMENTATIONS", "MODELS", "run_benchmarks", "format_table"]
+__all__ = [
+    "BenchResult",
+    "IMPLEMENTATIONS",
+    "MODELS",
+    "environment",
+    "format_extras",
+    "format_table",
+    "run_benchmarks",
+    "run_extras",
+    "to_json",
+]
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -325,17 +335,6 @@ def format_table(results: list[BenchResult]) -> str:
             )
         lines.append(f"| {m} | {by[(m, 'plain')].median_step_ms:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def environment() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "threads": torch.get_num_threads(),
-    }
 
 
 def to_json(results: list[BenchResult], extras: list[dict[str, Any]] | None = None) -> str:

@@ -6,17 +6,13 @@ import csv
 import io
 import json
 import math
-import os
-import platform
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .. import __version__
+from .._env import environment
 from .._io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Curve", "mean_std", "write_curves_report"]
@@ -83,17 +79,6 @@ def _plot(
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     return buffer.getvalue()
-
-
-def environment() -> dict[str, Any]:
-    """Versions and machine of a report."""
-    return {
-        "weightnorm": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-    }
 
 
 def write_curves_report(

@@ -6,16 +6,12 @@ import csv
 import io
 import json
 import math
-import os
-import platform
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .. import __version__
+from .._env import environment
 from .._io import atomic_write_bytes, atomic_write_text
 from .methods import METHODS
 from .runner import ComparisonResult
@@ -188,18 +184,6 @@ def _finite_or_inf(value: float) -> float:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _environment() -> dict[str, Any]:
-    return {
-        "weightnorm": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or "unknown",
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-    }
-
-
 def _table(summaries: list[MethodSummary], target: float) -> str:
     lines = [
         "| optimizer | method | lr | test error (mean +- std) | final train error | "
@@ -315,7 +299,7 @@ def write_report(
     out = Path(out)
     summaries, target = summarize(result)
     plots = _plot_curves(summaries, result, out)
-    env = _environment()
+    env = environment()
     payload = {
         "config": asdict(result.config),
         "resolved": resolved or {},
