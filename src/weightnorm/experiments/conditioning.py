@@ -31,6 +31,7 @@ from ..init import data_dependent_init
 from .curves import Curve, mean_std, write_curves_report
 from .data import Dataset, digits
 from .jobs import MethodSeed, Progress, run_method_seeds
+from .plotting import png, pyplot
 
 __all__ = ["ConditioningSettings", "run_conditioning"]
 
@@ -139,12 +140,7 @@ def _run(job: MethodSeed, settings: ConditioningSettings, data: Dataset) -> dict
 
 
 def _spectra_plot(records: dict[str, list[dict[str, Any]]], steps: tuple[int, ...]) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(steps), figsize=(4.2 * len(steps), 3.6), squeeze=False)
     for ax, (i, step) in zip(axes[0], enumerate(steps), strict=True):
@@ -159,10 +155,7 @@ def _spectra_plot(records: dict[str, list[dict[str, Any]]], steps: tuple[int, ..
     axes[0][0].set_ylabel("positive eigenvalue")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)
 
 
 def run_conditioning(

@@ -14,6 +14,7 @@ from typing import Any
 
 from .._env import environment
 from .._io import atomic_write_bytes, atomic_write_text
+from .plotting import png, pyplot
 
 __all__ = ["Curve", "mean_std", "write_curves_report"]
 
@@ -55,10 +56,7 @@ def _band(curves: list[list[float]]) -> tuple[list[float], list[float], list[flo
 def _plot(
     records: dict[str, list[dict[str, Any]]], curve: Curve, x_key: str, x_label: str, title: str
 ) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method, runs in records.items():
@@ -75,10 +73,7 @@ def _plot(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig)
 
 
 def write_curves_report(

@@ -14,6 +14,7 @@ from typing import Any
 from .._env import environment
 from .._io import atomic_write_bytes, atomic_write_text
 from .methods import METHODS
+from .plotting import png, pyplot
 from .runner import ComparisonResult
 
 __all__ = ["MethodSummary", "summarize", "write_report"]
@@ -202,10 +203,7 @@ def _table(summaries: list[MethodSummary], target: float) -> str:
 
 
 def _plot_curves(summaries: list[MethodSummary], result: ComparisonResult, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import NullFormatter, PercentFormatter
 
     written = []
@@ -238,10 +236,7 @@ def _plot_curves(summaries: list[MethodSummary], result: ComparisonResult, out: 
         fig.suptitle(f"{result.config.name}: {result.data['name']}")
         fig.tight_layout()
         name = f"curves_{opt}.png"
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=90)
-        plt.close(fig)
-        atomic_write_bytes(out / name, buffer.getvalue())
+        atomic_write_bytes(out / name, png(fig))
         written.append(name)
     fig, axes = plt.subplots(
         1, len(result.config.optimizers), figsize=(5.5 * len(result.config.optimizers), 4)
@@ -265,10 +260,7 @@ def _plot_curves(summaries: list[MethodSummary], result: ComparisonResult, out: 
         ax.grid(True, alpha=0.3)
     axes_list[0].legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(out / "lr_sweep.png", buffer.getvalue())
+    atomic_write_bytes(out / "lr_sweep.png", png(fig))
     written.append("lr_sweep.png")
     return written
 
