@@ -42,7 +42,7 @@ class NamedConfig:
 
 
 _ADAM = (3e-4, 1e-3, 3e-3, 1e-2)  # the paper's grid
-_SGD = (1e-2, 3e-2, 1e-1, 3e-1)
+_SGD = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 
 CONFIGS: dict[str, NamedConfig] = {
     "mnist1d": NamedConfig(
