@@ -130,8 +130,10 @@ def test_convert_keeps_state_and_mode() -> None:
     net = nn.Sequential(wn.WNConv1d(2, 3, 1), wn.MeanOnlyBatchNorm1d(3))
     net[1](torch.randn(4, 3, 2) + 1)
     net.eval()
+    running = net[1].running_mean.clone()
     converted = wn.SyncMeanOnlyBatchNorm.convert_sync_mean_only_batchnorm(net)
     assert converted is net
     assert isinstance(net[1], wn.SyncMeanOnlyBatchNorm)
     assert not net[1].training
-    assert torch.equal(net[1].running_mean, net[1].running_mean)
+    assert torch.equal(net[1].running_mean, running)
+    assert bool(running.abs().sum() > 0)  # the state copied over is not just the initial zeros

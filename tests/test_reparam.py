@@ -38,7 +38,8 @@ def test_default_is_one_g_per_output_unit(case: Case) -> None:
     with torch.no_grad():
         layer.weight_g.copy_(torch.rand_like(layer.weight_g) + 0.5)
     g = layer.weight_g.detach().reshape(-1)
-    assert g.numel() == getattr(layer, "out_features", None) or layer.out_channels
+    outputs = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    assert g.numel() == outputs
     torch.testing.assert_close(case.unit_norms(layer.weight.detach()), g)
 
 
