@@ -34,6 +34,7 @@ from torch import Tensor
 __all__ = [
     "DEFAULT_EPS",
     "HigherOrderGradientError",
+    "closed_form_grads",
     "dim_of_g",
     "exact_gradients",
     "g_shape",
@@ -319,8 +320,7 @@ class _WeightNormFunction(torch.autograd.Function):
                 return cast(Tensor, w)
         norm = _norm(v, dims)
         ctx.save_for_backward(v, g, norm)
-        w = v * (g / norm.clamp_min(eps))
-        return w if w.dtype == v.dtype else w.to(v.dtype)
+        return _scaled(v, g, norm, eps)
 
     @staticmethod
     def backward(ctx: Any, grad_w: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:  # type: ignore[override]
@@ -332,15 +332,47 @@ class _WeightNormFunction(torch.autograd.Function):
                 grad_w.contiguous(), v, g, norm, ctx.fused_dim
             )
             return grad_v, grad_g, None, None, None
-        normc = norm.clamp_min(ctx.eps)
-        acc = norm.dtype
-        dot = torch.sum(grad_w * v, ctx.dims, keepdim=True, dtype=acc)  # grad_w . v per unit
-        grad_g = (dot / normc).sum_to_size(g.shape).to(g.dtype)
-        # grad_v = g/||v|| (grad_w - (grad_w.v / ||v||^2) v); the norm's own gradient is zero
-        # where it was clamped
-        coef = torch.where(norm >= ctx.eps, dot / (normc * normc), 0.0)
-        grad_v = torch.addcmul(grad_w, v, coef, value=-1).mul_(g / normc)
-        return grad_v.to(v.dtype), grad_g, None, None, None
+        grad_v, grad_g = closed_form_grads(grad_w, v, g, norm, ctx.dims, ctx.eps)
+        return grad_v, grad_g.sum_to_size(g.shape).to(g.dtype), None, None, None
+
+
+def closed_form_grads(
+    grad_w: Tensor,
+    v: Tensor,
+    g: Tensor,
+    norm: Tensor,
+    dims: tuple[int, ...] | list[int],
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    r"""The paper's eq. 3: ``(grad_v, grad_g)`` from ``grad_w`` for ``w = g v / max(||v||, eps)``.
+
+    .. math::
+        \nabla_g L = \frac{\nabla_w L \cdot v}{\|v\|}, \qquad
+        \nabla_v L = \frac{g}{\|v\|}\Big(\nabla_w L - \frac{\nabla_w L \cdot v}{\|v\|^2} v\Big)
+
+    ``norm`` is the unclamped per-unit norm (keep-dim shape, float32 for half ``v``); where it
+    is below ``eps`` the norm's own gradient is zero. ``grad_g`` has the keep-dim shape in the
+    dtype of ``norm``; ``grad_v`` the shape and dtype of ``v``.
+
+    Example::
+
+        >>> v, g = torch.tensor([[3.0, 4.0]]), torch.tensor([[10.0]])
+        >>> norm = v.norm(dim=1, keepdim=True)
+        >>> grad_v, grad_g = closed_form_grads(torch.ones(1, 2), v, g, norm, [1], 1e-12)
+        >>> grad_g
+        tensor([[1.4000]])
+    """
+    normc = norm.clamp_min(eps)
+    dot = torch.sum(grad_w * v, dims, keepdim=True, dtype=norm.dtype)  # grad_w . v per unit
+    coef = torch.where(norm >= eps, dot / (normc * normc), 0.0)
+    grad_v = torch.addcmul(grad_w, v, coef, value=-1).mul_(g / normc)
+    return grad_v.to(v.dtype), dot / normc
+
+
+def _scaled(v: Tensor, g: Tensor, norm: Tensor, eps: float) -> Tensor:
+    """``v * g / max(norm, eps)`` in the dtype of ``v`` (the norm may be float32)."""
+    w = v * (g / norm.clamp_min(eps))
+    return w if w.dtype == v.dtype else w.to(v.dtype)
 
 
 def _norm(v: Tensor, dims: tuple[int, ...] | list[int]) -> Tensor:
@@ -354,8 +386,8 @@ def _composite_backward(
 ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
     wanted = [t for t, need in zip((v, g), ctx.needs_input_grad[:2], strict=True) if need]
     with torch.enable_grad():
-        w = v * (g / _norm(v, ctx.dims).clamp_min(ctx.eps))
-        grads = iter(torch.autograd.grad(w.to(v.dtype), wanted, grad_w, create_graph=True))
+        w = _scaled(v, g, _norm(v, ctx.dims), ctx.eps)
+        grads = iter(torch.autograd.grad(w, wanted, grad_w, create_graph=True))
     grad_v = next(grads) if ctx.needs_input_grad[0] else None
     grad_g = next(grads) if ctx.needs_input_grad[1] else None
     return grad_v, grad_g, None, None, None
@@ -373,10 +405,8 @@ def _functorch_active() -> bool:
 def _weight_norm_composite(
     v: Tensor, g: Tensor, dim: int | None, eps: float, groups: int
 ) -> Tensor:
-    norm = norm_except_dim(v, dim, groups=groups)
-    scale = g / norm.clamp_min(eps) if eps > 0 else g / norm
-    w = (_grouped_view(v, groups) * scale).reshape(v.shape) if groups > 1 else v * scale
-    return w if w.dtype == v.dtype else w.to(v.dtype)
+    x = _grouped_view(v, groups) if groups > 1 else v
+    return _scaled(x, g, norm_except_dim(v, dim, groups=groups), eps).reshape(v.shape)
 
 
 def mean_only_batch_norm(

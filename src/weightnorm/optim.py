@@ -69,13 +69,9 @@ class _Entry:
             return
         x = F._grouped_view(v, self.groups) if self.groups > 1 else v
         gw = F._grouped_view(grad_w, self.groups) if self.groups > 1 else grad_w
-        norm = F._norm(x, self.dims)
-        normc = norm.clamp_min(self.eps)
-        dot = torch.sum(gw * x, self.dims, keepdim=True, dtype=norm.dtype)
-        self.g.grad = (dot / normc).to(self.g.dtype)
-        coef = torch.where(norm >= self.eps, dot / (normc * normc), 0.0)
-        grad_v = torch.addcmul(gw, x, coef, value=-1).mul_(g / normc)
-        self.v.grad = grad_v.reshape(v.shape).to(v.dtype)
+        grad_v, grad_g = F.closed_form_grads(gw, x, g, F._norm(x, self.dims), self.dims, self.eps)
+        self.g.grad = grad_g.to(self.g.dtype)
+        self.v.grad = grad_v.reshape(v.shape)
 
     @torch.no_grad()
     def write_weight(self) -> None:
