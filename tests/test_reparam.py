@@ -254,6 +254,26 @@ def test_recurrent_weights(cls: type[nn.RNNBase]) -> None:
     assert rnn.weight_hh_l0_v.grad is not None
 
 
+def test_recurrent_forward_computes_each_weight_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # regression: torch's RNN refresh read a computed weight four times per forward
+    from weightnorm import _reparam
+
+    calls: list[str] = []
+    compute = _reparam._compute
+
+    def counting(module: nn.Module, name: str, spec: object) -> torch.Tensor:
+        calls.append(name)
+        return compute(module, name, spec)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_reparam, "_compute", counting)
+    rnn = wn.weight_norm(nn.LSTM(3, 4), "weight_hh_l0")
+    x = torch.randn(5, 2, 3)
+    rnn(x)
+    calls.clear()
+    rnn(x)
+    assert calls == ["weight_hh_l0"]
+
+
 def test_embedding() -> None:
     emb = wn.weight_norm(nn.Embedding(10, 4))
     idx = torch.tensor([[1, 2], [3, 9]])

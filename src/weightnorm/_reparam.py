@@ -177,6 +177,16 @@ class _WeightNormMixin:
             ]
         return state
 
+    def _update_flat_weights(self) -> None:
+        """nn.RNNBase calls this at every forward to refresh its list of weights. Its own version
+        reads each weight up to four times (hasattr and getattr, to compare, then to rebuild);
+        a computed weight is new at every read, so rebuild the list once, reading each once."""
+        names = self.__dict__.get("_flat_weights_names")
+        if names is None:
+            return
+        module = cast(nn.Module, self)
+        self._flat_weights = [getattr(module, n) for n in names]
+
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         _sync(cast(nn.Module, self))
         super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
