@@ -87,7 +87,7 @@ def _compute(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
 
 def _current_weight(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
     if torch.compiler.is_compiling():  # no Python-side bookkeeping inside a traced graph
-        return _compute(module, name, spec)
+        return _compute(module, name, spec)  # (the math then takes its composite form)
     last = module.__dict__.get(_LAST)
     if last is None:
         last = module.__dict__[_LAST] = {}

@@ -33,6 +33,7 @@ from .methods import METHODS, build_method
 
 __all__ = ["ComparisonConfig", "ComparisonResult", "RunSpec", "run_comparison", "train_run"]
 
+#: Learning rates tried per optimizer unless a configuration says otherwise.
 DEFAULT_LR_GRID: dict[str, tuple[float, ...]] = {
     "adam": (3e-4, 1e-3, 3e-3, 1e-2),  # the paper's grid
     "sgd": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
