@@ -3,6 +3,7 @@
     python benchmarks/step_time.py                 # every model, eager
     python benchmarks/step_time.py --compile       # every model under torch.compile
     python benchmarks/step_time.py --json out.json
+    python benchmarks/step_time.py --threads 1 --rounds 30 --steps 20 --models mlp-b16 mlp-b128
 
 The same measurement as ``weightnorm bench`` (interleaved rounds, medians of per-round ratios);
 this script only adds a summary of the two targets: our overhead at most 5% at batch 128 and
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from weightnorm import bench
 
 
@@ -23,10 +26,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--models", nargs="+", help=f"default: all of {', '.join(bench.MODELS)}")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = bench.run_benchmarks(
-        rounds=args.rounds, steps_per_round=args.steps, compiled=args.compile
+        models=args.models, rounds=args.rounds, steps_per_round=args.steps, compiled=args.compile
     )
     print(bench.format_table(results))
     by = {(r.model, r.implementation): r.median_ratio for r in results}
