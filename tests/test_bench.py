@@ -26,6 +26,23 @@ def test_run_benchmarks_reports_ratios_against_plain() -> None:
     assert table.splitlines()[0].startswith("| model | plain step (ms) | plain | weightnorm")
 
 
+@pytest.mark.parametrize("model", list(bench.MODELS))
+def test_every_model_steps_under_every_implementation(model: str) -> None:
+    """One timed step of each pair (the 1-D paper network of ``reproduce`` included)."""
+    results = bench.run_benchmarks([model], rounds=1, steps_per_round=1, warmup=0)
+    assert {r.implementation for r in results} == set(bench.IMPLEMENTATIONS)
+    assert all(r.median_step_ms > 0 for r in results)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_stabilize_allocator_applies_on_glibc() -> None:
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert bench.stabilize_allocator() is True
+
+
 def test_optimizer_level_mode_is_timed() -> None:
     results = bench.run_benchmarks(["mlp-b16"], ["weightnorm-optim"], rounds=2, steps_per_round=1)
     assert {r.implementation for r in results} == {"plain", "weightnorm-optim"}
@@ -58,6 +75,20 @@ def test_cli_writes_json(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert {r["implementation"] for r in data["results"]} >= {"plain", "weightnorm"}
     assert data["environment"]["torch"]
+    assert data["settings"]["stable_allocator"] is True
+    assert data["settings"]["rounds"] == 2
+
+
+def test_cli_default_allocator_is_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "weightnorm", "bench", "--models", "mlp-b16", "--rounds", "1",
+         "--steps", "1", "--implementations", "weightnorm", "--default-allocator",
+         "--json", str(out), "--no-progress", "--no-extras"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "default allocator" in proc.stdout
+    assert json.loads(out.read_text())["settings"]["stable_allocator"] is False
 
 
 def test_cli_bad_value_exits_2() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -28,6 +29,11 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda groups: torch.optim.SGD(groups, lr=0.1),
     "sgd-momentum": lambda groups: torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True),
     "adam": lambda groups: torch.optim.Adam(groups, lr=0.01),
+    # torch.optim classes: every g packed into one tensor (pack_magnitudes' default for them)
+    "sgd-packed": functools.partial(torch.optim.SGD, lr=0.1),
+    "sgd-momentum-packed": functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+    "adam-packed": functools.partial(torch.optim.Adam, lr=0.01),
+    "adamw-packed": functools.partial(torch.optim.AdamW, lr=0.01, weight_decay=0.1),
 }
 
 
@@ -42,6 +48,8 @@ def test_trajectory_equals_the_reparameterized_model(name: str) -> None:
     reparam_opt = make(list(reparam.parameters()))
     plain = net()
     plain_opt = wn.optim.WeightNormOptimizer(plain, make)
+    packed = name.endswith("-packed")
+    assert len(plain_opt.inner.param_groups[0]["params"]) == (1 if packed else 3) + 3
     for _ in range(6):
         for model, opt in ((reparam, reparam_opt), (plain, plain_opt)):
             opt.zero_grad()
@@ -51,6 +59,30 @@ def test_trajectory_equals_the_reparameterized_model(name: str) -> None:
         if isinstance(b, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear)):
             torch.testing.assert_close(b.weight, a.weight.detach(), atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(b.bias, a.bias, atol=1e-5, rtol=1e-4)
+
+
+def test_packing_is_the_default_for_torch_optim_classes_only() -> None:
+    def count(opt: wn.optim.WeightNormOptimizer) -> int:
+        return len(opt.inner.param_groups[0]["params"])
+
+    assert count(wn.optim.WeightNormOptimizer(net(), torch.optim.Adam, lr=0.1)) == 1 + 3
+    custom = wn.optim.WeightNormOptimizer(net(), lambda gr: torch.optim.Adam(gr, lr=0.1))
+    assert count(custom) == 3 + 3
+    forced = wn.optim.WeightNormOptimizer(net(), torch.optim.Adam, pack_magnitudes=False, lr=0.1)
+    assert count(forced) == 3 + 3
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_a_weight_without_gradient(pack: bool) -> None:
+    """The last layer unused in a step: its v is not stepped; its packed g takes a zero-gradient
+    step (plain SGD: unchanged), its separate g is skipped."""
+    model = net()
+    opt = wn.optim.WeightNormOptimizer(model, torch.optim.SGD, pack_magnitudes=pack, lr=0.1)
+    before = model[5].weight.detach().clone()
+    model[0](X).pow(2).mean().backward()  # only the first layer gets a gradient
+    opt.step()
+    assert torch.equal(model[5].weight, before)
+    assert not torch.equal(model[0].weight, net()[0].weight)
 
 
 def test_weights_stay_normalized_and_g_is_the_norm() -> None:

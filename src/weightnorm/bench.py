@@ -5,16 +5,27 @@ each round), and each round's time is divided by the plain model's time in that 
 slow drifts of the machine cancel. Reported: the median ratio over rounds with its min and max.
 
 Run ``weightnorm bench`` (or ``python -m weightnorm bench``); ``--json FILE`` writes every number.
+
+The allocator. A training step frees and re-allocates weight-sized buffers (gradients, Adam's
+temporaries); glibc's malloc hands large freed blocks back to the kernel by heuristics that
+depend on the history of the process, and each re-allocation then costs page faults, up to
+doubling a step's time at random. Interleaving five models provokes this far more than one
+training loop does, so by default the benchmark asks glibc to keep freed memory
+(:func:`stabilize_allocator`, the effect of ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``;
+jemalloc and tcmalloc behave this way already). Every implementation runs under the same
+setting; ``--default-allocator`` measures without it.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import functools
 import gc
 import json
 import random
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -38,6 +49,7 @@ __all__ = [
     "format_table",
     "run_benchmarks",
     "run_extras",
+    "stabilize_allocator",
     "to_json",
 ]
 
@@ -81,6 +93,13 @@ def cifar_cnn() -> nn.Module:
     )  # fmt: skip
 
 
+def paper_1d() -> nn.Module:
+    """The 1-D paper network of ``weightnorm reproduce`` (its MNIST-1D configuration)."""
+    from .experiments.models import paper_cnn
+
+    return paper_cnn(1, 10, dims=1, widths=(32, 64), dropout=0.3, noise=0.15)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model to time: its factory, the input shape and the loss target."""
@@ -95,6 +114,7 @@ MODELS: dict[str, ModelSpec] = {
     "mlp-b16": ModelSpec("mlp-b16", mlp, (16, 40), 10),
     "mlp-b128": ModelSpec("mlp-b128", mlp, (128, 40), 10),
     "conv1d-dilated-b8": ModelSpec("conv1d-dilated-b8", DilatedStack, (8, 1, 256), None),
+    "paper1d-b100": ModelSpec("paper1d-b100", paper_1d, (100, 1, 40), 10),
     "cifar-cnn-b32": ModelSpec("cifar-cnn-b32", cifar_cnn, (32, 3, 32, 32), 10),
 }
 
@@ -138,6 +158,29 @@ IMPLEMENTATIONS: dict[str, Setup] = {
 
 
 # --- measurement -------------------------------------------------------------------------------
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def stabilize_allocator() -> bool:
+    """Ask glibc's malloc to keep freed memory instead of returning it to the kernel.
+
+    Sets ``M_MMAP_THRESHOLD`` to 32 MiB and ``M_TRIM_THRESHOLD`` to 1 GiB for this process, so
+    a buffer freed in one step is reused in the next without page faults. Returns whether it was
+    applied (only on Linux with glibc). It changes the process for good: meant for benchmarks
+    (and worth setting for CPU training: ``MALLOC_MMAP_THRESHOLD_=33554432
+    MALLOC_TRIM_THRESHOLD_=1073741824``, or jemalloc/tcmalloc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mmap_ok = mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1
+    trim_ok = mallopt(_M_TRIM_THRESHOLD, 1024 * 1024 * 1024) == 1
+    return bool(mmap_ok and trim_ok)
 
 
 @dataclass
@@ -190,15 +233,18 @@ def run_benchmarks(
     implementations: list[str] | None = None,
     rounds: int = 15,
     steps_per_round: int = 10,
-    warmup: int = 5,
+    warmup: int = 3,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     compiled: bool = False,
+    stable_allocator: bool = True,
 ) -> list[BenchResult]:
     """Time a training step (forward, backward, Adam) of every model under every implementation.
 
     Returns one :class:`BenchResult` per pair, ratios relative to ``"plain"`` in the same round.
-    With ``compiled``, every model (plain included) runs under ``torch.compile``.
+    ``warmup`` rounds, interleaved like the timed ones, are run first and discarded. With
+    ``compiled``, every model (plain included) runs under ``torch.compile``. With
+    ``stable_allocator`` (default), :func:`stabilize_allocator` is applied first.
 
     Example::
 
@@ -218,6 +264,8 @@ def run_benchmarks(
             )
     if "plain" not in impls:
         impls = ["plain", *impls]
+    if stable_allocator:
+        stabilize_allocator()
     rng = random.Random(seed)
     results: list[BenchResult] = []
     for name in names:
@@ -225,20 +273,20 @@ def run_benchmarks(
         torch.manual_seed(seed)
         base = spec.build()
         steps = {i: _make_step(i, base, spec, seed, compiled) for i in impls}
-        for step in steps.values():
-            for _ in range(warmup):
-                step()
         times: dict[str, list[float]] = {i: [] for i in impls}
-        for r in range(rounds):
+        for r in range(-warmup, rounds):
             order = list(impls)
             rng.shuffle(order)
             for i in order:
+                step = steps[i]
                 gc.collect()
+                step()  # the first step after another model's: caches refilled, not timed
                 start = time.perf_counter()
                 for _ in range(steps_per_round):
-                    steps[i]()
-                times[i].append((time.perf_counter() - start) / steps_per_round)
-            if progress is not None:
+                    step()
+                if r >= 0:
+                    times[i].append((time.perf_counter() - start) / steps_per_round)
+            if progress is not None and r >= 0:
                 progress(f"{name}: round {r + 1}/{rounds}")
         for i in impls:
             ratios = [t / p for t, p in zip(times[i], times["plain"], strict=True)]
@@ -337,11 +385,16 @@ def format_table(results: list[BenchResult]) -> str:
     return "\n".join(lines)
 
 
-def to_json(results: list[BenchResult], extras: list[dict[str, Any]] | None = None) -> str:
-    """Every number, with the environment."""
+def to_json(
+    results: list[BenchResult],
+    extras: list[dict[str, Any]] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> str:
+    """Every number, with the environment and the settings of the run."""
     return json.dumps(
         {
             "environment": environment(),
+            "settings": settings or {},
             "results": [asdict(r) for r in results],
             "extras": extras or [],
         },

@@ -34,6 +34,7 @@ def _bench(args: argparse.Namespace) -> int:
             steps_per_round=args.steps,
             progress=progress,
             compiled=args.compile,
+            stable_allocator=args.stable_allocator,
         )
         extras = bench.run_extras(args.models) if args.extras else []
     except ValueError as err:
@@ -45,6 +46,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(
         f"\nratios to the plain model, median [min-max] over {args.rounds} interleaved rounds; "
         f"torch {env['torch']}, {env['threads']} threads, {env['machine']}"
+        + ("" if args.stable_allocator else ", default allocator")
     )
     if extras:
         print("\nInference (eval, no_grad) and data-dependent init\n")
@@ -52,8 +54,13 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         from ._io import atomic_write_text
 
-        atomic_write_text(args.json, bench.to_json(results, extras))
+        settings = {k: vars(args)[k] for k in _BENCH_SETTINGS}
+        atomic_write_text(args.json, bench.to_json(results, extras, settings))
     return 0
+
+
+_BENCH_SETTINGS = ("models", "implementations", "rounds", "steps", "compile", "threads",
+                   "stable_allocator")  # fmt: skip
 
 
 class _Progress:
@@ -311,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="also write every number to this JSON file")
     b.add_argument("--compile", action="store_true", help="run every model under torch.compile")
     b.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's)")
+    b.add_argument("--default-allocator", dest="stable_allocator", action="store_false",
+                   help="leave glibc malloc's heuristics as they are (default: keep freed "
+                   "memory, see weightnorm.bench.stabilize_allocator)")  # fmt: skip
     b.add_argument("--no-extras", dest="extras", action="store_false",
                    help="skip the inference and data-init timings")  # fmt: skip
     b.add_argument("--no-progress", dest="progress", action="store_false")

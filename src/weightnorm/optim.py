@@ -12,6 +12,7 @@ Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2-3.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,21 @@ __all__ = ["WeightNormOptimizer"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
+#: torch.optim optimizers whose update of each element depends on that element (and its own
+#: state) only, with per-tensor state that is the same for every element (a step count): one
+#: tensor holding several ``g`` is updated exactly as the separate tensors would be.
+_ELEMENTWISE: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
+    torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta,
+    torch.optim.ASGD, torch.optim.Rprop,
+)  # fmt: skip
+
+
+def _is_elementwise(factory: Callable[..., Any]) -> bool:
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return factory in _ELEMENTWISE
+
 
 class _Entry:
     """One normalized weight: the model's tensor ``w`` and the optimizer's ``g`` and ``v``.
@@ -41,7 +57,10 @@ class _Entry:
         with torch.no_grad():
             norm = F.norm_except_dim(w.detach(), dim, groups=groups)
         g_dtype = torch.float32 if w.dtype in _LOW_PRECISION else w.dtype
-        self.g = nn.Parameter(norm.to(g_dtype))
+        # g: its own Parameter, or a view into a _Pack's flat Parameter (then ``pack`` is set)
+        self.g: Tensor = nn.Parameter(norm.to(g_dtype))
+        self.pack: _Pack | None = None
+        self.offset = 0
         self.v = nn.Parameter(w.detach().clone())
         self.dims = tuple(F._reduce_dims(w.ndim, dim, groups))
         self.fusable = (
@@ -59,19 +78,29 @@ class _Entry:
         """grad_g = grad_w . v/||v||; grad_v = g/||v|| (grad_w - (grad_w . v)/||v||^2 v)."""
         grad_w = self.w.grad
         if grad_w is None:
-            self.g.grad = self.v.grad = None
+            self.v.grad = None
+            if self.pack is None:
+                self.g.grad = None
+            else:  # a packed g takes a zero-gradient step (see WeightNormOptimizer)
+                self.pack.grad_slot(self).zero_()
             return
         v, g = self.v.detach(), self.g.detach()
         if self.norms is not None:
-            self.v.grad, self.g.grad = torch.ops.aten._weight_norm_interface_backward(
+            grad_v, grad_g = torch.ops.aten._weight_norm_interface_backward(
                 grad_w.contiguous(), v, g, self.norms, self.dim
             )
-            return
-        x = F._grouped_view(v, self.groups) if self.groups > 1 else v
-        gw = F._grouped_view(grad_w, self.groups) if self.groups > 1 else grad_w
-        grad_v, grad_g = F.closed_form_grads(gw, x, g, F._norm(x, self.dims), self.dims, self.eps)
-        self.g.grad = grad_g.to(self.g.dtype)
-        self.v.grad = grad_v.reshape(v.shape)
+        else:
+            x = F._grouped_view(v, self.groups) if self.groups > 1 else v
+            gw = F._grouped_view(grad_w, self.groups) if self.groups > 1 else grad_w
+            grad_v, grad_g = F.closed_form_grads(
+                gw, x, g, F._norm(x, self.dims), self.dims, self.eps
+            )
+            grad_v = grad_v.reshape(v.shape)
+        self.v.grad = grad_v
+        if self.pack is None:
+            self.g.grad = grad_g.to(self.g.dtype)
+        else:
+            self.pack.grad_slot(self).copy_(grad_g.reshape(-1))
 
     @torch.no_grad()
     def write_weight(self) -> None:
@@ -84,6 +113,27 @@ class _Entry:
                 self.norms = norms
                 return
         self.w.copy_(F.weight_norm(self.v, self.g, self.dim, self.eps, groups=self.groups))
+
+
+class _Pack:
+    """One flat Parameter holding the ``g`` of several weights (same dtype and device): the
+    wrapped optimizer then updates one small tensor instead of one per layer, which on the CPU
+    saves most of what weight norm adds to an optimizer step besides the math."""
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        self.param = nn.Parameter(torch.cat([e.g.detach().reshape(-1) for e in entries]))
+        flat = self.param.detach()
+        offset = 0
+        for e in entries:
+            n, shape = e.g.numel(), e.g.shape
+            e.g, e.pack, e.offset = flat[offset : offset + n].view(shape), self, offset
+            offset += n
+
+    def grad_slot(self, entry: _Entry) -> Tensor:
+        grad = self.param.grad
+        if grad is None:
+            grad = self.param.grad = torch.zeros_like(self.param)
+        return grad[entry.offset : entry.offset + entry.g.numel()]
 
 
 class WeightNormOptimizer(torch.optim.Optimizer):
@@ -113,6 +163,15 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         layers (tuple of types, optional): modules whose ``weight`` is normalized.
             Default: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d.
         eps (float, optional): lower bound on ``||v||``. Default: ``1e-12``.
+        pack_magnitudes (bool, optional): hand the wrapped optimizer every ``g`` (of one dtype
+            and device) as one flat tensor instead of one tensor per layer: the same update for
+            optimizers that act element by element, fewer tensors to step. Default ``None``:
+            packed when ``optimizer`` is one of torch.optim's element-wise optimizers (SGD,
+            Adam, AdamW, Adamax, NAdam, RAdam, RMSprop, Adagrad, Adadelta, ASGD, Rprop, or a
+            ``functools.partial`` of one), separate otherwise (a factory function, LAMB-like
+            per-tensor rules). When packed, a weight that gets no gradient in a step still has
+            its ``g`` stepped with a zero gradient (momentum carries it), as a flat-parameter
+            optimizer does; pass ``False`` to skip it instead.
         **defaults: keyword arguments of ``optimizer`` (``lr=...``).
 
     Example::
@@ -134,6 +193,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         *,
         layers: tuple[type[nn.Module], ...] = DEFAULT_LAYERS,
         eps: float = F.DEFAULT_EPS,
+        pack_magnitudes: bool | None = None,
         **defaults: Any,
     ) -> None:
         entries: list[_Entry] = []
@@ -158,21 +218,30 @@ class WeightNormOptimizer(torch.optim.Optimizer):
                 f"no {', '.join(t.__name__ for t in layers)} weight to normalize in the model"
             )
         self._entries = entries
+        if pack_magnitudes is None:
+            pack_magnitudes = _is_elementwise(optimizer)
+        magnitudes: list[Tensor] = []
+        if pack_magnitudes:
+            by_kind: dict[tuple[torch.dtype, torch.device], list[_Entry]] = {}
+            for e in entries:
+                by_kind.setdefault((e.g.dtype, e.g.device), []).append(e)
+            magnitudes = [_Pack(group).param for group in by_kind.values()]
+        else:
+            magnitudes = [e.g for e in entries]
         others = [p for p in model.parameters() if p.requires_grad and id(p) not in normalized]
-        groups: list[dict[str, Any]] = [
-            {"params": [t for e in entries for t in (e.g, e.v)]},
-        ]
+        groups: list[dict[str, Any]] = [{"params": magnitudes + [e.v for e in entries]}]
         if others:
             groups.append({"params": others})
         self.inner = optimizer(groups, **defaults)
-        super().__init__([{"params": [e.g for e in entries]}], {})
+        super().__init__([{"params": magnitudes}], {})
         # share the wrapped optimizer's groups and state: LR schedulers act on the real ones
         self.param_groups = self.inner.param_groups
         self.state = self.inner.state
         self.defaults = self.inner.defaults
 
     def weight_norm_parameters(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """``{weight name: (g, v)}`` for every normalized weight."""
+        """``{weight name: (g, v)}`` for every normalized weight (a packed ``g`` is a view into
+        the flat tensor the wrapped optimizer steps)."""
         return {e.name: (e.g, e.v) for e in self._entries}
 
     @torch.no_grad()
@@ -191,7 +260,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the model's gradients and those of ``g`` and ``v``."""
-        self.inner.zero_grad(set_to_none)
+        self.inner.zero_grad(set_to_none)  # also the packed g's gradients
         for entry in self._entries:
             if set_to_none:
                 entry.w.grad = None

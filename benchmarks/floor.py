@@ -1,0 +1,110 @@
+"""A lower bound on weight norm's training-step overhead: the cost of the math alone.
+
+    python benchmarks/floor.py --threads 1 --models mlp-b16 mlp-b128
+
+For every weight that ``wn.apply_weight_norm`` would normalize, times in isolation (data in
+cache, no Python around it) what any implementation of ``w = g v/||v||`` must run per training
+step on the CPU, using PyTorch's fastest kernels for it:
+
+- forward: the norms and the scaled copy (``torch._weight_norm_interface``, one fused kernel);
+- backward: ``grad_g`` and ``grad_v`` from ``grad_w`` (its fused backward kernel);
+- the optimizer: Adam's step on one more (small) tensor, ``g``.
+
+Their sum, divided by the plain model's step time measured here, is the overhead no eager
+implementation built on these kernels goes below (in a real step the data is colder, so the
+real cost is higher). The optimizer-level mode runs the same two passes per weight (the
+conversion of eq. 3 is the backward kernel; the write is a norm and a scaled copy), so it is
+bounded the same way. Reports, never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import weightnorm as wn
+from weightnorm import bench
+
+
+def _median_us(fn: Callable[[], object], number: int = 200, repeats: int = 9) -> float:
+    for _ in range(number // 4):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - start) / number * 1e6)
+    return statistics.median(times)
+
+
+def _weights(model: nn.Module) -> list[tuple[torch.Tensor, int]]:
+    normed = wn.apply_weight_norm(copy.deepcopy(model))
+    out = []
+    for module in normed.modules():
+        for name, spec in wn.weight_norm_specs(module).items():
+            v = module._parameters[name + "_v"]
+            if v is not None and spec.dim is not None and spec.groups == 1:
+                out.append((v.detach().clone(), spec.dim))
+    return out
+
+
+def floor(spec: bench.ModelSpec) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = spec.build()
+    step = bench._make_step("plain", model, spec, 0, compiled=False)
+    plain_us = _median_us(step, number=20)
+    fwd = bwd = opt = 0.0
+    for v, dim in _weights(model):
+        g = torch.linalg.vector_norm(v, dim=[d for d in range(v.ndim) if d != dim], keepdim=True)
+        with torch.no_grad():
+            fwd += _median_us(lambda v=v, g=g, dim=dim: torch._weight_norm_interface(v, g, dim))
+            _, norms = torch._weight_norm_interface(v, g, dim)
+            grad_w = torch.randn_like(v)
+            bwd += _median_us(
+                lambda v=v, g=g, n=norms, gw=grad_w, dim=dim: (
+                    torch.ops.aten._weight_norm_interface_backward(gw, v, g, n, dim)
+                )
+            )
+        p = nn.Parameter(g.clone())
+        p.grad = torch.randn_like(p)
+        opt += _median_us(torch.optim.Adam([p], lr=1e-4).step)
+    total = fwd + bwd + opt
+    return {
+        "plain_step_us": plain_us,
+        "forward_us": fwd,
+        "backward_us": bwd,
+        "adam_on_g_us": opt,
+        "floor_ratio": 1 + total / plain_us,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--models", nargs="+", default=list(bench.MODELS))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench.stabilize_allocator()
+    print("| model | plain step (us) | norm+scale fwd (us) | fused bwd (us) | Adam on g (us) "
+          "| lower bound on the ratio |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for name in args.models:
+        r = floor(bench.MODELS[name])
+        print(
+            f"| {name} | {r['plain_step_us']:.0f} | {r['forward_us']:.0f} | "
+            f"{r['backward_us']:.0f} | {r['adam_on_g_us']:.0f} | {r['floor_ratio']:.3f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
