@@ -29,7 +29,7 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda groups: torch.optim.SGD(groups, lr=0.1),
     "sgd-momentum": lambda groups: torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True),
     "adam": lambda groups: torch.optim.Adam(groups, lr=0.01),
-    # torch.optim classes: every g packed into one tensor (pack_magnitudes' default for them)
+    # torch.optim classes: every g and v in one flat tensor (``flat``'s default for them)
     "sgd-packed": functools.partial(torch.optim.SGD, lr=0.1),
     "sgd-momentum-packed": functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
     "adam-packed": functools.partial(torch.optim.Adam, lr=0.01),
@@ -49,7 +49,7 @@ def test_trajectory_equals_the_reparameterized_model(name: str) -> None:
     plain = net()
     plain_opt = wn.optim.WeightNormOptimizer(plain, make)
     packed = name.endswith("-packed")
-    assert len(plain_opt.inner.param_groups[0]["params"]) == (1 if packed else 3) + 3
+    assert len(plain_opt.inner.param_groups[0]["params"]) == (1 if packed else 6)
     for _ in range(6):
         for model, opt in ((reparam, reparam_opt), (plain, plain_opt)):
             opt.zero_grad()
@@ -61,23 +61,44 @@ def test_trajectory_equals_the_reparameterized_model(name: str) -> None:
             torch.testing.assert_close(b.bias, a.bias, atol=1e-5, rtol=1e-4)
 
 
-def test_packing_is_the_default_for_torch_optim_classes_only() -> None:
+def test_flat_is_the_default_for_torch_optim_classes_only() -> None:
     def count(opt: wn.optim.WeightNormOptimizer) -> int:
         return len(opt.inner.param_groups[0]["params"])
 
-    assert count(wn.optim.WeightNormOptimizer(net(), torch.optim.Adam, lr=0.1)) == 1 + 3
+    flat = wn.optim.WeightNormOptimizer(net(), torch.optim.Adam, lr=0.1)
+    assert count(flat) == 1
+    (param,) = flat.inner.param_groups[0]["params"]
+    g0, v = flat.weight_norm_parameters()["0.weight"]
+    assert g0.untyped_storage().data_ptr() == param.untyped_storage().data_ptr()
+    assert v.untyped_storage().data_ptr() == param.untyped_storage().data_ptr()
+    assert param.numel() == sum(g.numel() + v.numel() for g, v in
+                                flat.weight_norm_parameters().values())  # fmt: skip
     custom = wn.optim.WeightNormOptimizer(net(), lambda gr: torch.optim.Adam(gr, lr=0.1))
-    assert count(custom) == 3 + 3
-    forced = wn.optim.WeightNormOptimizer(net(), torch.optim.Adam, pack_magnitudes=False, lr=0.1)
-    assert count(forced) == 3 + 3
+    assert count(custom) == 6
+    forced = wn.optim.WeightNormOptimizer(net(), torch.optim.Adam, flat=False, lr=0.1)
+    assert count(forced) == 6
 
 
-@pytest.mark.parametrize("pack", [True, False])
-def test_a_weight_without_gradient(pack: bool) -> None:
-    """The last layer unused in a step: its v is not stepped; its packed g takes a zero-gradient
-    step (plain SGD: unchanged), its separate g is skipped."""
+def test_flat_keeps_half_precision_v_apart_from_float32_g() -> None:
+    model = nn.Linear(4, 3).to(torch.bfloat16)
+    opt = wn.optim.WeightNormOptimizer(model, torch.optim.SGD, lr=0.1)
+    params = opt.inner.param_groups[0]["params"]
+    assert sorted(str(p.dtype) for p in params) == ["torch.bfloat16", "torch.float32"]
+    model(torch.randn(2, 4, dtype=torch.bfloat16)).float().pow(2).sum().backward()
+    opt.step()
+    g, v = opt.weight_norm_parameters()["weight"]
+    torch.testing.assert_close(
+        model.weight.float(), (g * v.float() / v.float().norm(dim=1, keepdim=True)),
+        atol=1e-2, rtol=1e-2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_a_weight_without_gradient(flat: bool) -> None:
+    """The last layer unused in a step: separate g and v are not stepped; flat ones take a
+    zero-gradient step (plain SGD: unchanged)."""
     model = net()
-    opt = wn.optim.WeightNormOptimizer(model, torch.optim.SGD, pack_magnitudes=pack, lr=0.1)
+    opt = wn.optim.WeightNormOptimizer(model, torch.optim.SGD, flat=flat, lr=0.1)
     before = model[5].weight.detach().clone()
     model[0](X).pow(2).mean().backward()  # only the first layer gets a gradient
     opt.step()

@@ -44,12 +44,26 @@ def _is_elementwise(factory: Callable[..., Any]) -> bool:
     return factory in _ELEMENTWISE
 
 
+class _Slot:
+    """Where a packed tensor (an entry's ``g`` or ``v``) lies in its :class:`_Pack`."""
+
+    __slots__ = ("offset", "pack")
+
+    def __init__(self, pack: _Pack, offset: int) -> None:
+        self.pack, self.offset = pack, offset
+
+    def grad(self, numel: int) -> Tensor:
+        return self.pack.grad()[self.offset : self.offset + numel]
+
+
 class _Entry:
     """One normalized weight: the model's tensor ``w`` and the optimizer's ``g`` and ``v``.
 
-    On the CPU in float32/float64 with one g per first or last dim, the gradient conversion and
-    the weight write use PyTorch's fused weight-norm kernels (one pass each); the norms come from
-    the last write, so they are not computed twice. Elsewhere the closed form is evaluated.
+    ``g`` and ``v`` are Parameters of their own, or views into the flat Parameter of a
+    :class:`_Pack` (then ``g_slot``/``v_slot`` say where). On the CPU in float32/float64 with one
+    g per first or last dim, the gradient conversion and the weight write use PyTorch's fused
+    weight-norm kernels; the norms come from the last write, so they are not computed twice.
+    Elsewhere the closed form is evaluated.
     """
 
     def __init__(self, name: str, w: nn.Parameter, dim: int | None, groups: int, eps: float):
@@ -57,11 +71,10 @@ class _Entry:
         with torch.no_grad():
             norm = F.norm_except_dim(w.detach(), dim, groups=groups)
         g_dtype = torch.float32 if w.dtype in _LOW_PRECISION else w.dtype
-        # g: its own Parameter, or a view into a _Pack's flat Parameter (then ``pack`` is set)
         self.g: Tensor = nn.Parameter(norm.to(g_dtype))
-        self.pack: _Pack | None = None
-        self.offset = 0
-        self.v = nn.Parameter(w.detach().clone())
+        self.v: Tensor = nn.Parameter(w.detach().clone())
+        self.g_slot: _Slot | None = None
+        self.v_slot: _Slot | None = None
         self.dims = tuple(F._reduce_dims(w.ndim, dim, groups))
         self.fusable = (
             groups == 1
@@ -78,11 +91,12 @@ class _Entry:
         """grad_g = grad_w . v/||v||; grad_v = g/||v|| (grad_w - (grad_w . v)/||v||^2 v)."""
         grad_w = self.w.grad
         if grad_w is None:
-            self.v.grad = None
-            if self.pack is None:
-                self.g.grad = None
-            else:  # a packed g takes a zero-gradient step (see WeightNormOptimizer)
-                self.pack.grad_slot(self).zero_()
+            # separate g, v: not stepped; packed ones take a zero-gradient step (see the class)
+            for t, slot in ((self.g, self.g_slot), (self.v, self.v_slot)):
+                if slot is None:
+                    t.grad = None
+                else:
+                    slot.grad(t.numel()).zero_()
             return
         v, g = self.v.detach(), self.g.detach()
         if self.norms is not None:
@@ -96,11 +110,14 @@ class _Entry:
                 gw, x, g, F._norm(x, self.dims), self.dims, self.eps
             )
             grad_v = grad_v.reshape(v.shape)
-        self.v.grad = grad_v
-        if self.pack is None:
+        if self.v_slot is None:
+            self.v.grad = grad_v
+        else:
+            self.v_slot.grad(v.numel()).copy_(grad_v.reshape(-1))
+        if self.g_slot is None:
             self.g.grad = grad_g.to(self.g.dtype)
         else:
-            self.pack.grad_slot(self).copy_(grad_g.reshape(-1))
+            self.g_slot.grad(g.numel()).copy_(grad_g.reshape(-1))
 
     @torch.no_grad()
     def write_weight(self) -> None:
@@ -116,24 +133,34 @@ class _Entry:
 
 
 class _Pack:
-    """One flat Parameter holding the ``g`` of several weights (same dtype and device): the
-    wrapped optimizer then updates one small tensor instead of one per layer, which on the CPU
-    saves most of what weight norm adds to an optimizer step besides the math."""
+    """One flat Parameter holding the ``g`` and ``v`` of several weights (one dtype, one
+    device). The wrapped optimizer steps it instead of two tensors per layer: on the CPU a
+    torch.optim step costs some 15-30 microseconds per tensor besides the arithmetic, which for
+    small layers is most of what weight norm would add to a step."""
 
-    def __init__(self, entries: list[_Entry]) -> None:
-        self.param = nn.Parameter(torch.cat([e.g.detach().reshape(-1) for e in entries]))
+    def __init__(self, tensors: list[tuple[_Entry, str]]) -> None:
+        self.param = nn.Parameter(
+            torch.cat([getattr(e, which).detach().reshape(-1) for e, which in tensors])
+        )
+        self._buffer: Tensor | None = None
         flat = self.param.detach()
         offset = 0
-        for e in entries:
-            n, shape = e.g.numel(), e.g.shape
-            e.g, e.pack, e.offset = flat[offset : offset + n].view(shape), self, offset
+        for e, which in tensors:
+            t = getattr(e, which)
+            n = t.numel()
+            setattr(e, which, flat[offset : offset + n].view(t.shape))
+            setattr(e, which + "_slot", _Slot(self, offset))
             offset += n
 
-    def grad_slot(self, entry: _Entry) -> Tensor:
+    def grad(self) -> Tensor:
+        """The flat gradient. Every slice is written at each step, so the same buffer serves
+        every step (no zeroing, and no fresh memory for the allocator to fault in)."""
         grad = self.param.grad
         if grad is None:
-            grad = self.param.grad = torch.zeros_like(self.param)
-        return grad[entry.offset : entry.offset + entry.g.numel()]
+            if self._buffer is None:
+                self._buffer = torch.empty_like(self.param)
+            grad = self.param.grad = self._buffer
+        return grad
 
 
 class WeightNormOptimizer(torch.optim.Optimizer):
@@ -163,15 +190,17 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         layers (tuple of types, optional): modules whose ``weight`` is normalized.
             Default: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d.
         eps (float, optional): lower bound on ``||v||``. Default: ``1e-12``.
-        pack_magnitudes (bool, optional): hand the wrapped optimizer every ``g`` (of one dtype
-            and device) as one flat tensor instead of one tensor per layer: the same update for
-            optimizers that act element by element, fewer tensors to step. Default ``None``:
-            packed when ``optimizer`` is one of torch.optim's element-wise optimizers (SGD,
-            Adam, AdamW, Adamax, NAdam, RAdam, RMSprop, Adagrad, Adadelta, ASGD, Rprop, or a
-            ``functools.partial`` of one), separate otherwise (a factory function, LAMB-like
-            per-tensor rules). When packed, a weight that gets no gradient in a step still has
-            its ``g`` stepped with a zero gradient (momentum carries it), as a flat-parameter
-            optimizer does; pass ``False`` to skip it instead.
+        flat (bool, optional): hand the wrapped optimizer every ``g`` and ``v`` (of one dtype
+            and device) as one flat tensor instead of two tensors per layer: the same update
+            for optimizers that act element by element, and fewer tensors to step (on the CPU
+            that saves more than the conversion costs). Default ``None``: flat when
+            ``optimizer`` is one of torch.optim's element-wise optimizers (SGD, Adam, AdamW,
+            Adamax, NAdam, RAdam, RMSprop, Adagrad, Adadelta, ASGD, Rprop, or a
+            ``functools.partial`` of one), separate tensors otherwise (a factory function,
+            optimizers with per-tensor rules such as LAMB or Shampoo). When flat, a weight that
+            gets no gradient in a step still has its ``g`` and ``v`` stepped with a zero
+            gradient (momentum carries them), as any flat-parameter optimizer does; pass
+            ``False`` to skip them instead.
         **defaults: keyword arguments of ``optimizer`` (``lr=...``).
 
     Example::
@@ -193,7 +222,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         *,
         layers: tuple[type[nn.Module], ...] = DEFAULT_LAYERS,
         eps: float = F.DEFAULT_EPS,
-        pack_magnitudes: bool | None = None,
+        flat: bool | None = None,
         **defaults: Any,
     ) -> None:
         entries: list[_Entry] = []
@@ -218,30 +247,32 @@ class WeightNormOptimizer(torch.optim.Optimizer):
                 f"no {', '.join(t.__name__ for t in layers)} weight to normalize in the model"
             )
         self._entries = entries
-        if pack_magnitudes is None:
-            pack_magnitudes = _is_elementwise(optimizer)
-        magnitudes: list[Tensor] = []
-        if pack_magnitudes:
-            by_kind: dict[tuple[torch.dtype, torch.device], list[_Entry]] = {}
+        if flat is None:
+            flat = _is_elementwise(optimizer)
+        stepped: list[Tensor]
+        if flat:
+            by_kind: dict[tuple[torch.dtype, torch.device], list[tuple[_Entry, str]]] = {}
             for e in entries:
-                by_kind.setdefault((e.g.dtype, e.g.device), []).append(e)
-            magnitudes = [_Pack(group).param for group in by_kind.values()]
+                for which in ("g", "v"):
+                    t = getattr(e, which)
+                    by_kind.setdefault((t.dtype, t.device), []).append((e, which))
+            stepped = [_Pack(tensors).param for tensors in by_kind.values()]
         else:
-            magnitudes = [e.g for e in entries]
+            stepped = [t for e in entries for t in (e.g, e.v)]
         others = [p for p in model.parameters() if p.requires_grad and id(p) not in normalized]
-        groups: list[dict[str, Any]] = [{"params": magnitudes + [e.v for e in entries]}]
+        groups: list[dict[str, Any]] = [{"params": stepped}]
         if others:
             groups.append({"params": others})
         self.inner = optimizer(groups, **defaults)
-        super().__init__([{"params": magnitudes}], {})
+        super().__init__([{"params": stepped}], {})
         # share the wrapped optimizer's groups and state: LR schedulers act on the real ones
         self.param_groups = self.inner.param_groups
         self.state = self.inner.state
         self.defaults = self.inner.defaults
 
     def weight_norm_parameters(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """``{weight name: (g, v)}`` for every normalized weight (a packed ``g`` is a view into
-        the flat tensor the wrapped optimizer steps)."""
+        """``{weight name: (g, v)}`` for every normalized weight (with ``flat``, views into the
+        flat tensor the wrapped optimizer steps)."""
         return {e.name: (e.g, e.v) for e in self._entries}
 
     @torch.no_grad()
@@ -260,7 +291,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the model's gradients and those of ``g`` and ``v``."""
-        self.inner.zero_grad(set_to_none)  # also the packed g's gradients
+        self.inner.zero_grad(set_to_none)  # also the flat gradients
         for entry in self._entries:
             if set_to_none:
                 entry.w.grad = None
