@@ -59,7 +59,7 @@ def _weights(model: nn.Module) -> list[tuple[torch.Tensor, int]]:
 def floor(spec: bench.ModelSpec) -> dict[str, float]:
     torch.manual_seed(0)
     model = spec.build()
-    step = bench._make_step("plain", model, spec, 0, compiled=False)
+    step = bench._make_step("plain", model, spec, 0, compiled=False).run
     plain_us = _median_us(step, number=20)
     fwd = bwd = opt = 0.0
     for v, dim in _weights(model):
@@ -89,7 +89,7 @@ def floor(spec: bench.ModelSpec) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--models", nargs="+", default=list(bench.MODELS))
+    parser.add_argument("--models", nargs="+", default=bench.CPU_MODELS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

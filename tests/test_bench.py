@@ -26,12 +26,45 @@ def test_run_benchmarks_reports_ratios_against_plain() -> None:
     assert table.splitlines()[0].startswith("| model | plain step (ms) | plain | weightnorm")
 
 
-@pytest.mark.parametrize("model", list(bench.MODELS))
+@pytest.mark.parametrize("model", bench.CPU_MODELS)
 def test_every_model_steps_under_every_implementation(model: str) -> None:
     """One timed step of each pair (the 1-D paper network of ``reproduce`` included)."""
     results = bench.run_benchmarks([model], rounds=1, steps_per_round=1, warmup=0)
     assert {r.implementation for r in results} == set(bench.IMPLEMENTATIONS)
     assert all(r.median_step_ms > 0 for r in results)
+
+
+def test_large_batch_models_are_registered_for_the_gpu() -> None:
+    assert set(bench.CPU_MODELS) < set(bench.GPU_MODELS) <= set(bench.MODELS)
+    assert max(bench.MODELS[m].input_shape[0] for m in bench.GPU_MODELS) >= 1024
+
+
+def test_peak_memory_is_reported_and_follows_the_weights() -> None:
+    """The legacy hook keeps w as a module attribute between steps, the optimizer-level mode
+    keeps v; ours frees w with the graph, as parametrize does."""
+    results = bench.run_benchmarks(["mlp-b16"], rounds=1, steps_per_round=1, warmup=1)
+    mem = {r.implementation: r for r in results}
+    assert mem["plain"].memory_ratio == 1.0
+    weights_mb = (40 * 512 + 512 * 512 + 512 * 10) * 4 / 2**20
+    assert mem["plain"].peak_memory_mb > 3 * weights_mb  # weights, Adam's two moments, grads
+    legacy = mem["torch-legacy"].peak_memory_mb - mem["plain"].peak_memory_mb
+    assert legacy == pytest.approx(weights_mb, rel=0.1)
+    ours = mem["weightnorm"].peak_memory_mb - mem["plain"].peak_memory_mb
+    assert ours < 0.1 * weights_mb
+    assert mem["weightnorm-optim"].peak_memory_mb - mem["plain"].peak_memory_mb > weights_mb
+    assert "| mlp-b16 |" in bench.format_memory_table(results)
+
+
+def test_autocast_and_bad_devices() -> None:
+    results = bench.run_benchmarks(
+        ["mlp-b16"], ["weightnorm"], rounds=1, steps_per_round=1, warmup=0, autocast="bf16"
+    )
+    assert {r.autocast for r in results} == {"bf16"}
+    assert "mlp-b16 (cpu, bf16)" in bench.format_table(results)
+    with pytest.raises(ValueError, match="autocast must be one of"):
+        bench.run_benchmarks(["mlp-b16"], autocast="int8")
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda"):
+        bench.run_benchmarks(["mlp-b16"], device="tpu")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import gc
+import inspect
 import io
 import pickle
+import weakref
+from typing import Any
 
 import pytest
 import torch
@@ -289,6 +293,43 @@ def test_nn_init_on_weight_takes_effect() -> None:
     torch.testing.assert_close(layer.weight_g.detach(), torch.full((3, 1), 1.0))
     nn.init.eye_(layer.weight)
     assert torch.equal(layer.state_dict()["weight_v"], torch.eye(3, 4))
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: wn.weight_norm(nn.Linear(4, 3)), lambda: wn.WNLinear(4, 3)]
+)
+def test_the_weight_read_by_forward_is_not_kept_between_steps(make: Any) -> None:
+    """w lives as long as the graph needs it (as with parametrize), not until the next forward:
+    a kept copy of every weight would add the model's size to a step's memory."""
+    layer = make()
+    kept: list[weakref.ref[torch.Tensor]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_leaf and t.numel() == 12:  # the w (or w.t()) F.linear saves for backward
+            kept.append(weakref.ref(t if t._base is None else t._base))
+        return t
+
+    x = torch.randn(2, 4, requires_grad=True)  # so that F.linear saves w for grad_x
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x)
+    assert len(kept) == 1
+    assert kept[0]() is not None
+    out.sum().backward()
+    del out
+    gc.collect()
+    assert kept[0]() is None
+    # read outside forward, the weight is still kept for an in-place edit to write back
+    nn.init.constant_(layer.weight, 0.25)
+    torch.testing.assert_close(layer(torch.ones(1, 4)) - layer.bias, torch.ones(1, 3))
+
+
+def test_forward_keeps_its_signature_and_recovers_from_errors() -> None:
+    layer = wn.weight_norm(nn.Conv1d(2, 3, 3))
+    assert inspect.signature(layer.forward) == inspect.signature(nn.Conv1d(2, 3, 3).forward)
+    with pytest.raises(RuntimeError):
+        layer(torch.randn(2, 5, 7))  # wrong channel count
+    nn.init.constant_(layer.weight, 1.0)  # outside forward again: written back
+    torch.testing.assert_close(layer.state_dict()["weight_v"], torch.ones(3, 2, 3))
 
 
 def test_assigning_the_weight_reparameterizes_it() -> None:

@@ -15,6 +15,7 @@ class; folding them gives back the plain ``torch.nn`` class.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar, cast
@@ -43,6 +44,7 @@ PerOutput = Literal["output"]
 
 _SPECS = "_wn_specs"  # module.__dict__[_SPECS]: dict[str, WeightNormSpec]
 _LAST = "_wn_last"  # module.__dict__[_LAST]: dict[str, (w handed out last, its version)]
+_IN_FORWARD = "_wn_in_forward"  # module.__dict__[_IN_FORWARD]: how deep in its own forward
 _EMPTY: dict[str, WeightNormSpec] = {}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -88,19 +90,44 @@ def _compute(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
 def _current_weight(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
     if torch.compiler.is_compiling():  # no Python-side bookkeeping inside a traced graph
         return _compute(module, name, spec)  # (the math then takes its composite form)
-    last = module.__dict__.get(_LAST)
+    d = module.__dict__
+    last = d.get(_LAST)
     if last is None:
-        last = module.__dict__[_LAST] = {}
+        last = d[_LAST] = {}
     entry = last.get(name)
     if entry is not None and entry[0]._version != entry[1]:
         # the w handed out last was changed in place (``nn.init.*_``): make it the new weight
         _set_weight(module, name, spec, entry[0])
     w = _compute(module, name, spec)
-    if w.is_inference():
-        last.pop(name, None)
+    if d.get(_IN_FORWARD) or w.is_inference():
+        # read by the module's own forward: the graph holds w as long as it is needed; keeping
+        # it here too would hold a copy of every weight between steps
+        if entry is not None:
+            last.pop(name, None)  # (a write-back above has removed it already)
     else:
         last[name] = (w, w._version)
     return w
+
+
+def _marking_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward`` of a weight-normed class: the root class's, with the module marked as inside
+    its forward (so the weights it reads are not kept for write-back, see _current_weight)."""
+    if getattr(forward, "_wn_marking", False):
+        return forward
+
+    @functools.wraps(forward)
+    def marked(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return forward(self, *args, **kwargs)
+        d = self.__dict__
+        d[_IN_FORWARD] = d.get(_IN_FORWARD, 0) + 1
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            d[_IN_FORWARD] -= 1
+
+    marked._wn_marking = True  # type: ignore[attr-defined]
+    return marked
 
 
 def _sync(module: nn.Module) -> None:
@@ -166,6 +193,7 @@ class _WeightNormMixin:
         parent = getattr(super(), "__getstate__", None)
         state = dict(parent() if parent is not None else self.__dict__)
         state.pop(_LAST, None)  # handed-out tensors are not part of the module
+        state.pop(_IN_FORWARD, None)
         flat = state.get("_flat_weights")
         if flat is not None:  # an RNN caches computed weights (non-leaf: deepcopy refuses them);
             # store v in their place, a leaf whose identity tells the RNN to refresh its cache
@@ -272,6 +300,7 @@ def _normed_class(root: type, names: frozenset[str]) -> type:
         bases = (root,) if issubclass(root, _WeightNormMixin) else (_WeightNormMixin, root)
         namespace: dict[str, Any] = {n: _make_property(n) for n in sorted(missing)}
         namespace.update(
+            forward=_marking_forward(root.forward),  # type: ignore[attr-defined]
             _wn_root=root,
             _wn_props=have | missing,
             __reduce_ex__=_dynamic_reduce_ex,

@@ -34,6 +34,9 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from ._env import environment
 from ._model import apply_weight_norm, fold
@@ -41,11 +44,14 @@ from .init import data_dependent_init
 from .optim import WeightNormOptimizer
 
 __all__ = [
+    "CPU_MODELS",
+    "GPU_MODELS",
     "BenchResult",
     "IMPLEMENTATIONS",
     "MODELS",
     "environment",
     "format_extras",
+    "format_memory_table",
     "format_table",
     "run_benchmarks",
     "run_extras",
@@ -116,7 +122,14 @@ MODELS: dict[str, ModelSpec] = {
     "conv1d-dilated-b8": ModelSpec("conv1d-dilated-b8", DilatedStack, (8, 1, 256), None),
     "paper1d-b100": ModelSpec("paper1d-b100", paper_1d, (100, 1, 40), 10),
     "cifar-cnn-b32": ModelSpec("cifar-cnn-b32", cifar_cnn, (32, 3, 32, 32), 10),
+    # large batches, for a GPU
+    "mlp-b4096": ModelSpec("mlp-b4096", mlp, (4096, 40), 10),
+    "conv1d-dilated-b64": ModelSpec("conv1d-dilated-b64", DilatedStack, (64, 1, 8192), None),
 }
+
+#: What ``weightnorm bench`` times by default on the CPU, and on a CUDA device.
+CPU_MODELS = ["mlp-b16", "mlp-b128", "conv1d-dilated-b8", "paper1d-b100", "cifar-cnn-b32"]
+GPU_MODELS = [*CPU_MODELS, "mlp-b4096", "conv1d-dilated-b64"]
 
 
 # --- implementations ---------------------------------------------------------------------------
@@ -185,7 +198,8 @@ def stabilize_allocator() -> bool:
 
 @dataclass
 class BenchResult:
-    """One model x implementation: step-time ratios to plain over rounds, and absolute times."""
+    """One model x implementation on one device: step-time ratios to plain over rounds, absolute
+    times, and the step's peak memory (persistent tensors plus the peak of the temporaries)."""
 
     model: str
     implementation: str
@@ -194,38 +208,129 @@ class BenchResult:
     max_ratio: float
     median_step_ms: float
     ratios: list[float] = field(repr=False)
+    peak_memory_mb: float = 0.0
+    memory_ratio: float = 1.0
+    device: str = "cpu"
+    autocast: str | None = None
 
 
-def _inputs(spec: ModelSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(spec: ModelSpec, seed: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(spec.input_shape, generator=gen)
     if spec.classes is None:
         target = torch.randn(spec.input_shape, generator=gen)
     else:
         target = torch.randint(0, spec.classes, (spec.input_shape[0],), generator=gen)
-    return x, target
+    return x.to(device), target.to(device)
+
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class _Step:
+    """A ready training step of one implementation, and what it holds between steps."""
+
+    run: Callable[[], None]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
 
 
 def _make_step(
-    impl: str, base: nn.Module, spec: ModelSpec, seed: int, compiled: bool
-) -> Callable[[], None]:
-    model, make_opt = IMPLEMENTATIONS[impl](copy.deepcopy(base))
+    impl: str,
+    base: nn.Module,
+    spec: ModelSpec,
+    seed: int,
+    compiled: bool,
+    device: str = "cpu",
+    autocast: str | None = None,
+) -> _Step:
+    model, make_opt = IMPLEMENTATIONS[impl](copy.deepcopy(base).to(device))
     opt = make_opt(model)
-    x, target = _inputs(spec, seed)
-    if compiled:
-        model = cast(nn.Module, torch.compile(model))
+    x, target = _inputs(spec, seed, device)
+    forward = cast(nn.Module, torch.compile(model)) if compiled else model
+    cast_to = _AUTOCAST[autocast] if autocast else None
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        out = model(x)
-        if spec.classes is None:
-            loss = nn.functional.mse_loss(out, target)
-        else:
-            loss = nn.functional.cross_entropy(out, target)
+        with torch.autocast(device, dtype=cast_to, enabled=cast_to is not None):
+            out = forward(x)
+            if spec.classes is None:
+                loss = nn.functional.mse_loss(out.float(), target)
+            else:
+                loss = nn.functional.cross_entropy(out.float(), target)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
 
-    return step
+    return _Step(step, model, opt)
+
+
+class _LiveBytes(TorchDispatchMode):  # type: ignore[misc]
+    """Bytes of tensor storage created inside the mode and still alive, and their peak.
+
+    Storages that exist before (``known``: parameters, optimizer state) are not counted; a
+    storage counts from the operation that returns it until it is freed (seen at the next
+    operation)."""
+
+    def __init__(self, known: set[int]) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.known = known
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.current = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for ptr, (ref, nbytes) in list(self.live.items()):
+            if ref.expired():  # type: ignore[no-untyped-call]
+                del self.live[ptr]
+                self.current -= nbytes
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                ptr = storage.data_ptr()
+                if ptr and ptr not in self.known and ptr not in self.live:
+                    ref = StorageWeakRef(storage)  # type: ignore[no-untyped-call]
+                    self.live[ptr] = (ref, storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def _persistent(model: nn.Module, opt: torch.optim.Optimizer) -> dict[int, int]:
+    """data_ptr -> bytes of every storage a step keeps: parameters, buffers, optimizer state."""
+    tensors: list[torch.Tensor] = [*model.parameters(), *model.buffers()]
+    for group in opt.param_groups:
+        tensors.extend(group["params"])
+    for state in opt.state.values():
+        tensors.extend(t for t in tree_leaves(state) if isinstance(t, torch.Tensor))
+    out = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        out[storage.data_ptr()] = storage.nbytes()
+    return out
+
+
+def _peak_memory_mb(step: _Step, device: str) -> float:
+    """Peak bytes of one (steady-state) training step, in MiB: on CUDA from the allocator's
+    statistics, on the CPU by following every tensor's storage (eager only)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step.run()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device)) / 2**20
+    step.optimizer.zero_grad(set_to_none=True)
+    persistent = _persistent(step.model, step.optimizer)
+    live = _LiveBytes(set(persistent))
+    with live:
+        step.run()
+    return (sum(persistent.values()) + live.peak) / 2**20
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def run_benchmarks(
@@ -238,13 +343,18 @@ def run_benchmarks(
     progress: Callable[[str], None] | None = None,
     compiled: bool = False,
     stable_allocator: bool = True,
+    device: str = "cpu",
+    autocast: str | None = None,
 ) -> list[BenchResult]:
     """Time a training step (forward, backward, Adam) of every model under every implementation.
 
-    Returns one :class:`BenchResult` per pair, ratios relative to ``"plain"`` in the same round.
-    ``warmup`` rounds, interleaved like the timed ones, are run first and discarded. With
-    ``compiled``, every model (plain included) runs under ``torch.compile``. With
-    ``stable_allocator`` (default), :func:`stabilize_allocator` is applied first.
+    Returns one :class:`BenchResult` per pair, ratios relative to ``"plain"`` in the same round,
+    and each step's peak memory relative to plain's. ``warmup`` rounds, interleaved like the
+    timed ones, are run first and discarded. With ``compiled``, every model (plain included)
+    runs under ``torch.compile`` (memory is then measured on the eager step). ``device``:
+    ``"cpu"`` or ``"cuda"``; ``autocast``: ``None``, ``"bf16"`` or ``"fp16"`` (mixed precision
+    for every implementation). With ``stable_allocator`` (default),
+    :func:`stabilize_allocator` is applied first.
 
     Example::
 
@@ -252,7 +362,7 @@ def run_benchmarks(
         >>> [r.implementation for r in res]
         ['plain', 'weightnorm']
     """
-    names = models or list(MODELS)
+    names = models or (GPU_MODELS if device.startswith("cuda") else CPU_MODELS)
     impls = implementations or list(IMPLEMENTATIONS)
     for n in names:
         if n not in MODELS:
@@ -262,32 +372,54 @@ def run_benchmarks(
             raise ValueError(
                 f"unknown implementation {i!r}; expected one of {', '.join(IMPLEMENTATIONS)}"
             )
+    if autocast is not None and autocast not in _AUTOCAST:
+        raise ValueError(
+            f"autocast must be one of {', '.join(_AUTOCAST)} or None, got {autocast!r}"
+        )
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     if "plain" not in impls:
         impls = ["plain", *impls]
     if stable_allocator:
         stabilize_allocator()
+    if compiled:  # one compiled copy per implementation and model: no fallback to eager
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 2048
+        )
     rng = random.Random(seed)
     results: list[BenchResult] = []
     for name in names:
         spec = MODELS[name]
         torch.manual_seed(seed)
         base = spec.build()
-        steps = {i: _make_step(i, base, spec, seed, compiled) for i in impls}
+        steps = {i: _make_step(i, base, spec, seed, compiled, device, autocast) for i in impls}
         times: dict[str, list[float]] = {i: [] for i in impls}
         for r in range(-warmup, rounds):
             order = list(impls)
             rng.shuffle(order)
             for i in order:
-                step = steps[i]
+                run = steps[i].run
                 gc.collect()
-                step()  # the first step after another model's: caches refilled, not timed
+                run()  # the first step after another model's: caches refilled, not timed
+                _sync(device)
                 start = time.perf_counter()
                 for _ in range(steps_per_round):
-                    step()
+                    run()
+                _sync(device)
                 if r >= 0:
                     times[i].append((time.perf_counter() - start) / steps_per_round)
             if progress is not None and r >= 0:
                 progress(f"{name}: round {r + 1}/{rounds}")
+        memory = {}
+        for i in impls:
+            step = steps[i]
+            if compiled and device == "cpu":  # follow storages in an eager copy
+                step = _make_step(i, base, spec, seed, False, device, autocast)
+                step.run()
+            memory[i] = _peak_memory_mb(step, device)
         for i in impls:
             ratios = [t / p for t, p in zip(times[i], times["plain"], strict=True)]
             results.append(
@@ -299,6 +431,10 @@ def run_benchmarks(
                     max_ratio=max(ratios),
                     median_step_ms=statistics.median(times[i]) * 1e3,
                     ratios=ratios,
+                    peak_memory_mb=memory[i],
+                    memory_ratio=memory[i] / memory["plain"],
+                    device=device,
+                    autocast=autocast,
                 )
             )
     return results
@@ -322,7 +458,7 @@ def run_extras(
     The folded model must compute what the normalized one does; that is checked here too.
     """
     rows = []
-    for name in models or list(MODELS):
+    for name in models or CPU_MODELS:
         spec = MODELS[name]
         torch.manual_seed(seed)
         plain = spec.build().eval()
@@ -365,16 +501,23 @@ def format_extras(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _row_label(r: BenchResult) -> str:
+    if r.device == "cpu" and r.autocast is None:
+        return r.model
+    return f"{r.model} ({r.device}{', ' + r.autocast if r.autocast else ''})"
+
+
 def format_table(results: list[BenchResult]) -> str:
-    """A Markdown table: one row per model, one column per implementation (median [min-max])."""
+    """A Markdown table: one row per model (and device), one column per implementation, the
+    step time as a ratio to plain, median [min-max]."""
     impls = list(dict.fromkeys(r.implementation for r in results))
-    models = list(dict.fromkeys(r.model for r in results))
-    by = {(r.model, r.implementation): r for r in results}
+    rows = list(dict.fromkeys(_row_label(r) for r in results))
+    by = {(_row_label(r), r.implementation): r for r in results}
     lines = [
         "| model | plain step (ms) | " + " | ".join(impls) + " |",
         "|---|---|" + "---|" * len(impls),
     ]
-    for m in models:
+    for m in rows:
         cells = []
         for i in impls:
             r = by.get((m, i))
@@ -382,6 +525,21 @@ def format_table(results: list[BenchResult]) -> str:
                 "" if r is None else f"{r.median_ratio:.2f} [{r.min_ratio:.2f}-{r.max_ratio:.2f}]"
             )
         lines.append(f"| {m} | {by[(m, 'plain')].median_step_ms:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_memory_table(results: list[BenchResult]) -> str:
+    """A Markdown table of each step's peak memory as a ratio to plain's."""
+    impls = list(dict.fromkeys(r.implementation for r in results))
+    rows = list(dict.fromkeys(_row_label(r) for r in results))
+    by = {(_row_label(r), r.implementation): r for r in results}
+    lines = [
+        "| model | plain peak (MiB) | " + " | ".join(impls) + " |",
+        "|---|---|" + "---|" * len(impls),
+    ]
+    for m in rows:
+        cells = [f"{by[(m, i)].memory_ratio:.2f}" if (m, i) in by else "" for i in impls]
+        lines.append(f"| {m} | {by[(m, 'plain')].peak_memory_mb:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -21,21 +21,29 @@ def _bench(args: argparse.Namespace) -> int:
         if args.progress:
             print(msg, file=sys.stderr, flush=True)
 
+    import torch
+
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
-
+    runs: list[tuple[str, str | None]] = [(args.device, args.autocast)]
+    if args.device == "auto":
+        runs = [("cpu", args.autocast)]
+        if torch.cuda.is_available():  # the fused CUDA path; fp32 and bf16 autocast by default
+            runs += [("cuda", a) for a in ([args.autocast] if args.autocast else [None, "bf16"])]
+    results = []
     try:
-        results = bench.run_benchmarks(
-            models=args.models,
-            implementations=args.implementations,
-            rounds=args.rounds,
-            steps_per_round=args.steps,
-            progress=progress,
-            compiled=args.compile,
-            stable_allocator=args.stable_allocator,
-        )
+        for device, autocast in runs:
+            results += bench.run_benchmarks(
+                models=args.models,
+                implementations=args.implementations,
+                rounds=args.rounds,
+                steps_per_round=args.steps,
+                progress=progress,
+                compiled=args.compile,
+                stable_allocator=args.stable_allocator,
+                device=device,
+                autocast=autocast,
+            )
         extras = bench.run_extras(args.models) if args.extras else []
     except ValueError as err:
         return _fail(str(err))
@@ -48,6 +56,8 @@ def _bench(args: argparse.Namespace) -> int:
         f"torch {env['torch']}, {env['threads']} threads, {env['machine']}"
         + ("" if args.stable_allocator else ", default allocator")
     )
+    print("\nPeak memory of a training step / plain model's\n")
+    print(bench.format_memory_table(results))
     if extras:
         print("\nInference (eval, no_grad) and data-dependent init\n")
         print(bench.format_extras(extras))
@@ -60,7 +70,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 _BENCH_SETTINGS = ("models", "implementations", "rounds", "steps", "compile", "threads",
-                   "stable_allocator")  # fmt: skip
+                   "stable_allocator", "device", "autocast")  # fmt: skip
 
 
 class _Progress:
@@ -318,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="also write every number to this JSON file")
     b.add_argument("--compile", action="store_true", help="run every model under torch.compile")
     b.add_argument("--threads", type=_positive, help="torch intra-op threads (default: torch's)")
+    b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (default): the CPU, and a CUDA GPU if there is one (fp32 and bf16 "
+                   "autocast, large batches too)")  # fmt: skip
+    b.add_argument("--autocast", choices=("bf16", "fp16"),
+                   help="mixed precision for every implementation")  # fmt: skip
     b.add_argument("--default-allocator", dest="stable_allocator", action="store_false",
                    help="leave glibc malloc's heuristics as they are (default: keep freed "
                    "memory, see weightnorm.bench.stabilize_allocator)")  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ._reparam import PerOutput, _make_property, _WeightNormMixin, weight_norm
+from ._reparam import PerOutput, _make_property, _marking_forward, _WeightNormMixin, weight_norm
 from .functional import DEFAULT_EPS
 
 __all__ = [
@@ -32,6 +32,12 @@ __all__ = [
 class _WNLayer(_WeightNormMixin):
     weight = _make_property("weight")  # type: ignore[assignment]
     _wn_props: ClassVar[frozenset[str]] = frozenset({"weight"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        plain = cls.__dict__.get("_wn_plain")
+        if plain is not None and "forward" not in cls.__dict__:
+            cls.forward = _marking_forward(plain.forward)  # type: ignore[attr-defined]
 
     def __init__(
         self,
