@@ -27,6 +27,7 @@ from ._reparam import default_dim, weight_norm_specs
 __all__ = ["WeightNormOptimizer"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_INTERFACE_BACKWARD = torch.ops.aten._weight_norm_interface_backward.default
 
 #: torch.optim optimizers whose update of each element depends on that element (and its own
 #: state) only, with per-tensor state that is the same for every element (a step count): one
@@ -44,25 +45,14 @@ def _is_elementwise(factory: Callable[..., Any]) -> bool:
     return factory in _ELEMENTWISE
 
 
-class _Slot:
-    """Where a packed tensor (an entry's ``g`` or ``v``) lies in its :class:`_Pack`."""
-
-    __slots__ = ("offset", "pack")
-
-    def __init__(self, pack: _Pack, offset: int) -> None:
-        self.pack, self.offset = pack, offset
-
-    def grad(self, numel: int) -> Tensor:
-        return self.pack.grad()[self.offset : self.offset + numel]
-
-
 class _Entry:
     """One normalized weight: the model's tensor ``w`` and the optimizer's ``g`` and ``v``.
 
     ``g`` and ``v`` are Parameters of their own, or views into the flat Parameter of a
-    :class:`_Pack` (then ``g_slot``/``v_slot`` say where). On the CPU in float32/float64 with one
-    g per first or last dim, the gradient conversion and the weight write use PyTorch's fused
-    weight-norm kernels; the norms come from the last write, so they are not computed twice.
+    :class:`_Pack` (then ``g_grad``/``v_grad`` are the matching views of its gradient). On
+    the CPU in float32/float64 with one g per first or last dim, the gradient conversion and the
+    weight write use PyTorch's fused weight-norm kernels; the norms come from the last write, so
+    they are not computed twice.
     Elsewhere the closed form is evaluated.
     """
 
@@ -73,8 +63,8 @@ class _Entry:
         g_dtype = torch.float32 if w.dtype in _LOW_PRECISION else w.dtype
         self.g: Tensor = nn.Parameter(norm.to(g_dtype))
         self.v: Tensor = nn.Parameter(w.detach().clone())
-        self.g_slot: _Slot | None = None
-        self.v_slot: _Slot | None = None
+        self.g_grad: Tensor | None = None
+        self.v_grad: Tensor | None = None
         self.dims = tuple(F._reduce_dims(w.ndim, dim, groups))
         self.fusable = (
             groups == 1
@@ -91,33 +81,31 @@ class _Entry:
         """grad_g = grad_w . v/||v||; grad_v = g/||v|| (grad_w - (grad_w . v)/||v||^2 v)."""
         grad_w = self.w.grad
         if grad_w is None:
-            # separate g, v: not stepped; packed ones take a zero-gradient step (see the class)
-            for t, slot in ((self.g, self.g_slot), (self.v, self.v_slot)):
-                if slot is None:
+            # separate g, v: not stepped; flat ones take a zero-gradient step (see the class)
+            for t, view in ((self.g, self.g_grad), (self.v, self.v_grad)):
+                if view is None:
                     t.grad = None
                 else:
-                    slot.grad(t.numel()).zero_()
+                    view.zero_()
             return
         v, g = self.v.detach(), self.g.detach()
         if self.norms is not None:
-            grad_v, grad_g = torch.ops.aten._weight_norm_interface_backward(
-                grad_w.contiguous(), v, g, self.norms, self.dim
-            )
+            grad_v, grad_g = _INTERFACE_BACKWARD(grad_w.contiguous(), v, g, self.norms, self.dim)
         else:
             x = F._grouped_view(v, self.groups) if self.groups > 1 else v
             gw = F._grouped_view(grad_w, self.groups) if self.groups > 1 else grad_w
             grad_v, grad_g = F.closed_form_grads(
                 gw, x, g, F._norm(x, self.dims), self.dims, self.eps
             )
-            grad_v = grad_v.reshape(v.shape)
-        if self.v_slot is None:
+            grad_v, grad_g = grad_v.reshape(v.shape), grad_g.reshape(g.shape)
+        if self.v_grad is None:
             self.v.grad = grad_v
         else:
-            self.v_slot.grad(v.numel()).copy_(grad_v.reshape(-1))
-        if self.g_slot is None:
+            self.v_grad.copy_(grad_v)
+        if self.g_grad is None:
             self.g.grad = grad_g.to(self.g.dtype)
         else:
-            self.g_slot.grad(g.numel()).copy_(grad_g.reshape(-1))
+            self.g_grad.copy_(grad_g)
 
     @torch.no_grad()
     def write_weight(self) -> None:
@@ -142,25 +130,22 @@ class _Pack:
         self.param = nn.Parameter(
             torch.cat([getattr(e, which).detach().reshape(-1) for e, which in tensors])
         )
-        self._buffer: Tensor | None = None
+        # one gradient buffer for every step: each slice is written at each step (no zeroing),
+        # and no fresh memory for the allocator to fault in
+        self.buffer = torch.empty_like(self.param)
         flat = self.param.detach()
         offset = 0
         for e, which in tensors:
             t = getattr(e, which)
             n = t.numel()
             setattr(e, which, flat[offset : offset + n].view(t.shape))
-            setattr(e, which + "_slot", _Slot(self, offset))
+            setattr(e, which + "_grad", self.buffer[offset : offset + n].view(t.shape))
             offset += n
 
-    def grad(self) -> Tensor:
-        """The flat gradient. Every slice is written at each step, so the same buffer serves
-        every step (no zeroing, and no fresh memory for the allocator to fault in)."""
-        grad = self.param.grad
-        if grad is None:
-            if self._buffer is None:
-                self._buffer = torch.empty_like(self.param)
-            grad = self.param.grad = self._buffer
-        return grad
+    def attach(self) -> None:
+        """Make the buffer the flat Parameter's gradient (``zero_grad`` may have unset it)."""
+        if self.param.grad is not self.buffer:
+            self.param.grad = self.buffer
 
 
 class WeightNormOptimizer(torch.optim.Optimizer):
@@ -256,8 +241,10 @@ class WeightNormOptimizer(torch.optim.Optimizer):
                 for which in ("g", "v"):
                     t = getattr(e, which)
                     by_kind.setdefault((t.dtype, t.device), []).append((e, which))
-            stepped = [_Pack(tensors).param for tensors in by_kind.values()]
+            self._packs = [_Pack(tensors) for tensors in by_kind.values()]
+            stepped = [pack.param for pack in self._packs]
         else:
+            self._packs = []
             stepped = [t for e in entries for t in (e.g, e.v)]
         others = [p for p in model.parameters() if p.requires_grad and id(p) not in normalized]
         groups: list[dict[str, Any]] = [{"params": stepped}]
@@ -282,6 +269,8 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for pack in self._packs:
+            pack.attach()
         for entry in self._entries:
             entry.to_g_v_grads()
         self.inner.step()
