@@ -507,40 +507,44 @@ def _row_label(r: BenchResult) -> str:
     return f"{r.model} ({r.device}{', ' + r.autocast if r.autocast else ''})"
 
 
-def format_table(results: list[BenchResult]) -> str:
-    """A Markdown table: one row per model (and device), one column per implementation, the
-    step time as a ratio to plain, median [min-max]."""
+def _pivot(
+    results: list[BenchResult],
+    first: tuple[str, Callable[[BenchResult], str]],
+    cell: Callable[[BenchResult], str],
+) -> str:
+    """Rows: model (and device); columns: the plain model's ``first`` value, then ``cell`` of
+    every implementation."""
     impls = list(dict.fromkeys(r.implementation for r in results))
     rows = list(dict.fromkeys(_row_label(r) for r in results))
     by = {(_row_label(r), r.implementation): r for r in results}
+    title, plain_value = first
     lines = [
-        "| model | plain step (ms) | " + " | ".join(impls) + " |",
+        f"| model | {title} | " + " | ".join(impls) + " |",
         "|---|---|" + "---|" * len(impls),
     ]
     for m in rows:
-        cells = []
-        for i in impls:
-            r = by.get((m, i))
-            cells.append(
-                "" if r is None else f"{r.median_ratio:.2f} [{r.min_ratio:.2f}-{r.max_ratio:.2f}]"
-            )
-        lines.append(f"| {m} | {by[(m, 'plain')].median_step_ms:.2f} | " + " | ".join(cells) + " |")
+        cells = [cell(by[(m, i)]) if (m, i) in by else "" for i in impls]
+        lines.append(f"| {m} | {plain_value(by[(m, 'plain')])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_table(results: list[BenchResult]) -> str:
+    """A Markdown table: one row per model (and device), one column per implementation, the
+    step time as a ratio to plain, median [min-max]."""
+    return _pivot(
+        results,
+        ("plain step (ms)", lambda r: f"{r.median_step_ms:.2f}"),
+        lambda r: f"{r.median_ratio:.2f} [{r.min_ratio:.2f}-{r.max_ratio:.2f}]",
+    )
 
 
 def format_memory_table(results: list[BenchResult]) -> str:
     """A Markdown table of each step's peak memory as a ratio to plain's."""
-    impls = list(dict.fromkeys(r.implementation for r in results))
-    rows = list(dict.fromkeys(_row_label(r) for r in results))
-    by = {(_row_label(r), r.implementation): r for r in results}
-    lines = [
-        "| model | plain peak (MiB) | " + " | ".join(impls) + " |",
-        "|---|---|" + "---|" * len(impls),
-    ]
-    for m in rows:
-        cells = [f"{by[(m, i)].memory_ratio:.2f}" if (m, i) in by else "" for i in impls]
-        lines.append(f"| {m} | {by[(m, 'plain')].peak_memory_mb:.1f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _pivot(
+        results,
+        ("plain peak (MiB)", lambda r: f"{r.peak_memory_mb:.1f}"),
+        lambda r: f"{r.memory_ratio:.2f}",
+    )
 
 
 def to_json(
