@@ -123,8 +123,8 @@ def _marking_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
         d[_IN_FORWARD] = d.get(_IN_FORWARD, 0) + 1
         try:
             return forward(self, *args, **kwargs)
-        finally:
-            d[_IN_FORWARD] -= 1
+        finally:  # (never below 0, should threads running one module race on the count)
+            d[_IN_FORWARD] = max(0, d[_IN_FORWARD] - 1)
 
     marked._wn_marking = True  # type: ignore[attr-defined]
     return marked
