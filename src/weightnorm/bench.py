@@ -250,10 +250,11 @@ def _make_step(
     x, target = _inputs(spec, seed, device)
     forward = cast(nn.Module, torch.compile(model)) if compiled else model
     cast_to = _AUTOCAST[autocast] if autocast else None
+    device_type = torch.device(device).type  # autocast takes 'cuda', not 'cuda:1'
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=cast_to, enabled=cast_to is not None):
+        with torch.autocast(device_type, dtype=cast_to, enabled=cast_to is not None):
             out = forward(x)
             if spec.classes is None:
                 loss = nn.functional.mse_loss(out.float(), target)

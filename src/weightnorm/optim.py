@@ -30,8 +30,8 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _INTERFACE_BACKWARD = torch.ops.aten._weight_norm_interface_backward.default
 
 #: torch.optim optimizers whose update of each element depends on that element (and its own
-#: state) only, with per-tensor state that is the same for every element (a step count): one
-#: tensor holding several ``g`` is updated exactly as the separate tensors would be.
+#: state) only, with per-tensor state that is the same for every tensor (a step count): one
+#: flat tensor holding every ``g`` and ``v`` is updated exactly as the separate tensors would be.
 _ELEMENTWISE: tuple[type[torch.optim.Optimizer], ...] = (
     torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
     torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta,
@@ -52,8 +52,7 @@ class _Entry:
     :class:`_Pack` (then ``g_grad``/``v_grad`` are the matching views of its gradient). On
     the CPU in float32/float64 with one g per first or last dim, the gradient conversion and the
     weight write use PyTorch's fused weight-norm kernels; the norms come from the last write, so
-    they are not computed twice.
-    Elsewhere the closed form is evaluated.
+    they are not computed twice. Elsewhere the closed form is evaluated.
     """
 
     def __init__(self, name: str, w: nn.Parameter, dim: int | None, groups: int, eps: float):
