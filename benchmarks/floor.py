@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
@@ -35,15 +33,9 @@ from weightnorm import bench
 
 
 def _median_us(fn: Callable[[], object], number: int = 200, repeats: int = 9) -> float:
-    for _ in range(number // 4):
+    for _ in range(number // 4):  # warm up
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - start) / number * 1e6)
-    return statistics.median(times)
+    return bench._median_time(fn, repeats, number) * 1e6
 
 
 def _adam_us(tensors: list[torch.Tensor]) -> float:

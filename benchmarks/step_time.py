@@ -54,7 +54,8 @@ def main() -> int:
                 continue
             ours = by[(model, impl)] - 1
             half = "yes" if ours <= max(theirs, 0) / 2 else "no"
-            five = "" if "b16" in model or "b8" in model else f"; <= 5%: {ours <= 0.05}"
+            large = bench.MODELS[model].input_shape[0] >= 128
+            five = f"; <= 5%: {ours <= 0.05}" if large else ""
             print(
                 f"  {model:20s} {impl:17s} overhead {ours:+.1%}  <= half of parametrize's "
                 f"({theirs:+.1%}): {half}{five}"

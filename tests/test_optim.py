@@ -99,6 +99,9 @@ def test_a_weight_without_gradient(flat: bool) -> None:
     zero-gradient step (plain SGD: unchanged)."""
     model = net()
     opt = wn.optim.WeightNormOptimizer(model, torch.optim.SGD, flat=flat, lr=0.1)
+    loss(model).backward()  # a full step first: its gradients must not be stepped again
+    opt.step()
+    opt.zero_grad()
     before = model[5].weight.detach().clone()
     model[0](X).pow(2).mean().backward()  # only the first layer gets a gradient
     opt.step()

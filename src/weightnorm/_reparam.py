@@ -102,8 +102,7 @@ def _current_weight(module: nn.Module, name: str, spec: WeightNormSpec) -> Tenso
     if d.get(_IN_FORWARD) or w.is_inference():
         # read by the module's own forward: the graph holds w as long as it is needed; keeping
         # it here too would hold a copy of every weight between steps
-        if entry is not None:
-            last.pop(name, None)  # (a write-back above has removed it already)
+        last.pop(name, None)
     else:
         last[name] = (w, w._version)
     return w

@@ -292,8 +292,9 @@ class _LiveBytes(TorchDispatchMode):  # type: ignore[misc]
                 ptr = storage.data_ptr()
                 if ptr and ptr not in self.known and ptr not in self.live:
                     ref = StorageWeakRef(storage)  # type: ignore[no-untyped-call]
-                    self.live[ptr] = (ref, storage.nbytes())
-                    self.current += storage.nbytes()
+                    nbytes = storage.nbytes()
+                    self.live[ptr] = (ref, nbytes)
+                    self.current += nbytes
         self.peak = max(self.peak, self.current)
         return out
 
