@@ -102,13 +102,19 @@ def _remove_parametrization_keep_objects(module: nn.Module, name: str) -> None:
     """Drop ``parametrizations.<name>`` without computing anything; restore the class if empty."""
     parametrizations = cast(nn.ModuleDict, module.parametrizations)
     del parametrizations[name]
-    # torch's parametrized class holds a property per parametrized name; delete ours from it
     cls = type(module)
-    if name in cls.__dict__:
-        delattr(cls, name)
     if len(parametrizations) == 0:
         delattr(module, "parametrizations")
         module.__class__ = cls.__bases__[0]
+    elif name in cls.__dict__:
+        # torch's parametrized class holds a property per parametrized name. The class is
+        # shared with every copy of the module (deepcopy keeps it), so deleting the property
+        # from it (as torch's own removal does) would break the copies: give this module a
+        # class of its own without it.
+        namespace = {
+            k: v for k, v in cls.__dict__.items() if k not in (name, "__dict__", "__weakref__")
+        }
+        module.__class__ = type(cls.__name__, cls.__bases__, namespace)
 
 
 def _drop_compat_hook(module: nn.Module, name: str) -> None:

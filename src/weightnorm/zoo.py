@@ -1,0 +1,282 @@
+"""The model zoo: weight-normalized architectures as their own packages build them.
+
+Each :class:`ZooModel` builds a real model from the code of the package its users train it with
+(``transformers``, ``snac``, ``bigvgan``), in a small configuration with random weights (nothing
+is downloaded), carrying the weight norm that package applies: torch's legacy hook
+(``torch.nn.utils.weight_norm``) or its parametrization
+(``torch.nn.utils.parametrizations.weight_norm``). They are the test bed of the library's interop
+(replace, load, convert, fold) and the benchmark of its speed (``weightnorm bench --zoo``).
+
+Standalone packages that need ``torchaudio`` at import (``descript-audio-codec``, ``encodec``,
+``vocos``, ``speechbrain``) are not in the zoo: torchaudio has no CPU wheel for the torch this
+project tests. transformers ports the first two (``EncodecModel``, ``DacModel``).
+
+This module belongs to the layer above the library (benchmarks, tests): the library never
+imports it. Install the packages with ``pip install "weightnorm[zoo]"``.
+
+Example::
+
+    >>> from weightnorm import zoo
+    >>> spec = zoo.ZOO["speecht5-hifigan"]
+    >>> model = spec.build()
+    >>> spec.loss(model, spec.inputs(0)).ndim
+    0
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ZOO", "ZooModel", "available", "missing_packages"]
+
+Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One zoo architecture: how to build it, feed it and reduce its output to a loss.
+
+    ``build()`` returns the package's model with its weight norm, in ``train()`` mode, seeded
+    (the same weights at every call). ``inputs(seed)`` returns ``(args, kwargs)`` for one
+    training step (floating tensors in ``dtype`` if given), ``output(model, inputs)`` the
+    tensor the step differentiates, and ``loss`` its mean square (a scalar)."""
+
+    name: str
+    package: str  # the PyPI distribution that holds the model's code
+    module: str  # the import that must be available
+    torch_weight_norm: Literal["legacy", "parametrize"]
+    build_fn: Callable[[], nn.Module]
+    inputs_fn: Callable[[torch.Generator], Inputs]
+    output_fn: Callable[[nn.Module, Inputs], Tensor]
+
+    def build(self, seed: int = 0) -> nn.Module:
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():  # the package's call of torch's deprecated legacy hook
+            warnings.filterwarnings("ignore", "`torch.nn.utils.weight_norm` is deprecated")
+            return self.build_fn().train()
+
+    def inputs(self, seed: int = 0, dtype: torch.dtype | None = None) -> Inputs:
+        args, kwargs = self.inputs_fn(torch.Generator().manual_seed(seed))
+        if dtype is None:
+            return args, kwargs
+
+        def cast(t: Any) -> Any:
+            return t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    def output(self, model: nn.Module, inputs: Inputs) -> Tensor:
+        return self.output_fn(model, inputs)
+
+    def loss(self, model: nn.Module, inputs: Inputs) -> Tensor:
+        return self.output(model, inputs).float().pow(2).mean()
+
+
+# --- transformers ------------------------------------------------------------------------------
+
+
+def _encodec() -> nn.Module:
+    from transformers import EncodecConfig, EncodecModel
+
+    config = EncodecConfig(
+        target_bandwidths=[6.0], sampling_rate=8000, hidden_size=32, num_filters=8,
+        upsampling_ratios=[4, 4], num_lstm_layers=1, codebook_size=64, codebook_dim=32,
+    )  # fmt: skip
+    return cast(nn.Module, EncodecModel(config))
+
+
+def _dac() -> nn.Module:
+    from transformers import DacConfig, DacModel
+
+    config = DacConfig(
+        encoder_hidden_size=8, downsampling_ratios=[2, 4], decoder_hidden_size=32,
+        n_codebooks=2, codebook_size=32, codebook_dim=4, hidden_size=32,
+    )  # fmt: skip
+    model = DacModel(config)
+    model.apply_weight_norm()  # transformers applies it for training, and removes it to infer
+    return cast(nn.Module, model)
+
+
+def _hifigan() -> nn.Module:
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    config = SpeechT5HifiGanConfig(
+        model_in_dim=16, upsample_initial_channel=32, upsample_rates=[4, 4],
+        upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3, 5],
+        resblock_dilation_sizes=[[1, 3], [1, 3]],
+    )  # fmt: skip
+    model = SpeechT5HifiGan(config)
+    model.apply_weight_norm()
+    return cast(nn.Module, model)
+
+
+def _wav2vec2() -> nn.Module:
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    config = Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+        layerdrop=0.0, mask_time_prob=0.0,
+    )  # fmt: skip
+    return cast(nn.Module, Wav2Vec2Model(config))
+
+
+def _vits() -> nn.Module:
+    from transformers import VitsConfig, VitsModel
+
+    config = VitsConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_dim=32, flow_size=16,
+        spectrogram_bins=33, upsample_initial_channel=16, upsample_rates=[4, 4],
+        upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
+        duration_predictor_filter_channels=16, prior_encoder_num_flows=2,
+        prior_encoder_num_wavenet_layers=2, posterior_encoder_num_wavenet_layers=2,
+        duration_predictor_num_flows=2, layerdrop=0.0, hidden_dropout=0.0,
+        attention_dropout=0.0, activation_dropout=0.0, duration_predictor_dropout=0.0,
+    )  # fmt: skip
+    model = VitsModel(config)
+    model.decoder.apply_weight_norm()  # the flows' WaveNet layers normalize at construction
+    return cast(nn.Module, model)
+
+
+def _univnet() -> nn.Module:
+    from transformers import UnivNetConfig, UnivNetModel
+
+    config = UnivNetConfig(
+        model_in_channels=8, model_hidden_channels=8, num_mel_bins=16,
+        resblock_kernel_sizes=[3, 3], resblock_stride_sizes=[4, 4],
+        resblock_dilation_sizes=[[1, 3], [1, 3]], kernel_predictor_num_blocks=1,
+        kernel_predictor_hidden_channels=8,
+    )  # fmt: skip
+    model = UnivNetModel(config)
+    model.apply_weight_norm()
+    return cast(nn.Module, model)
+
+
+# --- standalone packages -----------------------------------------------------------------------
+
+
+def _snac() -> nn.Module:
+    from snac import SNAC
+
+    model = SNAC(
+        sampling_rate=16000, encoder_dim=8, encoder_rates=[2, 4], decoder_dim=32,
+        decoder_rates=[4, 2], attn_window_size=None, codebook_size=32, codebook_dim=4,
+        vq_strides=[2, 1], noise=True, depthwise=True,
+    )  # fmt: skip
+    return cast(nn.Module, model)
+
+
+def _bigvgan() -> nn.Module:
+    from bigvgan.bigvgan import BigVGAN
+    from bigvgan.env import AttrDict
+
+    h = AttrDict(
+        num_mels=16, upsample_initial_channel=32, upsample_rates=[4, 4],
+        upsample_kernel_sizes=[8, 8], resblock="1", resblock_kernel_sizes=[3, 5],
+        resblock_dilation_sizes=[[1, 3], [1, 3]], activation="snakebeta", snake_logscale=True,
+    )  # fmt: skip
+    return cast(nn.Module, BigVGAN(h, use_cuda_kernel=False))
+
+
+# --- inputs and outputs ------------------------------------------------------------------------
+
+
+def _audio(length: int) -> Callable[[torch.Generator], Inputs]:
+    def make(gen: torch.Generator) -> Inputs:
+        return (torch.randn(2, 1, length, generator=gen),), {}
+
+    return make
+
+
+def _frames(frames: int, bins: int, channels_last: bool) -> Callable[[torch.Generator], Inputs]:
+    def make(gen: torch.Generator) -> Inputs:
+        shape = (2, frames, bins) if channels_last else (2, bins, frames)
+        return (torch.randn(shape, generator=gen),), {}
+
+    return make
+
+
+def _vits_inputs(gen: torch.Generator) -> Inputs:
+    ids = torch.randint(1, 38, (2, 12), generator=gen)
+    return (), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _univnet_inputs(gen: torch.Generator) -> Inputs:
+    features = torch.randn(2, 12, 16, generator=gen)  # (batch, frames, mel bins)
+    noise = torch.randn(2, 12, 8, generator=gen)  # (batch, frames, model_in_channels)
+    return (features,), {"noise_sequence": noise}
+
+
+def _call(attr: str | None) -> Callable[[nn.Module, Inputs], Tensor]:
+    def output(model: nn.Module, inputs: Inputs) -> Tensor:
+        args, kwargs = inputs
+        out = model(*args, **kwargs)
+        if attr is None:
+            return out[0] if isinstance(out, (tuple, list)) else out  # type: ignore[no-any-return]
+        return getattr(out, attr)  # type: ignore[no-any-return]
+
+    return output
+
+
+def _autoencoder(model: nn.Module, inputs: Inputs) -> Tensor:
+    """The codec's encoder and decoder, the quantizer bypassed (its codes pass no gradient)."""
+    (audio,), _ = inputs
+    return model.decoder(model.encoder(audio))  # type: ignore[operator,no-any-return]
+
+
+def _vits_output(model: nn.Module, inputs: Inputs) -> Tensor:
+    torch.manual_seed(0)  # VITS samples noise in its forward: the same draw for every copy
+    return _call("waveform")(model, inputs)
+
+
+def _snac_output(model: nn.Module, inputs: Inputs) -> Tensor:
+    torch.manual_seed(0)  # SNAC's decoder adds noise
+    return _call(None)(model, inputs)
+
+
+def _bigvgan_output(model: nn.Module, inputs: Inputs) -> Tensor:
+    return _call(None)(model, inputs)
+
+
+ZOO: dict[str, ZooModel] = {
+    m.name: m
+    for m in (
+        ZooModel("encodec", "transformers", "transformers", "parametrize",
+                 _encodec, _audio(320), _autoencoder),
+        ZooModel("dac", "transformers", "transformers", "parametrize",
+                 _dac, _audio(256), _call("audio_values")),
+        ZooModel("speecht5-hifigan", "transformers", "transformers", "parametrize",
+                 _hifigan, _frames(16, 16, channels_last=True), _call(None)),
+        ZooModel("wav2vec2", "transformers", "transformers", "parametrize",
+                 _wav2vec2, lambda gen: ((torch.randn(2, 800, generator=gen),), {}),
+                 _call("last_hidden_state")),
+        ZooModel("vits", "transformers", "transformers", "parametrize",
+                 _vits, _vits_inputs, _vits_output),
+        ZooModel("univnet", "transformers", "transformers", "parametrize",
+                 _univnet, _univnet_inputs, _call("waveforms")),
+        ZooModel("snac", "snac", "snac", "parametrize",
+                 _snac, _audio(256), _snac_output),
+        ZooModel("bigvgan", "bigvgan", "bigvgan", "legacy",
+                 _bigvgan, _frames(16, 16, channels_last=False), _bigvgan_output),
+    )
+}  # fmt: skip
+
+
+def missing_packages(names: list[str] | None = None) -> list[str]:
+    """The PyPI packages the zoo models ``names`` (default: all) need and that are not installed."""
+    need = {ZOO[n].package: ZOO[n].module for n in (names or list(ZOO))}
+    return sorted(p for p, mod in need.items() if importlib.util.find_spec(mod) is None)
+
+
+def available() -> list[str]:
+    """The zoo models whose package is installed."""
+    return [n for n, m in ZOO.items() if importlib.util.find_spec(m.module) is not None]
