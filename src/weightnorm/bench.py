@@ -39,7 +39,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ._env import environment
-from ._model import apply_weight_norm, fold
+from . import zoo
+from ._model import apply_weight_norm, fold, replace_torch_weight_norm
 from .init import data_dependent_init
 from .optim import WeightNormOptimizer
 
@@ -49,6 +50,7 @@ __all__ = [
     "BenchResult",
     "IMPLEMENTATIONS",
     "MODELS",
+    "ZOO_IMPLEMENTATIONS",
     "environment",
     "format_extras",
     "format_memory_table",
@@ -246,8 +248,27 @@ def _make_step(
     autocast: str | None = None,
 ) -> _Step:
     model, make_opt = IMPLEMENTATIONS[impl](copy.deepcopy(base).to(device))
-    opt = make_opt(model)
     x, target = _inputs(spec, seed, device)
+
+    def loss(forward: nn.Module) -> torch.Tensor:
+        out = forward(x).float()
+        if spec.classes is None:
+            return nn.functional.mse_loss(out, target)
+        return nn.functional.cross_entropy(out, target)
+
+    return _training_step(model, make_opt, loss, compiled, device, autocast)
+
+
+def _training_step(
+    model: nn.Module,
+    make_opt: Callable[[nn.Module], torch.optim.Optimizer],
+    loss: Callable[[nn.Module], torch.Tensor],
+    compiled: bool,
+    device: str,
+    autocast: str | None,
+) -> _Step:
+    """One training step: zero_grad, ``loss(model)`` under autocast, backward, optimizer step."""
+    opt = make_opt(model)
     forward = cast(nn.Module, torch.compile(model)) if compiled else model
     cast_to = _AUTOCAST[autocast] if autocast else None
     device_type = torch.device(device).type  # autocast takes 'cuda', not 'cuda:1'
@@ -255,15 +276,42 @@ def _make_step(
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type, dtype=cast_to, enabled=cast_to is not None):
-            out = forward(x)
-            if spec.classes is None:
-                loss = nn.functional.mse_loss(out.float(), target)
-            else:
-                loss = nn.functional.cross_entropy(out.float(), target)
-        loss.backward()  # type: ignore[no-untyped-call]
+            value = loss(forward)
+        value.backward()  # type: ignore[no-untyped-call]
         opt.step()
 
     return _Step(step, model, opt)
+
+
+# --- the zoo: real models, each with the weight norm its package applies -----------------------
+
+#: Implementations timed on a zoo model: folded (plain), torch's weight norm as the package
+#: applies it, ours (``replace_torch_weight_norm``), ours at the optimizer (``from_model``).
+ZOO_IMPLEMENTATIONS = ("plain", "torch", "weightnorm", "weightnorm-optim")
+
+
+def _zoo_step(
+    impl: str, spec: zoo.ZooModel, seed: int, compiled: bool, device: str, autocast: str | None
+) -> _Step:
+    model = spec.build(seed).to(device)  # (torch's legacy hook cannot be deep-copied: build)
+    make_opt: Callable[[nn.Module], torch.optim.Optimizer] = _adam
+    if impl == "plain":
+        fold(model)
+    elif impl == "weightnorm":
+        replace_torch_weight_norm(model)
+    elif impl == "weightnorm-optim":
+
+        def make_opt(m: nn.Module) -> torch.optim.Optimizer:
+            return WeightNormOptimizer.from_model(m, torch.optim.Adam, lr=1e-4)
+
+    args, kwargs = spec.inputs(seed)
+    inputs = (
+        tuple(a.to(device) for a in args),
+        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()},
+    )
+    return _training_step(
+        model, make_opt, lambda m: spec.loss(m, inputs), compiled, device, autocast
+    )
 
 
 class _LiveBytes(TorchDispatchMode):  # type: ignore[misc]
@@ -350,6 +398,12 @@ def run_benchmarks(
 ) -> list[BenchResult]:
     """Time a training step (forward, backward, Adam) of every model under every implementation.
 
+    ``models`` are names of :data:`MODELS` (our own networks, normalized by each
+    implementation) or of the zoo (:data:`weightnorm.zoo.ZOO`: real models, each timed plain
+    (folded), with torch's weight norm as its package applies it (``"torch"``), with ours
+    (``"weightnorm"``) and at the optimizer (``"weightnorm-optim"``)); ``implementations``
+    filters each model's own set (default: all of it).
+
     Returns one :class:`BenchResult` per pair, ratios relative to ``"plain"`` in the same round,
     and each step's peak memory relative to plain's. ``warmup`` rounds, interleaved like the
     timed ones, are run first and discarded. With ``compiled``, every model (plain included)
@@ -365,15 +419,21 @@ def run_benchmarks(
         ['plain', 'weightnorm']
     """
     names = models or (GPU_MODELS if device.startswith("cuda") else CPU_MODELS)
-    impls = implementations or list(IMPLEMENTATIONS)
+    known = [*IMPLEMENTATIONS, *(i for i in ZOO_IMPLEMENTATIONS if i not in IMPLEMENTATIONS)]
     for n in names:
-        if n not in MODELS:
-            raise ValueError(f"unknown model {n!r}; expected one of {', '.join(MODELS)}")
-    for i in impls:
-        if i not in IMPLEMENTATIONS:
+        if n not in MODELS and n not in zoo.ZOO:
             raise ValueError(
-                f"unknown implementation {i!r}; expected one of {', '.join(IMPLEMENTATIONS)}"
+                f"unknown model {n!r}; expected one of {', '.join(MODELS)} or a zoo model: "
+                f"{', '.join(zoo.ZOO)}"
             )
+    for i in implementations or []:
+        if i not in known:
+            raise ValueError(f"unknown implementation {i!r}; expected one of {', '.join(known)}")
+    missing = zoo.missing_packages([n for n in names if n in zoo.ZOO])
+    if missing:
+        raise ValueError(
+            f"the zoo models need {', '.join(missing)}: pip install 'weightnorm[zoo]'"
+        )
     if autocast is not None and autocast not in _AUTOCAST:
         raise ValueError(
             f"autocast must be one of {', '.join(_AUTOCAST)} or None, got {autocast!r}"
@@ -382,8 +442,6 @@ def run_benchmarks(
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
     if not (device == "cpu" or device.startswith("cuda")):
         raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    if "plain" not in impls:
-        impls = ["plain", *impls]
     if stable_allocator:
         stabilize_allocator()
     if compiled:  # one compiled copy per implementation and model: no fallback to eager
@@ -394,10 +452,18 @@ def run_benchmarks(
     rng = random.Random(seed)
     results: list[BenchResult] = []
     for name in names:
-        spec = MODELS[name]
-        torch.manual_seed(seed)
-        base = spec.build()
-        steps = {i: _make_step(i, base, spec, seed, compiled, device, autocast) for i in impls}
+        own = name in MODELS
+        available = IMPLEMENTATIONS if own else ZOO_IMPLEMENTATIONS
+        impls = [i for i in (implementations or available) if i in available and i != "plain"]
+        impls = ["plain", *impls]
+        if own:
+            spec = MODELS[name]
+            torch.manual_seed(seed)
+            base = spec.build()
+            make = functools.partial(_make_step, base=base, spec=spec, seed=seed)
+        else:
+            make = functools.partial(_zoo_step, spec=zoo.ZOO[name], seed=seed)
+        steps = {i: make(i, compiled=compiled, device=device, autocast=autocast) for i in impls}
         times: dict[str, list[float]] = {i: [] for i in impls}
         for r in range(-warmup, rounds):
             order = list(impls)
@@ -419,7 +485,7 @@ def run_benchmarks(
         for i in impls:
             step = steps[i]
             if compiled and device == "cpu":  # follow storages in an eager copy
-                step = _make_step(i, base, spec, seed, False, device, autocast)
+                step = make(i, compiled=False, device=device, autocast=autocast)
                 step.run()
             memory[i] = _peak_memory_mb(step, device)
         for i in impls:
@@ -461,6 +527,8 @@ def run_extras(
     """
     rows = []
     for name in models or CPU_MODELS:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
         spec = MODELS[name]
         torch.manual_seed(seed)
         plain = spec.build().eval()

@@ -30,11 +30,16 @@ def _bench(args: argparse.Namespace) -> int:
         runs = [("cpu", args.autocast)]
         if torch.cuda.is_available():  # the fused CUDA path; fp32 and bf16 autocast by default
             runs += [("cuda", a) for a in ([args.autocast] if args.autocast else [None, "bf16"])]
+    models = args.models
+    if args.zoo:
+        from . import zoo
+
+        models = models or list(zoo.ZOO)
     results = []
     try:
         for device, autocast in runs:
             results += bench.run_benchmarks(
-                models=args.models,
+                models=models,
                 implementations=args.implementations,
                 rounds=args.rounds,
                 steps_per_round=args.steps,
@@ -44,7 +49,8 @@ def _bench(args: argparse.Namespace) -> int:
                 device=device,
                 autocast=autocast,
             )
-        extras = bench.run_extras(args.models) if args.extras else []
+        own = [m for m in models or bench.CPU_MODELS if m in bench.MODELS]
+        extras = bench.run_extras(own) if args.extras and own else []
     except ValueError as err:
         return _fail(str(err))
     mode = "torch.compile" if args.compile else "eager"
@@ -69,7 +75,7 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-_BENCH_SETTINGS = ("models", "implementations", "rounds", "steps", "compile", "threads",
+_BENCH_SETTINGS = ("models", "zoo", "implementations", "rounds", "steps", "compile", "threads",
                    "stable_allocator", "device", "autocast")  # fmt: skip
 
 
@@ -322,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         "implementation, as ratios to the plain model measured in the same rounds.",
     )
     b.add_argument("--models", nargs="+", help="models to time (default: all)")
+    b.add_argument("--zoo", action="store_true",
+                   help="time the zoo's real models (extra 'zoo'; default: every one of them)")
     b.add_argument("--implementations", nargs="+", help="implementations (default: all)")
     b.add_argument("--rounds", type=_positive, default=15, help="interleaved rounds (default 15)")
     b.add_argument("--steps", type=_positive, default=10, help="steps per round (default 10)")
