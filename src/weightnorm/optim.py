@@ -7,22 +7,29 @@ back into the weight. The forward and backward passes are those of the plain net
 trajectory is that of the reparameterized model (the paper authors' own Keras implementation
 worked this way).
 
+It normalizes the weights of a plain model (every ``layers`` module, or the parameters named in
+``params``), or, through :meth:`WeightNormOptimizer.from_model`, takes over the weight norms a
+model already carries (this library's or PyTorch's, with their ``g``, ``v`` and dims) and folds
+the model.
+
 Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2-3.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as F
 from ._errors import WeightNormError
-from ._model import DEFAULT_LAYERS
-from ._reparam import default_dim, weight_norm_specs
+from ._model import DEFAULT_LAYERS, fold
+from ._reparam import PerOutput, WeightNormSpec, _sync, default_dim, weight_norm_specs
+from ._torch_compat import find_torch_weight_norms
 
 __all__ = ["WeightNormOptimizer"]
 
@@ -53,15 +60,45 @@ class _Entry:
     the CPU in float32/float64 with one g per first or last dim, the gradient conversion and the
     weight write use PyTorch's fused weight-norm kernels; the norms come from the last write, so
     they are not computed twice. Elsewhere the closed form is evaluated.
+
+    Without ``g``/``v``, they start at ``g = ||w||``, ``v = w``. Given (a weight norm taken over
+    from a model), they are copied as they are: ``v`` keeps its own norm, ``g`` its dtype, and
+    the weight is rewritten as ``g v/||v||``.
     """
 
-    def __init__(self, name: str, w: nn.Parameter, dim: int | None, groups: int, eps: float):
+    def __init__(
+        self,
+        name: str,
+        w: nn.Parameter,
+        dim: int | None,
+        groups: int,
+        eps: float,
+        g: Tensor | None = None,
+        v: Tensor | None = None,
+    ) -> None:
         self.name, self.w, self.dim, self.groups, self.eps = name, w, dim, groups, eps
         with torch.no_grad():
-            norm = F.norm_except_dim(w.detach(), dim, groups=groups)
-        g_dtype = torch.float32 if w.dtype in _LOW_PRECISION else w.dtype
-        self.g: Tensor = nn.Parameter(norm.to(g_dtype))
-        self.v: Tensor = nn.Parameter(w.detach().clone())
+            if v is None:
+                v = w.detach()
+            elif v.shape != w.shape:
+                raise WeightNormError(
+                    f"{name}: v of shape {tuple(v.shape)} given for a weight of shape "
+                    f"{tuple(w.shape)}"
+                )
+            if g is None:
+                norm = F.norm_except_dim(v.detach(), dim, groups=groups)
+                g = norm.to(torch.float32 if w.dtype in _LOW_PRECISION else w.dtype)
+            else:
+                shape = F.g_shape(w.shape, dim, groups)
+                if g.numel() != torch.Size(shape).numel():
+                    raise WeightNormError(
+                        f"{name}: g of shape {tuple(g.shape)} given, expected {shape} for a "
+                        f"weight of shape {tuple(w.shape)} with dim={dim}, groups={groups}"
+                    )
+                g = g.detach().reshape(shape)  # torch's whole-tensor g is 0-d
+        # copies: the optimizer owns g and v, never the model's tensors
+        self.g: Tensor = nn.Parameter(g.detach().clone().to(w.device))
+        self.v: Tensor = nn.Parameter(v.detach().clone().to(device=w.device, dtype=w.dtype))
         self.g_grad: Tensor | None = None
         self.v_grad: Tensor | None = None
         self.dims = tuple(F._reduce_dims(w.ndim, dim, groups))
@@ -147,6 +184,135 @@ class _Pack:
             self.param.grad = self.buffer
 
 
+#: What ``params`` takes: names or patterns, or a mapping of them to a unit dim.
+ParamSelection = Iterable[str] | Mapping[str, int | PerOutput | None]
+
+
+def _qualified(qualname: str, name: str) -> str:
+    return f"{qualname}.{name}" if qualname else name
+
+
+def _refuse_normalized(model: nn.Module) -> None:
+    for qualname, module in model.named_modules():
+        ours = list(weight_norm_specs(module))
+        theirs = [
+            f"{found.name} (torch's {found.kind})" for found in find_torch_weight_norms(module)
+        ]
+        if ours or theirs:
+            what = ", ".join(ours + theirs)
+            raise WeightNormError(
+                f"{qualname or 'the model'} is already weight-normalized ({what}); "
+                "WeightNormOptimizer(model, ...) takes a plain model: use "
+                "WeightNormOptimizer.from_model(model, optimizer, ...) to train the weight norms "
+                "it carries, or wn.fold(model) first to drop them"
+            )
+
+
+def _select_by_layers(
+    model: nn.Module, layers: tuple[type[nn.Module], ...], eps: float
+) -> list[_Entry]:
+    entries: list[_Entry] = []
+    normalized: set[int] = set()
+    for qualname, module in model.named_modules():
+        if not isinstance(module, layers):
+            continue
+        w = module._parameters.get("weight")
+        if w is None or not w.requires_grad or id(w) in normalized:
+            continue
+        dim, n_groups = default_dim(module)
+        entries.append(_Entry(_qualified(qualname, "weight"), w, dim, n_groups, eps))
+        normalized.add(id(w))
+    if not entries:
+        raise WeightNormError(
+            f"no {', '.join(t.__name__ for t in layers)} weight to normalize in the model"
+        )
+    return entries
+
+
+def _unit(
+    module: nn.Module, name: str, param: Tensor, dim: int | PerOutput | None, full: str
+) -> tuple[int | None, int]:
+    """``(dim, groups)`` asked for by a ``params`` value, checked against the parameter."""
+    if dim == "output":
+        return (None, 1) if param.ndim == 0 else default_dim(module, name)
+    try:
+        return F.normalize_dim(dim, param.ndim), 1  # type: ignore[arg-type]
+    except (IndexError, TypeError) as err:
+        raise WeightNormError(f"params: {full} has shape {tuple(param.shape)}: {err}") from None
+
+
+def _select_by_params(model: nn.Module, params: ParamSelection, eps: float) -> list[_Entry]:
+    wanted: list[tuple[str, int | PerOutput | None]]
+    if isinstance(params, str):
+        wanted = [(params, "output")]
+    elif isinstance(params, Mapping):
+        wanted = list(params.items())
+    else:
+        wanted = [(p, "output") for p in params]
+    for pattern, dim in wanted:
+        if not isinstance(pattern, str):
+            raise WeightNormError(
+                f"params takes parameter names or fnmatch patterns (str), got "
+                f"{type(pattern).__name__} {pattern!r}"
+            )
+        if not (
+            dim is None or dim == "output" or (isinstance(dim, int) and not isinstance(dim, bool))
+        ):
+            raise WeightNormError(
+                f"params[{pattern!r}]: dim must be an int, None or 'output', got {dim!r}"
+            )
+    if not wanted:
+        raise WeightNormError("params is empty; expected parameter names or patterns")
+    matched: set[str] = set()
+    chosen: dict[int, tuple[str, int | None, int, str]] = {}  # id -> name, dim, groups, pattern
+    entries: list[_Entry] = []
+    names: list[str] = []
+    # every path to every parameter, shared modules and tied parameters included
+    for qualname, module in model.named_modules(remove_duplicate=False):
+        for name, param in module._parameters.items():
+            if param is None:
+                continue
+            full = _qualified(qualname, name)
+            names.append(full)
+            hits = [(p, d) for p, d in wanted if p == full or fnmatch.fnmatchcase(full, p)]
+            if not hits:
+                continue
+            matched.update(p for p, _ in hits)
+            if isinstance(param, nn.parameter.UninitializedParameter):
+                raise WeightNormError(
+                    f"params: {full} is uninitialized (a lazy module); run one forward pass first"
+                )
+            if not param.is_floating_point():
+                raise WeightNormError(
+                    f"params: {full} has dtype {param.dtype}; expected a floating parameter"
+                )
+            if not param.requires_grad:
+                raise WeightNormError(
+                    f"params: {full} does not require grad; expected a trainable parameter "
+                    "(leave frozen ones out of params)"
+                )
+            for pattern, dim in hits:
+                unit_dim, groups = _unit(module, name, param, dim, full)
+                seen = chosen.get(id(param))
+                if seen is None:
+                    chosen[id(param)] = (full, unit_dim, groups, pattern)
+                    entries.append(_Entry(full, param, unit_dim, groups, eps))
+                elif seen[1:3] != (unit_dim, groups):
+                    where = full if seen[0] == full else f"{seen[0]} (tied to {full})"
+                    raise WeightNormError(
+                        f"params: {where} is asked for dim={seen[1]}, groups={seen[2]} by "
+                        f"{seen[3]!r} and dim={unit_dim}, groups={groups} by {pattern!r}"
+                    )
+    unmatched = [p for p, _ in wanted if p not in matched]
+    if unmatched:
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise WeightNormError(
+            f"params: {', '.join(map(repr, unmatched))} match no parameter of the model; "
+            f"its parameters: {shown or 'none'}"
+        )
+    return entries
+
+
 class WeightNormOptimizer(torch.optim.Optimizer):
     r"""Train a plain model as if it were weight-normalized, through any ``torch.optim`` optimizer.
 
@@ -155,24 +321,40 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         \nabla_{\mathbf v} L = \frac{g}{\|\mathbf v\|}\nabla_{\mathbf w} L
             - \frac{g\,\nabla_g L}{\|\mathbf v\|^2}\mathbf v
 
-    The weights of every ``layers`` module of ``model`` (per output unit, as
-    :func:`weightnorm.weight_norm` would) are represented by ``g = ||w||`` and ``v = w``, which the
-    wrapped optimizer updates; every other parameter is updated directly. After each
-    :meth:`step` the model's weights equal ``g v / ||v||``. Forward and backward cost nothing
-    extra. The trajectory equals that of the model reparameterized by
-    :func:`weightnorm.apply_weight_norm` under the same optimizer, up to float rounding.
+    The selected weights of ``model`` (by default the ``weight`` of every ``layers`` module,
+    per output unit as :func:`weightnorm.weight_norm` would; or the parameters named in
+    ``params``) are represented by ``g = ||w||`` and ``v = w``, which the wrapped optimizer
+    updates; every other parameter is updated directly. After each :meth:`step` the model's
+    weights equal ``g v / ||v||``. Forward and backward cost nothing extra. The trajectory equals
+    that of the model reparameterized by :func:`weightnorm.weight_norm` with the same dims under
+    the same optimizer, up to float rounding. To train a model that already carries weight norms
+    (this library's or PyTorch's), use :meth:`from_model`.
 
     ``state_dict()`` holds the wrapped optimizer's state and every ``g`` and ``v``;
     ``load_state_dict`` restores both, so training resumes exactly (also write the model's own
     state dict). Use ``zero_grad`` as usual; the model's gradients are read at each step.
+    :meth:`weight_norm_parameters`, :meth:`dims` and :meth:`specs` say what is normalized.
+
+    Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2-3.
 
     Args:
-        model (nn.Module): a plain model (layers normalized by this library are refused: they
-            already are weight-normalized).
+        model (nn.Module): a plain model (one carrying weight norms, ours or PyTorch's, is
+            refused: see :meth:`from_model`).
         optimizer (callable): builds the wrapped optimizer from a list of parameter groups,
             e.g. ``torch.optim.Adam`` or ``lambda groups: torch.optim.SGD(groups, momentum=0.9)``.
-        layers (tuple of types, optional): modules whose ``weight`` is normalized.
-            Default: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d.
+        layers (tuple of types, optional): modules whose ``weight`` is normalized when
+            ``params`` is not given. Default: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d.
+        params (iterable of str, or mapping of str to dim, optional): the parameters to
+            normalize instead of ``layers``, by qualified name (``"decoder.0.weight"``) or
+            ``fnmatch`` pattern (``"encoder.*.conv.weight"``; ``*`` also crosses dots). With an
+            iterable each one gets the per-output-unit dim of its module
+            (:func:`weightnorm.default_dim`: ConvTranspose per output channel, grouped ones
+            included); a mapping ``{name or pattern: dim}`` gives the dim: an int (negative
+            counts from the end, as in :func:`weightnorm.weight_norm`), ``None`` (the whole
+            tensor) or ``"output"``. Every entry must match a parameter, and every matched one
+            must be floating and require grad; two entries giving one parameter different dims
+            are refused. Tied parameters are normalized once, under the first name matched.
+            Default: ``None`` (use ``layers``).
         eps (float, optional): lower bound on ``||v||``. Default: ``1e-12``.
         flat (bool, optional): hand the wrapped optimizer every ``g`` and ``v`` (of one dtype
             and device) as one flat tensor instead of two tensors per layer: the same update
@@ -187,6 +369,11 @@ class WeightNormOptimizer(torch.optim.Optimizer):
             ``False`` to skip them instead.
         **defaults: keyword arguments of ``optimizer`` (``lr=...``).
 
+    Raises:
+        WeightNormError: the model already carries weight norms, nothing to normalize, a
+            ``params`` entry that matches nothing, a matched parameter that is not floating or
+            does not require grad, a dim out of range, or ``layers`` given with ``params``.
+
     Example::
 
         >>> import torch, weightnorm as wn
@@ -197,6 +384,9 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         >>> g = opt.weight_norm_parameters()["0.weight"][0]
         >>> bool(torch.allclose(net[0].weight.norm(dim=1), g.flatten()))
         True
+        >>> whole = wn.optim.WeightNormOptimizer(net, torch.optim.Adam, params={"*.weight": None})
+        >>> whole.dims()
+        {'0.weight': None, '2.weight': None}
     """
 
     def __init__(
@@ -205,31 +395,167 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         optimizer: Callable[..., torch.optim.Optimizer],
         *,
         layers: tuple[type[nn.Module], ...] = DEFAULT_LAYERS,
+        params: ParamSelection | None = None,
         eps: float = F.DEFAULT_EPS,
         flat: bool | None = None,
         **defaults: Any,
     ) -> None:
-        entries: list[_Entry] = []
-        normalized: set[int] = set()
-        for qualname, module in model.named_modules():
-            if weight_norm_specs(module):
+        if eps < 0:
+            raise WeightNormError(f"eps must be >= 0, got {eps}")
+        _refuse_normalized(model)
+        if params is None:
+            entries = _select_by_layers(model, tuple(layers), eps)
+        else:
+            if tuple(layers) != DEFAULT_LAYERS:
                 raise WeightNormError(
-                    f"{qualname or 'the model'} is already weight-normalized by wn.weight_norm; "
-                    "WeightNormOptimizer takes a plain model (wn.fold(model) first)"
+                    "give layers or params, not both: params names the parameters itself"
                 )
-            if not isinstance(module, layers):
-                continue
-            w = module._parameters.get("weight")
-            if w is None or not w.requires_grad or id(w) in normalized:
-                continue
-            dim, n_groups = default_dim(module)
-            name = f"{qualname}.weight" if qualname else "weight"
-            entries.append(_Entry(name, w, dim, n_groups, eps))
-            normalized.add(id(w))
-        if not entries:
+            entries = _select_by_params(model, params, eps)
+        self._setup(model, entries, optimizer, flat, defaults)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        *,
+        eps: float | None = None,
+        flat: bool | None = None,
+        **defaults: Any,
+    ) -> WeightNormOptimizer:
+        r"""Take over the weight norms ``model`` carries, fold the model, and train it as before.
+
+        ``model`` may carry this library's weight norms (:func:`weightnorm.weight_norm`,
+        ``WN*`` layers), PyTorch's legacy ``torch.nn.utils.weight_norm`` and/or
+        ``torch.nn.utils.parametrizations.weight_norm``, in any mix. Each normalized weight is
+        taken over with its own dim (PyTorch's ``dim=None``/``-1`` whole tensor, a
+        ConvTranspose that PyTorch normalizes per input channel, this library's grouped
+        ConvTranspose, wav2vec2's ``dim=2``...) and its current ``g`` and ``v`` values (``v``
+        keeps its norm, which sets the size of the steps on the direction, paper section 2.1;
+        ``g`` keeps its dtype). The model is then folded in place (:func:`weightnorm.fold`):
+        its weights become plain parameters holding ``g v/||v||``, with forward and backward
+        at the plain model's cost. Its other trainable parameters are optimized directly.
+        Training the folded model with this optimizer follows the trajectory of the original
+        model trained with ``optimizer`` over its parameters, up to float rounding.
+
+        A weight norm whose ``g`` and ``v`` are both frozen (``requires_grad=False``) is
+        folded and stays frozen, not taken over.
+
+        Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2-3.
+
+        Args:
+            model (nn.Module): a model carrying weight norms; changed in place.
+            optimizer (callable), flat, **defaults: as in :class:`WeightNormOptimizer`.
+            eps (float, optional): lower bound on ``||v||`` for every weight. Default ``None``:
+                this library's weight norms keep their own ``eps``, PyTorch's (which have
+                none) get ``1e-12``.
+
+        Returns:
+            The optimizer; :meth:`weight_norm_parameters`, :meth:`dims` and :meth:`specs`
+            list what it took over, by the qualified name of the (now plain) weight.
+
+        Raises:
+            WeightNormError: no weight norm in ``model``, a weight whose ``g`` and ``v`` are
+                not both trainable or both frozen, a PyTorch parametrization list holding more
+                than the weight norm, or one ``v`` shared by two modules. Nothing is changed
+                then.
+
+        Example::
+
+            >>> import torch, weightnorm as wn
+            >>> torch_wn = torch.nn.utils.parametrizations.weight_norm
+            >>> net = torch.nn.Sequential(
+            ...     wn.WNConv1d(2, 4, 3, padding=1),
+            ...     torch_wn(torch.nn.Conv1d(4, 4, 5, padding=2), dim=2),  # wav2vec2's pos conv
+            ...     torch.nn.Conv1d(4, 1, 1),
+            ... )
+            >>> opt = wn.optim.WeightNormOptimizer.from_model(net, torch.optim.Adam, lr=1e-3)
+            >>> opt.dims()
+            {'0.weight': 0, '1.weight': 2}
+            >>> [type(m).__name__ for m in net]      # folded: plain layers
+            ['Conv1d', 'Conv1d', 'Conv1d']
+            >>> net(torch.randn(3, 2, 8)).pow(2).mean().backward()
+            >>> opt.step(); opt.zero_grad()
+        """
+        if eps is not None and eps < 0:
+            raise WeightNormError(f"eps must be >= 0, got {eps}")
+        # (qualified name, module, parameter name, g, v, dim, groups, eps)
+        found: list[tuple[str, nn.Module, str, Tensor, Tensor, int | None, int, float]] = []
+        frozen = 0
+        owners: dict[int, str] = {}
+        for qualname, module in model.named_modules():
+            here: list[tuple[str, Tensor, Tensor, int | None, int, float]] = []
+            specs = weight_norm_specs(module)
+            if specs:
+                _sync(module)  # an in-place change to a weight read earlier (nn.init) counts
+            for name, spec in specs.items():
+                g = cast(Tensor, module._parameters[name + "_g"])
+                v = cast(Tensor, module._parameters[name + "_v"])
+                here.append((name, g, v, spec.dim, spec.groups, spec.eps))
+            for theirs in find_torch_weight_norms(module):
+                name = theirs.name
+                if theirs.kind == "legacy":
+                    g = cast(Tensor, module._parameters[name + "_g"])
+                    v = cast(Tensor, module._parameters[name + "_v"])
+                else:
+                    plist = module.parametrizations[name]  # type: ignore[index]
+                    if len(plist) != 1:
+                        raise WeightNormError(
+                            f"{_qualified(qualname, name)} carries {len(plist)} parametrizations;"
+                            " expected torch's weight norm alone"
+                        )
+                    g, v = plist.original0, plist.original1
+                dim = None if theirs.dim is None else F.normalize_dim(theirs.dim, v.ndim)
+                here.append((name, g, v, dim, 1, F.DEFAULT_EPS))
+            for name, g, v, dim, groups, own_eps in here:
+                full = _qualified(qualname, name)
+                if g.requires_grad != v.requires_grad:
+                    raise WeightNormError(
+                        f"{full}: g {'requires' if g.requires_grad else 'does not require'} grad "
+                        f"and v {'does' if v.requires_grad else 'does not'}; expected both "
+                        "trainable (taken over) or both frozen (folded)"
+                    )
+                if id(v) in owners:
+                    raise WeightNormError(
+                        f"{full} and {owners[id(v)]} share one v; expected one module per "
+                        "normalized weight"
+                    )
+                owners[id(v)] = full
+                if not v.requires_grad:
+                    frozen += 1
+                    continue
+                found.append(
+                    (full, module, name, g, v, dim, groups, own_eps if eps is None else eps)
+                )
+        if not found:
             raise WeightNormError(
-                f"no {', '.join(t.__name__ for t in layers)} weight to normalize in the model"
+                "the model carries no trainable weight norm"
+                + (f" ({frozen} frozen)" if frozen else "")
+                + " (this library's, torch.nn.utils.weight_norm or torch.nn.utils."
+                "parametrizations.weight_norm); for a plain model use "
+                "WeightNormOptimizer(model, optimizer, layers=... or params=...)"
             )
+        with torch.no_grad():  # the values as they are now, before folding rewrites v
+            values = [(g.detach().clone(), v.detach().clone()) for _, _, _, g, v, *_ in found]
+        fold(model)
+        entries = []
+        for (full, module, name, _, _, dim, groups, e), (g, v) in zip(found, values, strict=True):
+            w = module._parameters[name]
+            if not isinstance(w, nn.Parameter):  # fold leaves the v Parameter as the weight
+                raise WeightNormError(f"{full} is not a Parameter after folding, got {type(w)}")
+            entries.append(_Entry(full, w, dim, groups, e, g=g, v=v))
+        taken = cls.__new__(cls)
+        taken._setup(model, entries, optimizer, flat, defaults)
+        return taken
+
+    def _setup(
+        self,
+        model: nn.Module,
+        entries: list[_Entry],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        flat: bool | None,
+        defaults: dict[str, Any],
+    ) -> None:
         self._entries = entries
         if flat is None:
             flat = _is_elementwise(optimizer)
@@ -245,6 +571,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         else:
             self._packs = []
             stepped = [t for e in entries for t in (e.g, e.v)]
+        normalized = {id(e.w) for e in entries}
         others = [p for p in model.parameters() if p.requires_grad and id(p) not in normalized]
         groups: list[dict[str, Any]] = [{"params": stepped}]
         if others:
@@ -260,6 +587,22 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         """``{weight name: (g, v)}`` for every normalized weight (with ``flat``, views into the
         flat tensor the wrapped optimizer steps)."""
         return {e.name: (e.g, e.v) for e in self._entries}
+
+    def dims(self) -> dict[str, int | None]:
+        """``{weight name: dim}``: the unit dim of every normalized weight (non-negative, or
+        ``None`` for the whole tensor), in :func:`weightnorm.weight_norm`'s convention.
+
+        A grouped ConvTranspose normalized per output channel reports ``1`` with
+        ``groups > 1`` (see :meth:`specs`); give it as ``"output"`` in ``params``.
+        """
+        return {e.name: e.dim for e in self._entries}
+
+    def specs(self) -> dict[str, WeightNormSpec]:
+        """``{weight name: WeightNormSpec(dim, eps, groups)}`` for every normalized weight."""
+        return {
+            e.name: WeightNormSpec(dim=e.dim, eps=e.eps, groups=e.groups, ndim=e.w.ndim)
+            for e in self._entries
+        }
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -307,6 +650,14 @@ class WeightNormOptimizer(torch.optim.Optimizer):
             raise WeightNormError(
                 f"the state dict normalizes {sorted(saved)}, this optimizer {sorted(names)}"
             )
+        for entry in self._entries:
+            g, v = saved[entry.name]
+            if tuple(g.shape) != tuple(entry.g.shape) or tuple(v.shape) != tuple(entry.v.shape):
+                raise WeightNormError(
+                    f"{entry.name}: the state dict has g, v of shapes {tuple(g.shape)}, "
+                    f"{tuple(v.shape)}; this optimizer {tuple(entry.g.shape)}, "
+                    f"{tuple(entry.v.shape)}"
+                )
         with torch.no_grad():
             for entry in self._entries:
                 g, v = saved[entry.name]
