@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,50 @@ def test_optimizer_level_trains_the_models_parameterization(
     assert list(got) == list(folded)
     for key in folded:
         torch.testing.assert_close(got[key], folded[key], rtol=1e-9, atol=1e-11, msg=key)
+
+
+def _plain_fails(action: str, spec: zoo.ZooModel, run: Callable[[nn.Module], object]) -> None:
+    """Skip when the package's model cannot do ``action`` even without any weight norm."""
+    try:
+        run(wn.fold(spec.build()))
+    except Exception as err:  # the model's own limitation, not ours
+        pytest.skip(f"{spec.name} without weight norm does not {action}: {type(err).__name__}")
+
+
+def test_export_matches_eager(spec: zoo.ZooModel) -> None:
+    args, kwargs = spec.inputs(0)
+
+    def export(model: nn.Module) -> torch.export.ExportedProgram:
+        return torch.export.export(spec.as_module(model).eval(), args, kwargs)
+
+    _plain_fails("export", spec, export)
+    ours = wn.replace_torch_weight_norm(spec.build()).eval()
+    exported = export(ours)
+    with torch.no_grad():
+        expected = spec.output(ours, (args, kwargs))
+        got = exported.module()(*args, **kwargs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_matches_eager(spec: zoo.ZooModel) -> None:
+    """forward and backward of the migrated model under torch.compile(fullgraph=True)."""
+    args, kwargs = spec.inputs(0)
+
+    def step(model: nn.Module) -> torch.Tensor:
+        torch._dynamo.reset()
+        out = torch.compile(spec.as_module(model), fullgraph=True)(*args, **kwargs)
+        out.pow(2).mean().backward()
+        return out
+
+    _plain_fails("compile with fullgraph=True", spec, step)
+    eager, compiled = (wn.replace_torch_weight_norm(spec.build()) for _ in range(2))
+    expected = spec.output(eager, (args, kwargs))
+    expected.pow(2).mean().backward()
+    got = step(compiled)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        if p.grad is None:
+            assert q.grad is None, name
+        else:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)

@@ -46,7 +46,7 @@ class ZooModel:
     ``build()`` returns the package's model with its weight norm, in ``train()`` mode, seeded
     (the same weights at every call). ``inputs(seed)`` returns ``(args, kwargs)`` for one
     training step (floating tensors in ``dtype`` if given), ``output(model, inputs)`` the
-    tensor the step differentiates, and ``loss`` its mean square (a scalar)."""
+    tensor the step differentiates, and ``loss`` a scalar of it."""
 
     name: str
     package: str  # the PyPI distribution that holds the model's code
@@ -75,8 +75,30 @@ class ZooModel:
     def output(self, model: nn.Module, inputs: Inputs) -> Tensor:
         return self.output_fn(model, inputs)
 
+    def as_module(self, model: nn.Module) -> nn.Module:
+        """``model`` behind a module whose ``forward(*args, **kwargs)`` is :meth:`output`
+        (for ``torch.compile`` and ``torch.export`` of the step's computation)."""
+        return _Forward(self, model)
+
     def loss(self, model: nn.Module, inputs: Inputs) -> Tensor:
-        return self.output(model, inputs).float().pow(2).mean()
+        """The mean square error of the output against a fixed random target. (Not the output's
+        mean square: a layer-normed output, as wav2vec2's, has nearly constant mean square and
+        leaves every layer below it with gradients that are only rounding noise.)"""
+        out = self.output(model, inputs)
+        if out.dtype in (torch.float16, torch.bfloat16):  # (autocast)
+            out = out.float()
+        target = torch.randn(out.shape, generator=torch.Generator().manual_seed(1234))
+        return (out - target.to(out.device, out.dtype)).pow(2).mean()
+
+
+class _Forward(nn.Module):
+    def __init__(self, spec: ZooModel, model: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self.spec.output(self.model, (args, kwargs))
 
 
 # --- transformers ------------------------------------------------------------------------------
