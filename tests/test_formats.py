@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 import weightnorm as wn
+from weightnorm.cli import main
+from weightnorm.formats import Format
 
 
 def model() -> nn.Sequential:
@@ -79,7 +83,9 @@ def test_plain_to_parametrize_loads_into_torch() -> None:
 
 def test_plain_convtranspose_needs_its_dim() -> None:
     plain = nn.ConvTranspose1d(3, 5, 4)
-    sd = wn.convert_state_dict(plain.state_dict(), to="weightnorm", dims={"weight": 1})
+    sd = wn.convert_state_dict(
+        plain.state_dict(), to="weightnorm", include=["weight"], dims={"weight": 1}
+    )
     assert sd["weight_g"].shape == (1, 5, 1)
     back = wn.convert_state_dict(sd, to="plain")
     torch.testing.assert_close(back["weight"], plain.weight.detach())
@@ -99,6 +105,305 @@ def test_bad_format_and_bad_g_raise() -> None:
     bad = {"w_g": torch.ones(2, 2), "w_v": torch.ones(4, 6)}
     with pytest.raises(wn.WeightNormError, match=r"w: g of shape \(2, 2\) matches no unit"):
         wn.convert_state_dict(bad, to="plain")
+
+
+# --- the set of normalized parameters is kept (issue 11, item 1) ---------------------------------
+
+
+def legacy_repro() -> nn.Sequential:
+    """The issue's reproduction: a torch-legacy-normalized conv beside a plain Linear."""
+    torch.manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm: deprecated
+        return nn.Sequential(nn.utils.weight_norm(nn.Conv1d(4, 4, 3)), nn.Linear(2, 2))
+
+
+def parametrized_repro() -> nn.Sequential:
+    """The reproduction's model normalized with torch's parametrize version instead."""
+    torch.manual_seed(2)
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3))
+    return nn.Sequential(conv, nn.Linear(2, 2))
+
+
+def check_loads_into_replaced(sd: OrderedDict[str, Any], source: nn.Sequential) -> None:
+    """``sd`` loads strictly into a copy of ``source`` turned into ours, computing the same."""
+    replaced = wn.replace_torch_weight_norm(legacy_repro())
+    replaced.load_state_dict(sd)  # strict
+    x = torch.randn(3, 4, 4)
+    assert torch.equal(replaced(x), source(x))
+
+
+@pytest.mark.parametrize("to", ["weightnorm", "parametrize"])
+def test_defaults_do_not_normalize_plain_weights(to: Format) -> None:
+    """Issue 11, item 1: converting at the defaults split every plain >= 2-D weight (here the
+    Linear's) into g and v, so the checkpoint no longer loaded into its own model."""
+    m = legacy_repro()
+    sd = m.state_dict()
+    out = wn.convert_state_dict(sd, to=to)
+    assert wn.formats.detect_formats(out) == {"0.weight": to}
+    assert out["1.weight"] is sd["1.weight"]  # passed through untouched
+    g, v = out[g_key("0.weight", to)], out[v_key("0.weight", to)]
+    assert g is sd["0.weight_g"]
+    assert v is sd["0.weight_v"]  # a rename: the same tensors
+    check_loads_into_replaced(out, m)
+    if to == "parametrize":  # and into the same model normalized by torch's parametrize version
+        theirs = parametrized_repro()
+        theirs.load_state_dict(out)  # strict
+        x = torch.randn(3, 4, 4)
+        assert torch.equal(theirs[0].weight, m[0].weight)
+        assert torch.equal(theirs(x), m(x))
+
+
+G = {"weightnorm": "{}_g", "parametrize": "parametrizations.{}.original0"}
+V = {"weightnorm": "{}_v", "parametrize": "parametrizations.{}.original1"}
+
+
+def g_key(base: str, to: str) -> str:
+    prefix, _, name = base.rpartition(".")
+    return (prefix + "." if prefix else "") + G[to].format(name)
+
+
+def v_key(base: str, to: str) -> str:
+    prefix, _, name = base.rpartition(".")
+    return (prefix + "." if prefix else "") + V[to].format(name)
+
+
+class Codec(nn.Module):
+    """Normalized convs beside a VQ codebook (Embedding) and attention-like plain projections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv1d(2, 4, 3, padding=1)
+        self.codebook = nn.Embedding(8, 4)
+        self.proj = nn.Linear(4, 4)
+        self.plain_conv = nn.Conv1d(4, 4, 1)  # a conv that never had weight norm
+        self.dec = nn.ConvTranspose1d(4, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.enc(x)
+        h = self.proj(h.transpose(1, 2)).transpose(1, 2) + self.codebook.weight[:4].sum()
+        return self.dec(self.plain_conv(h))
+
+
+def normalized_codec() -> Codec:
+    torch.manual_seed(3)
+    c = Codec()
+    wn.weight_norm(c.enc)
+    wn.weight_norm(c.dec)
+    return c
+
+
+@pytest.mark.parametrize("source", ["weightnorm", "parametrize"])
+@pytest.mark.parametrize("to", ["weightnorm", "parametrize"])
+def test_defaults_keep_embedding_and_unnormalized_layers_plain(source: Format, to: Format) -> None:
+    """Issue 11, item 1: VQ codebooks, projections and convs without weight norm were split."""
+    reference = normalized_codec()
+    sd = wn.convert_state_dict(reference.state_dict(), to=source)
+    out = wn.convert_state_dict(sd, to=to)
+    assert wn.formats.detect_formats(out) == {"enc.weight": to, "dec.weight": to}
+    for key in ("codebook.weight", "proj.weight", "plain_conv.weight"):
+        assert out[key] is sd[key]
+    loaded = normalized_codec()
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.zero_()
+    loaded.load_state_dict(out)  # strict
+    x = torch.randn(2, 2, 5)
+    assert torch.equal(loaded(x), reference(x))
+
+
+@pytest.mark.parametrize("to", ["weightnorm", "parametrize"])
+def test_round_trip_between_normalized_formats_is_identity(to: Format) -> None:
+    """Issue 11, item 1: a round trip between the normalized formats changes nothing."""
+    sd = normalized_codec().state_dict()
+    other = "parametrize" if to == "weightnorm" else "weightnorm"
+    start = wn.convert_state_dict(sd, to=to)
+    back = wn.convert_state_dict(wn.convert_state_dict(start, to=other), to=to)
+    assert list(back) == list(start)
+    for key, value in start.items():
+        assert back[key] is value  # the same objects, so identical tensors
+    assert list(wn.convert_state_dict(sd, to="weightnorm")) == list(sd)
+
+
+# --- like= ----------------------------------------------------------------------------------------
+
+
+def plain_net(groups: int = 1, seed: int = 4) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv1d(2, 4, 3), nn.ReLU(), nn.ConvTranspose1d(4, 6, 3, groups=groups), nn.Linear(7, 3)
+    )
+
+
+def _legacy(module: nn.Module, dim: int | None = 0) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return nn.utils.weight_norm(module, dim=dim)
+
+
+def _ours(m: nn.Sequential) -> nn.Sequential:
+    wn.weight_norm(m[0])
+    wn.weight_norm(m[2])  # per output channel: dim 1, grouped when groups > 1
+    return m
+
+
+def _ours_dim0(m: nn.Sequential) -> nn.Sequential:
+    wn.weight_norm(m[0])
+    wn.weight_norm(m[2], dim=0)
+    return m
+
+
+def _torch_legacy(m: nn.Sequential) -> nn.Sequential:
+    _legacy(m[0], dim=None)  # whole tensor: torch's g is 0-d
+    _legacy(m[2])  # torch's default dim 0 on a ConvTranspose: per input channel
+    return m
+
+
+def _torch_parametrize(m: nn.Sequential) -> nn.Sequential:
+    nn.utils.parametrizations.weight_norm(m[0])
+    nn.utils.parametrizations.weight_norm(m[2], dim=1)
+    return m
+
+
+def _torch_parametrize_dim0(m: nn.Sequential) -> nn.Sequential:
+    nn.utils.parametrizations.weight_norm(m[2])  # dim 0: per input channel
+    return m
+
+
+# case: (groups, how the template is normalized, output formats it loads, g shapes by key)
+LIKE_CASES = {
+    "ours": (
+        1, _ours, ("weightnorm", "parametrize"), {"0.weight": (4, 1, 1), "2.weight": (1, 6, 1)}
+    ),
+    "ours-grouped-convtranspose": (
+        2, _ours, ("weightnorm", "parametrize"), {"0.weight": (4, 1, 1), "2.weight": (2, 1, 3, 1)}
+    ),
+    "ours-convtranspose-dim0": (
+        1, _ours_dim0, ("weightnorm", "parametrize"), {"0.weight": (4, 1, 1), "2.weight": (4, 1, 1)}
+    ),
+    "torch-legacy": (1, _torch_legacy, ("weightnorm",), {"0.weight": (), "2.weight": (4, 1, 1)}),
+    "torch-parametrize": (
+        1, _torch_parametrize, ("weightnorm", "parametrize"),
+        {"0.weight": (4, 1, 1), "2.weight": (1, 6, 1)},
+    ),
+    "torch-parametrize-grouped-convtranspose-dim0": (
+        2, _torch_parametrize_dim0, ("parametrize",), {"2.weight": (4, 1, 1)}
+    ),
+}  # fmt: skip
+
+
+def like_cases() -> list[Any]:
+    return [
+        pytest.param(case, to, as_dict, id=f"{case}-{to}-{'dict' if as_dict else 'module'}")
+        for case, (_, _, formats, _) in LIKE_CASES.items()
+        for to in formats
+        for as_dict in (False, True)
+    ]
+
+
+@pytest.mark.parametrize(("case", "to", "as_dict"), like_cases())
+def test_like_normalizes_a_plain_checkpoint_to_load_into_the_template(
+    case: str, to: Format, as_dict: bool
+) -> None:
+    """``like`` normalizes exactly the template's normalized weights, along its unit dims."""
+    groups, normalize, _, g_shapes = LIKE_CASES[case]
+    plain = plain_net(groups)
+    template = normalize(plain_net(groups, seed=5))
+    like: Any = template.state_dict() if as_dict else template
+    sd = plain.state_dict()
+    out = wn.convert_state_dict(sd, to=to, like=like)
+    assert wn.formats.detect_formats(out) == dict.fromkeys(g_shapes, to)
+    for base, shape in g_shapes.items():
+        assert tuple(out[g_key(base, to)].shape) == shape
+        assert out[v_key(base, to)] is sd[base]  # v = w, the same tensor
+    for key in ("0.bias", "2.bias", "3.weight", "3.bias"):
+        assert out[key] is sd[key]
+    template.load_state_dict(out)  # strict
+    x = torch.randn(2, 2, 7)
+    torch.testing.assert_close(template(x), plain(x))
+    for i in (0, 2):
+        torch.testing.assert_close(template[i].weight, plain[i].weight)
+
+
+def test_like_module_and_its_state_dict_agree() -> None:
+    """A module and its state dict describe the same parameterization, grouped layers too."""
+    template = _ours(plain_net(2, seed=5))
+    sd = plain_net(2).state_dict()
+    a = wn.convert_state_dict(sd, to="weightnorm", like=template)
+    b = wn.convert_state_dict(sd, to="weightnorm", like=template.state_dict())
+    c = wn.convert_state_dict(
+        sd, to="weightnorm", like=wn.convert_state_dict(template.state_dict(), to="parametrize")
+    )
+    assert list(a) == list(b) == list(c)
+    for key in a:
+        assert torch.equal(a[key], b[key])
+        assert torch.equal(a[key], c[key])
+
+
+def test_like_resplits_and_folds_normalized_pairs() -> None:
+    """A pair normalized along another dim than the template's is re-split along the template's
+    (a torch ConvTranspose checkpoint, per input channel, into torch's own model per output
+    channel); a pair whose counterpart is plain in the template is folded."""
+    source = _torch_legacy(plain_net())  # 0.weight: whole tensor, 2.weight: per input channel
+    _legacy(source[3])
+    sd = source.state_dict()
+    template = plain_net(seed=5)
+    wn.weight_norm(template[0], dim=None)  # the same norm as torch's dim=None, keep-dim g
+    nn.utils.parametrizations.weight_norm(template[2], dim=1)  # per output channel; 3 is plain
+    out, counts = wn.formats._convert(sd, to="parametrize", like=template)
+    assert dict(counts) == {"renamed": 1, "resplit": 1, "folded": 1}
+    g0 = out["0.parametrizations.weight.original0"]
+    assert g0.shape == (1, 1, 1)  # torch's 0-d g, reshaped: a rename
+    assert torch.equal(g0.flatten(), sd["0.weight_g"].flatten())
+    assert out["0.parametrizations.weight.original1"] is sd["0.weight_v"]
+    assert out["2.parametrizations.weight.original0"].shape == (1, 6, 1)
+    torch.testing.assert_close(out["3.weight"], source[3].weight.detach())
+    assert "3.weight_g" not in out
+    template.load_state_dict(out)  # strict
+    x = torch.randn(2, 2, 7)
+    torch.testing.assert_close(template(x), source(x))
+
+
+def test_like_of_a_wrong_type_raises() -> None:
+    sd = plain_net().state_dict()
+    with pytest.raises(wn.WeightNormError, match=r"like: expected an nn\.Module or a state dict"):
+        wn.convert_state_dict(sd, to="weightnorm", like=[1, 2])  # type: ignore[arg-type]
+    with pytest.raises(wn.WeightNormError, match="like: expected a state dict with str keys"):
+        wn.convert_state_dict(sd, to="weightnorm", like={0: torch.ones(1)})  # type: ignore[dict-item]
+
+
+# --- include= -------------------------------------------------------------------------------------
+
+
+def test_include_normalizes_matching_weights_and_skips_one_dimensional_ones() -> None:
+    """Explicit patterns still normalize plain weights; "*weight" leaves BatchNorm's 1-D weight."""
+    sd = model().state_dict()
+    out = wn.convert_state_dict(sd, to="weightnorm", include=["*weight"])
+    assert wn.formats.detect_formats(out) == {"0.weight": "weightnorm", "2.weight": "weightnorm"}
+    assert out["1.weight"] is sd["1.weight"]
+    assert out["0.weight_g"].shape == (4, 1, 1)
+    torch.testing.assert_close(out["2.weight_g"].flatten(), sd["2.weight"].norm(dim=1))
+    only = wn.convert_state_dict(sd, to="parametrize", include=["2.*"], dim=1)
+    assert wn.formats.detect_formats(only) == {"2.weight": "parametrize"}
+    assert only["2.parametrizations.weight.original0"].shape == (1, 5)
+
+
+def test_include_pattern_that_normalizes_nothing_raises() -> None:
+    sd = model().state_dict()
+    with pytest.raises(wn.WeightNormError, match=r"include pattern 'enc\.\*' matches no key"):
+        wn.convert_state_dict(sd, to="weightnorm", include=["*weight", "enc.*"])
+    with pytest.raises(
+        wn.WeightNormError, match=r"'1\.weight' selects nothing .* got 1\.weight \(1-D float32\)"
+    ):
+        wn.convert_state_dict(sd, to="weightnorm", include=["1.weight"])
+    with pytest.raises(wn.WeightNormError, match="got to='plain'"):
+        wn.convert_state_dict(sd, to="plain", include=["*weight"])
+    with pytest.raises(wn.WeightNormError, match=r"dims: expected keys .* got 2\.weight"):
+        wn.convert_state_dict(sd, to="weightnorm", include=["0.weight"], dims={"2.weight": 1})
+    # a pattern naming an already normalized parameter is satisfied
+    normalized = ours().state_dict()
+    out = wn.convert_state_dict(normalized, to="weightnorm", include=["0.weight"])
+    assert out["0.weight_g"] is normalized["0.weight_g"]
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -167,3 +472,78 @@ def test_cli_errors_are_clear(tmp_path: Path, setup: str, args: list[str], messa
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_default_renames_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11, item 1: ``weightnorm convert`` split every plain weight (the reproduction's
+    Linear), so the converted checkpoint no longer loaded into its own model."""
+    m = legacy_repro()
+    src = tmp_path / "in.pt"
+    torch.save({"generator": m.state_dict(), "steps": 3}, src)
+    for to in ("weightnorm", "parametrize"):
+        dst = tmp_path / f"{to}.pt"
+        assert main(["convert", str(src), str(dst), "--to", to]) == 0
+        stdout = capsys.readouterr().out
+        kept = ", 1 already weightnorm" if to == "weightnorm" else ""
+        renamed = 0 if to == "weightnorm" else 1
+        assert stdout.strip().endswith(
+            f"(under 'generator'); parameters: {renamed} renamed, 0 folded, 0 normalized{kept}"
+        )
+        assert len(stdout.strip().splitlines()) == 1
+        sd = torch.load(dst, weights_only=True)["generator"]
+        assert set(wn.formats.detect_formats(sd)) == {"0.weight"}
+        check_loads_into_replaced(sd, m)
+        if to == "parametrize":
+            parametrized_repro().load_state_dict(sd)  # strict
+
+
+def test_cli_like_and_include(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--like normalizes what the template normalizes (nested: --key applies to both files);
+    --include normalizes what its patterns select."""
+    plain = plain_net()
+    template = _torch_parametrize(plain_net(seed=5))
+    src, like, dst = tmp_path / "in.pt", tmp_path / "like.pt", tmp_path / "out.pt"
+    torch.save({"model": plain.state_dict(), "ema": plain.state_dict()}, src)
+    torch.save({"model": template.state_dict(), "opt": {"lr": 1.0}}, like)
+    args = ["convert", str(src), str(dst), "--to", "parametrize", "--like", str(like)]
+    assert main([*args, "--key", "model"]) == 0
+    assert "0 renamed, 0 folded, 2 normalized" in capsys.readouterr().out
+    template.load_state_dict(torch.load(dst, weights_only=True)["model"])  # strict
+    x = torch.randn(2, 2, 7)
+    torch.testing.assert_close(template(x), plain(x))
+
+    torch.save(plain.state_dict(), src)
+    args = ["convert", str(src), str(dst), "--to", "weightnorm"]
+    assert main([*args, "--include", "0.weight", "--include", "3.*"]) == 0
+    assert "0 renamed, 0 folded, 2 normalized" in capsys.readouterr().out
+    assert set(wn.formats.detect_formats(torch.load(dst, weights_only=True))) == {
+        "0.weight",
+        "3.weight",
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--include", "nope.*"], "in.pt: include pattern 'nope.*' matches no key"),
+        (["--like", "missing.pt"], "cannot read"),
+        (["--like", "text.txt"], "text.txt is not a PyTorch checkpoint"),
+        (["--like", "flat.pt", "--key", "model"], "--like"),
+    ],
+)
+def test_cli_like_and_include_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    torch.save({"model": ours().state_dict()}, tmp_path / "in.pt")
+    torch.save(ours().state_dict(), tmp_path / "flat.pt")
+    (tmp_path / "text.txt").write_text("hello")
+    extra = [str(tmp_path / e) if e.endswith((".pt", ".txt")) else e for e in extra]
+    code = main(
+        ["convert", str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), "--to", "weightnorm", *extra]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    assert not (tmp_path / "out.pt").exists()

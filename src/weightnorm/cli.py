@@ -392,35 +392,60 @@ def _find_state_dict(obj: Any, key: str | None) -> tuple[dict[str, Any], str | N
     raise ValueError("the file holds no state dict (no dict of tensors found)")
 
 
-def _convert(args: argparse.Namespace) -> int:
+def _read_checkpoint(path: str, unsafe_load: bool) -> Any:
+    """The object in a checkpoint file; a ValueError with a one-line message if it cannot be."""
     import io
     import pickle
 
     import torch
 
-    from ._io import atomic_write_bytes
-    from .formats import convert_state_dict
-
     try:
-        with open(args.input, "rb") as handle:
+        with open(path, "rb") as handle:
             raw = handle.read()
     except OSError as err:
-        return _fail(f"cannot read {args.input}: {err.strerror or err}")
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
     try:
-        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=not args.unsafe_load)
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=not unsafe_load)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
         hint = (
             ""
-            if args.unsafe_load
+            if unsafe_load
             else ("; it may hold arbitrary Python objects: if you trust it, pass --unsafe-load")
         )
-        return _fail(f"{args.input} is not a loadable checkpoint ({first}){hint}")
+        raise ValueError(f"{path} is not a loadable checkpoint ({first}){hint}") from None
     except Exception as err:
-        return _fail(f"{args.input} is not a PyTorch checkpoint: {err}")
+        raise ValueError(f"{path} is not a PyTorch checkpoint: {err}") from None
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import io
+
+    import torch
+
+    from ._io import atomic_write_bytes
+    from .formats import _convert as convert_counting
+
+    like: dict[str, Any] | None = None
+    try:
+        obj = _read_checkpoint(args.input, args.unsafe_load)
+        if args.like is not None:
+            like_obj = _read_checkpoint(args.like, args.unsafe_load)
+    except ValueError as err:
+        return _fail(str(err))
     try:
         state_dict, key = _find_state_dict(obj, args.key)
-        converted = convert_state_dict(state_dict, to=args.to)
+    except ValueError as err:
+        return _fail(f"{args.input}: {err}")
+    if args.like is not None:
+        try:
+            like, _ = _find_state_dict(like_obj, args.key)
+        except ValueError as err:
+            return _fail(f"--like {args.like}: {err}")
+    try:
+        converted, counts = convert_counting(
+            state_dict, to=args.to, include=args.include, like=like
+        )
     except ValueError as err:
         return _fail(f"{args.input}: {err}")
     result: Any = converted if key is None else {**obj, key: converted}
@@ -431,7 +456,16 @@ def _convert(args: argparse.Namespace) -> int:
     except OSError as err:
         return _fail(f"cannot write {args.output}: {err.strerror or err}")
     where = f" (under {key!r})" if key else ""
-    print(f"wrote {args.output}: {len(converted)} entries in the {args.to} format{where}")
+    summary = f"{counts['renamed']} renamed, {counts['folded']} folded, "
+    summary += f"{counts['normalized']} normalized"
+    if counts["resplit"]:
+        summary += f", {counts['resplit']} re-split along --like's dim"
+    if counts["kept"]:
+        summary += f", {counts['kept']} already {args.to}"
+    print(
+        f"wrote {args.output}: {len(converted)} entries in the {args.to} format{where}; "
+        f"parameters: {summary}"
+    )
     return 0
 
 
@@ -444,14 +478,25 @@ def _add_convert(sub: Any) -> None:
         description="Rewrite a checkpoint's weight-normalized parameters as weightnorm/legacy "
         "keys (<name>_g, <name>_v), torch parametrize keys "
         "(parametrizations.<name>.original0/1) or plain folded weights. Any mix is read. "
-        "The checkpoint is loaded with torch.load(weights_only=True): arbitrary pickled "
+        "By default only parameters that are already normalized are renamed (or folded, "
+        "--to plain): plain weights stay plain, so the result loads into the model the "
+        "checkpoint came from. --like and --include normalize plain weights. "
+        "Checkpoints are loaded with torch.load(weights_only=True): arbitrary pickled "
         "objects are refused unless --unsafe-load is given.",
     )
     c.add_argument("input", help="checkpoint to read")
     c.add_argument("output", help="where to write the converted checkpoint")
     c.add_argument("--to", required=True, choices=list(FORMATS), help="target format")
-    c.add_argument("--key", help="the entry holding the state dict in a nested checkpoint "
-                   f"(default: detected; tried: {', '.join(_NESTED_KEYS)})")  # fmt: skip
+    c.add_argument("--like", metavar="TEMPLATE",
+                   help="a checkpoint of the target model: its normalized parameters are "
+                   "normalized in the output (with its unit dims), its plain ones "
+                   "folded")  # fmt: skip
+    c.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="also normalize the plain weights (>= 2 dims) whose keys match this "
+                   "fnmatch pattern, along dim 0; repeatable")  # fmt: skip
+    c.add_argument("--key", help="the entry holding the state dict in a nested checkpoint, "
+                   "in the input and the --like TEMPLATE (default: detected; tried: "
+                   f"{', '.join(_NESTED_KEYS)})")  # fmt: skip
     c.add_argument("--unsafe-load", action="store_true",
                    help="allow arbitrary pickled objects (executes code from the file: only for "
                    "checkpoints you trust)")  # fmt: skip

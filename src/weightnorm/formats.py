@@ -1,5 +1,8 @@
 """Checkpoint formats of weight-normalized models, and conversion between them.
 
+Weight normalization (Salimans & Kingma, 2016, eq. 2) stores a weight ``w`` as a scale ``g`` and
+a direction ``v``, ``w = g v / ||v||``, per unit of the layer.
+
 Three formats are in the wild, per parameter ``<name>`` of a module at ``<prefix>``:
 
 - ``"weightnorm"``: ``<prefix><name>_g`` and ``<prefix><name>_v``: this library's keys, which are
@@ -8,23 +11,28 @@ Three formats are in the wild, per parameter ``<name>`` of a module at ``<prefix
   written by ``torch.nn.utils.parametrizations.weight_norm``;
 - ``"plain"``: ``<prefix><name>``, the folded weight ``w = g v / ||v||``.
 
-:func:`convert_state_dict` reads any mix of them and writes one. Loading needs no conversion:
-a module normalized by this library loads all three directly with ``load_state_dict``.
+:func:`convert_state_dict` reads any mix of them and writes one, keeping the set of normalized
+parameters unless told otherwise (``include``, ``like``), so a converted checkpoint still loads
+into the model it came from. Loading needs no conversion: a module normalized by this library
+loads all three directly with ``load_state_dict``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import functional as F
 from ._errors import WeightNormError
+from ._reparam import weight_norm_specs
+from ._torch_compat import find_torch_weight_norms
 
 __all__ = ["FORMATS", "Format", "convert_state_dict", "detect_formats"]
 
@@ -34,9 +42,6 @@ FORMATS: tuple[Format, ...] = ("weightnorm", "parametrize", "plain")
 _PARAMETRIZE = re.compile(
     r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>[^.]+)\.original(?P<i>[01])$"
 )
-
-#: plain keys weight-normalized by default when converting *to* a normalized format
-DEFAULT_INCLUDE = ("*weight",)
 
 
 def _pairs(state_dict: Mapping[str, Any]) -> dict[str, tuple[str, str, Format]]:
@@ -83,95 +88,277 @@ def _dim_and_groups(g: Tensor, v: Tensor, key: str) -> tuple[int | None, int]:
     return dim, 1
 
 
+@dataclass(frozen=True)
+class _Target:
+    """How ``like`` normalizes one parameter: unit dim, groups, and its g's shape if known."""
+
+    dim: int | None
+    groups: int
+    g_shape: tuple[int, ...] | None
+
+
+def _read_like(like: object) -> tuple[dict[str, _Target], set[str]]:
+    """``like``'s normalized parameters (plain key -> target) and its plain keys."""
+    if isinstance(like, nn.Module):
+        sd: Mapping[str, Any] = like.state_dict()
+        pairs = _pairs(sd)
+        targets: dict[str, _Target] = {}
+        for prefix, sub in like.named_modules(remove_duplicate=False):
+            head = prefix + "." if prefix else ""
+            found = [(n, s.dim, s.groups) for n, s in weight_norm_specs(sub).items()]
+            found += [(t.name, t.dim, 1) for t in find_torch_weight_norms(sub)]
+            for name, unit_dim, groups in found:
+                base = head + name
+                shape = tuple(sd[pairs[base][0]].shape) if base in pairs else None
+                targets[base] = _Target(unit_dim, groups, shape)
+    elif isinstance(like, Mapping):
+        bad = next((k for k in like if not isinstance(k, str)), None)
+        if bad is not None:
+            raise WeightNormError(
+                f"like: expected a state dict with str keys, got a key {bad!r} of type "
+                f"{type(bad).__name__}"
+            )
+        sd = like
+        pairs = _pairs(sd)
+        targets = {}
+        for base, (g_key, v_key, _) in pairs.items():
+            g, v = sd[g_key], sd[v_key]
+            if not isinstance(g, Tensor) or not isinstance(v, Tensor):
+                raise WeightNormError(
+                    f"like: expected tensors at {g_key} and {v_key}, got "
+                    f"{type(g).__name__} and {type(v).__name__}"
+                )
+            unit_dim, groups = _dim_and_groups(g, v, base)
+            targets[base] = _Target(unit_dim, groups, tuple(g.shape))
+    else:
+        raise WeightNormError(
+            "like: expected an nn.Module or a state dict (a mapping of keys to tensors), got "
+            f"{type(like).__name__}"
+        )
+    pair_keys = {k for g_key, v_key, _ in pairs.values() for k in (g_key, v_key)}
+    return targets, {k for k in sd if k not in pair_keys and k not in targets}
+
+
+def _split(
+    w: Tensor, key: str, unit_dim: int | None, groups: int, shape: tuple[int, ...] | None
+) -> Tensor:
+    """``g = ||w||`` per unit (float32 for half-precision ``w``), shaped like ``shape`` if given."""
+    try:
+        if groups == 1:
+            unit_dim = F.normalize_dim(unit_dim, w.ndim)
+        with torch.no_grad():
+            g = F.norm_except_dim(w, unit_dim, groups=groups)
+    except (IndexError, TypeError, ValueError) as err:
+        raise WeightNormError(f"{key} of shape {tuple(w.shape)}: {err}") from None
+    if shape is not None and g.numel() == torch.Size(shape).numel():
+        g = g.reshape(shape)  # e.g. torch's 0-d g of a whole-tensor norm
+    return g
+
+
 def convert_state_dict(
     state_dict: Mapping[str, Any],
     to: Format,
     *,
-    include: Iterable[str] = DEFAULT_INCLUDE,
+    include: Iterable[str] = (),
     dim: int | None = 0,
     dims: Mapping[str, int | None] | None = None,
+    like: nn.Module | Mapping[str, Any] | None = None,
 ) -> OrderedDict[str, Any]:
     r"""Convert a state dict between the weight-norm checkpoint formats.
 
-    Each normalized parameter is detected on its own (a mixed dict is fine), written in the
-    ``to`` format, and keeps its position. Renames keep tensors exactly (the same objects);
-    folding to ``"plain"`` computes :math:`w = g\,v/\|v\|` (the unit dim read from g's keep-dim
-    shape). Converting a plain weight *to* a normalized format sets ``g = ||w||`` and ``v = w``
-    for the keys matching ``include`` with at least 2 dimensions, along ``dim`` (or
-    ``dims[key]``): a state dict does not say which layers are ConvTranspose (``dim=1``), so pass
-    ``dims`` for those, or load the plain dict into the normalized model, which knows.
-    Everything else (biases, buffers, optimizer-free metadata) passes through untouched.
+    Weight normalization (Salimans & Kingma, 2016, eq. 2) writes a weight as
+    :math:`w = g\,v/\|v\|`. Each normalized parameter (a ``g``/``v`` pair in either format) is
+    detected on its own (a mixed dict is fine), written in the ``to`` format, and keeps its
+    position. Renames keep tensors exactly (the same objects); folding to ``"plain"`` computes
+    :math:`w = g\,v/\|v\|` (the unit dim read from g's keep-dim shape). Everything else (plain
+    weights, biases, buffers) passes through untouched, so at the defaults the set of normalized
+    parameters is kept exactly and the result loads into the model the input came from.
+
+    A plain weight is normalized (``g = ||w||`` per unit, ``v = w``) only when asked:
+
+    - ``like``, a module or a state dict (any format) with the target parameterization: every
+      plain key whose counterpart is normalized in ``like`` is normalized with ``like``'s unit
+      dim and groups (a module's own: this library's and torch's weight norms; a state dict's:
+      read from g's keep-dim shape), and g takes ``like``'s g shape. A pair whose counterpart is
+      normalized along another dim is re-split along ``like``'s (the same weight); a pair whose
+      counterpart is plain is folded. Keys ``like`` lacks are converted as at the defaults. The
+      result loads with ``strict=True`` into a module ``like`` normalized by this library (which
+      reads every format) and into one normalized by torch if ``to`` is that module's format
+      (``"weightnorm"`` for ``torch.nn.utils.weight_norm``, ``"parametrize"`` for
+      ``torch.nn.utils.parametrizations.weight_norm``, which also reads ``"weightnorm"``).
+    - ``include``, ``fnmatch`` patterns of plain keys, normalized along ``dim`` (or
+      ``dims[key]``): only floating-point tensors of at least 2 dims are, other matches are
+      skipped (``"*weight"`` leaves a 1-D norm-layer weight alone). A state dict does not say
+      which layers are ConvTranspose (per output unit: ``dim=1``): pass ``dims`` for those, or
+      use ``like``.
+
+    ``to="plain"`` folds every pair (``like`` then changes nothing: this library's modules load
+    plain weights).
 
     Args:
         state_dict (Mapping[str, Any]): the checkpoint's state dict.
         to (str): ``"weightnorm"``, ``"parametrize"`` or ``"plain"``.
-        include (iterable of str, optional): ``fnmatch`` patterns of plain keys to normalize.
-            Default: ``("*weight",)``.
+        include (iterable of str, optional): patterns of plain keys to normalize. Default: none.
         dim (int or None, optional): unit dim for those. Default: ``0``.
-        dims (Mapping[str, int or None], optional): per-key unit dims. Default: none.
+        dims (Mapping[str, int or None], optional): per-key unit dims of keys ``include``
+            selects. Default: none.
+        like (nn.Module or Mapping[str, Any], optional): the target parameterization.
+            Default: none.
 
     Returns:
         A new ``OrderedDict`` (with the input's ``_metadata`` if it had one).
 
     Raises:
-        WeightNormError: an unknown format, or a g whose shape fits no dim of its v.
+        WeightNormError: an unknown format; a g whose shape fits no dim of its v; an ``include``
+            pattern that selects no key it can normalize, or ``include`` with ``to="plain"``; a
+            ``dims`` key ``include`` does not select; a ``like`` that is neither a module nor a
+            state dict.
 
     Example::
 
         >>> import torch, weightnorm as wn
-        >>> theirs = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(3, 2))
+        >>> from torch import nn
+        >>> theirs = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv1d(2, 4, 3)),
+        ...                        nn.Linear(4, 2))
         >>> sd = wn.convert_state_dict(theirs.state_dict(), to="weightnorm")
-        >>> list(sd)
-        ['bias', 'weight_g', 'weight_v']
+        >>> list(sd)  # the Linear was not normalized and stays so
+        ['0.bias', '0.weight_g', '0.weight_v', '1.weight', '1.bias']
         >>> list(wn.convert_state_dict(sd, to="plain"))
-        ['bias', 'weight']
+        ['0.bias', '0.weight', '1.weight', '1.bias']
+        >>> plain = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Linear(4, 2))
+        >>> sd = wn.convert_state_dict(plain.state_dict(), to="parametrize", like=theirs)
+        >>> theirs.load_state_dict(sd)
+        <All keys matched successfully>
+        >>> torch.allclose(theirs[0].weight, plain[0].weight)
+        True
     """
+    out, _ = _convert(state_dict, to, include=include, dim=dim, dims=dims, like=like)
+    return out
+
+
+def _convert(
+    state_dict: Mapping[str, Any],
+    to: Format,
+    *,
+    include: Iterable[str] = (),
+    dim: int | None = 0,
+    dims: Mapping[str, int | None] | None = None,
+    like: object = None,
+) -> tuple[OrderedDict[str, Any], Counter[str]]:
+    """:func:`convert_state_dict`, and how many parameters were ``"renamed"``, ``"kept"`` (a
+    pair already in the ``to`` format), ``"folded"``, ``"normalized"`` and ``"resplit"``."""
     if to not in FORMATS:
         raise WeightNormError(f"to must be one of {', '.join(FORMATS)}, got {to!r}")
+    patterns = [include] if isinstance(include, str) else list(include)
+    for p in patterns:
+        if not isinstance(p, str):
+            raise WeightNormError(f"include: expected str patterns, got {type(p).__name__} {p!r}")
+    if patterns and to == "plain":
+        raise WeightNormError(
+            "include normalizes plain weights: expected to='weightnorm' or 'parametrize', "
+            "got to='plain'"
+        )
+    targets, like_plain = _read_like(like) if like is not None else ({}, set())
     pairs = _pairs(state_dict)
     g_keys = {g: base for base, (g, _, _) in pairs.items()}
     v_keys = {v for _, v, _ in pairs.values()}
-    patterns = list(include)
     per_key = dict(dims or {})
+    matched: dict[str, list[str]] = {p: [] for p in patterns}  # pattern -> plain keys it matches
+    done: set[str] = set()  # patterns that selected something normalized
+    split_by_include: set[str] = set()
+    counts: Counter[str] = Counter()
     out: OrderedDict[str, Any] = OrderedDict()
     for key, value in state_dict.items():
         if key in v_keys:
             continue  # written with its g
         if key in g_keys:
             base = g_keys[key]
-            g_key, v_key, _ = pairs[base]
+            g_key, v_key, fmt = pairs[base]
             g, v = state_dict[g_key], state_dict[v_key]
-            if to == "plain":
+            done.update(p for p in patterns if fnmatch.fnmatchcase(base, p))
+            if to == "plain" or base in like_plain:
                 d, groups = _dim_and_groups(g, v, base)
                 with torch.no_grad():
                     out[base] = F.weight_norm(v, g, d, groups=groups)
-            else:
-                _write_pair(out, base, g, v, to)
+                counts["folded"] += 1
+                continue
+            target = targets.get(base)
+            if target is not None:
+                g, v, resplit = _fit(g, v, base, target)
+                if resplit:
+                    _write_pair(out, base, g, v, to)
+                    counts["resplit"] += 1
+                    continue
+            _write_pair(out, base, g, v, to)
+            counts["kept" if fmt == to else "renamed"] += 1
             continue
-        is_weight = (
-            to != "plain"
-            and isinstance(value, Tensor)
-            and value.is_floating_point()
-            and value.ndim >= 2
-            and any(fnmatch.fnmatchcase(key, p) for p in patterns)
-        )
-        if is_weight:
-            d = per_key.get(key, dim)
-            try:
-                d = F.normalize_dim(d, value.ndim)
-            except IndexError as err:
-                raise WeightNormError(f"{key} of shape {tuple(value.shape)}: {err}") from None
-            with torch.no_grad():
-                g = F.norm_except_dim(value, d).to(
-                    torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
-                )
+        selected = [p for p in patterns if fnmatch.fnmatchcase(key, p)]
+        for p in selected:
+            matched[p].append(key)
+        target = targets.get(key) if to != "plain" else None
+        floating = isinstance(value, Tensor) and value.is_floating_point()
+        if target is not None and floating:  # like's unit dim wins over dim and dims
+            g = _split(value, key, target.dim, target.groups, target.g_shape)
             _write_pair(out, key, g, value, to)
+            counts["normalized"] += 1
+            done.update(selected)
+        elif selected and floating and value.ndim >= 2:
+            g = _split(value, key, per_key.get(key, dim), 1, None)
+            _write_pair(out, key, g, value, to)
+            counts["normalized"] += 1
+            done.update(selected)
+            split_by_include.add(key)
         else:
             out[key] = value
+    for p in patterns:
+        if p in done:
+            continue
+        if not matched[p]:
+            raise WeightNormError(f"include pattern {p!r} matches no key of the state dict")
+        shown = ", ".join(f"{k} ({_describe(state_dict[k])})" for k in matched[p][:3])
+        more = f" and {len(matched[p]) - 3} more" if len(matched[p]) > 3 else ""
+        raise WeightNormError(
+            f"include pattern {p!r} selects nothing that can be weight-normalized: expected "
+            f"floating-point tensors of at least 2 dims, got {shown}{more}"
+        )
+    unused = sorted(k for k in per_key if k not in split_by_include)
+    if unused:
+        raise WeightNormError(
+            f"dims: expected keys of plain weights that include selects (and like does not "
+            f"decide), got {', '.join(unused)}"
+        )
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
         out._metadata = metadata  # type: ignore[attr-defined]
-    return out
+    return out, counts
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"{value.ndim}-D {str(value.dtype).removeprefix('torch.')}"
+    return type(value).__name__
+
+
+def _fit(g: Tensor, v: Tensor, base: str, target: _Target) -> tuple[Tensor, Tensor, bool]:
+    """``(g, v)`` along ``target``'s unit dim: as they are, g reshaped, or re-split (True)."""
+    try:
+        unit_dim = target.dim if target.groups > 1 else F.normalize_dim(target.dim, v.ndim)
+    except IndexError as err:
+        raise WeightNormError(f"{base} of shape {tuple(v.shape)}: {err}") from None
+    natural = F.g_shape(v.shape, unit_dim, target.groups)
+    shape = target.g_shape
+    if shape is None or torch.Size(shape).numel() != torch.Size(natural).numel():
+        shape = natural  # like's layer has another size: leave that to load_state_dict
+    if tuple(g.shape) == tuple(shape):
+        return g, v, False
+    if g.numel() == 1 and torch.Size(shape).numel() == 1:
+        return g.reshape(shape), v, False  # torch's 0-d whole-tensor g and ours, keep-dim
+    d, groups = _dim_and_groups(g, v, base)
+    if (d, groups) == (unit_dim, target.groups):
+        return g.reshape(shape), v, False
+    with torch.no_grad():
+        w = F.weight_norm(v, g, d, groups=groups)
+    return _split(w, base, target.dim, target.groups, shape), w, True
 
 
 def _write_pair(out: OrderedDict[str, Any], base: str, g: Tensor, v: Tensor, to: Format) -> None:
