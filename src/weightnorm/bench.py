@@ -38,8 +38,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ._env import environment
 from . import zoo
+from ._env import environment
 from ._model import apply_weight_norm, fold, replace_torch_weight_norm
 from .init import data_dependent_init
 from .optim import WeightNormOptimizer
@@ -431,9 +431,7 @@ def run_benchmarks(
             raise ValueError(f"unknown implementation {i!r}; expected one of {', '.join(known)}")
     missing = zoo.missing_packages([n for n in names if n in zoo.ZOO])
     if missing:
-        raise ValueError(
-            f"the zoo models need {', '.join(missing)}: pip install 'weightnorm[zoo]'"
-        )
+        raise ValueError(f"the zoo models need {', '.join(missing)}: pip install 'weightnorm[zoo]'")
     if autocast is not None and autocast not in _AUTOCAST:
         raise ValueError(
             f"autocast must be one of {', '.join(_AUTOCAST)} or None, got {autocast!r}"

@@ -328,8 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
         "implementation, as ratios to the plain model measured in the same rounds.",
     )
     b.add_argument("--models", nargs="+", help="models to time (default: all)")
-    b.add_argument("--zoo", action="store_true",
-                   help="time the zoo's real models (extra 'zoo'; default: every one of them)")
+    b.add_argument(
+        "--zoo",
+        action="store_true",
+        help="time the zoo's real models (extra 'zoo'; default: every one of them)",
+    )
     b.add_argument("--implementations", nargs="+", help="implementations (default: all)")
     b.add_argument("--rounds", type=_positive, default=15, help="interleaved rounds (default 15)")
     b.add_argument("--steps", type=_positive, default=10, help="steps per round (default 10)")

@@ -55,6 +55,7 @@ class ZooModel:
     build_fn: Callable[[], nn.Module]
     inputs_fn: Callable[[torch.Generator], Inputs]
     output_fn: Callable[[nn.Module, Inputs], Tensor]
+    stochastic: bool = False  # samples noise in its forward (``output`` seeds it first)
 
     def build(self, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)
@@ -282,11 +283,11 @@ ZOO: dict[str, ZooModel] = {
                  _wav2vec2, lambda gen: ((torch.randn(2, 800, generator=gen),), {}),
                  _call("last_hidden_state")),
         ZooModel("vits", "transformers", "transformers", "parametrize",
-                 _vits, _vits_inputs, _vits_output),
+                 _vits, _vits_inputs, _vits_output, stochastic=True),
         ZooModel("univnet", "transformers", "transformers", "parametrize",
                  _univnet, _univnet_inputs, _call("waveforms")),
         ZooModel("snac", "snac", "snac", "parametrize",
-                 _snac, _audio(256), _snac_output),
+                 _snac, _audio(256), _snac_output, stochastic=True),
         ZooModel("bigvgan", "bigvgan", "bigvgan", "legacy",
                  _bigvgan, _frames(16, 16, channels_last=False), _bigvgan_output),
     )
