@@ -226,3 +226,17 @@ def test_bad_arguments_raise_clear_errors() -> None:
         F.weight_norm(v, torch.ones(3, 1), eps=-1.0)
     with pytest.raises(ValueError, match="divisible by groups"):
         F.weight_norm(torch.randn(5, 2, 3), torch.ones(2, 1, 2, 1), dim=1, groups=2)
+
+
+def test_empty_tensor_does_not_crash() -> None:
+    """Regression: torch's fused kernel dies of SIGFPE on an empty tensor (an FSDP2 shard of a
+    layer with fewer rows than ranks); the result must be an empty weight and empty gradients."""
+    v = torch.empty(0, 4, 7, requires_grad=True)
+    g = torch.empty(0, 1, 1, requires_grad=True)
+    w = F.weight_norm(v, g, 0)
+    w.sum().backward()
+    assert w.shape == v.shape
+    assert v.grad is not None
+    assert g.grad is not None
+    assert v.grad.shape == v.shape
+    assert g.grad.shape == g.shape

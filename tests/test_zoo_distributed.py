@@ -34,3 +34,23 @@ def test_ranks_agree_and_match_one_process(tmp_path: Path, mode: str, wrapper: s
     start = train(mode, "none", steps=0)
     moved = [k for k in start if not torch.equal(start[k], single[k])]
     assert len(moved) > len(single) // 2
+
+
+def test_optimizer_level_refuses_sharded_units(tmp_path: Path) -> None:
+    """Under FSDP2 a unit along dim 1 is split across ranks: a clear error, not wrong norms."""
+    import weightnorm as wn
+    from torch import nn
+    from torch.distributed.fsdp import fully_shard
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1
+    )
+    try:
+        model = nn.Sequential(nn.ConvTranspose1d(4, 6, 3), nn.Conv1d(6, 2, 1))
+        fully_shard(model)
+        with pytest.raises(wn.WeightNormError, match=r"0.weight is a DTensor .* dim=1"):
+            wn.optim.WeightNormOptimizer(model, torch.optim.Adam, params={"0.weight": 1})
+        opt = wn.optim.WeightNormOptimizer(model, torch.optim.Adam, params={"1.weight": 0})
+        assert list(opt.dims()) == ["1.weight"]
+    finally:
+        torch.distributed.destroy_process_group()

@@ -71,7 +71,11 @@ def train(
         opt = wn.optim.WeightNormOptimizer(model, torch.optim.Adam, params=dims, lr=LR)
     for step in range(steps):
         opt.zero_grad()
-        spec.loss(forward, _local(spec.inputs(step), rank, world)).backward()
+        inputs = spec.inputs(step)
+        with torch.no_grad():  # the whole batch's output shape, for this rank's part of a target
+            shape = spec.output(spec.build(), inputs).shape
+        target = torch.randn(shape, generator=torch.Generator().manual_seed(step)).chunk(world)
+        spec.loss(forward, _local(inputs, rank, world), target[rank]).backward()
         opt.step()
     return _full(model.state_dict())
 

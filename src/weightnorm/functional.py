@@ -230,6 +230,7 @@ def _weight_norm_core(
         and (dtype is torch.float32 or dtype is torch.float64)
         and g.dtype is dtype
         and v.device.type == "cpu"
+        and v.numel() > 0  # torch's fused kernel dies of SIGFPE on an empty tensor
     )
     if groups > 1:
         w = _WeightNormFunction.apply(_grouped_view(v, groups), g, dims, None, eps)  # type: ignore[no-untyped-call]

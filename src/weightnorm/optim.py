@@ -77,7 +77,12 @@ class _Entry:
         v: Tensor | None = None,
     ) -> None:
         self.name, self.w, self.dim, self.groups, self.eps = name, w, dim, groups, eps
+        self.local = _local_rows(name, w, dim, groups)  # this rank's rows of an FSDP2 weight
         with torch.no_grad():
+            if self.local is not None:
+                w = cast(nn.Parameter, self.local)
+                v = None if v is None else cast(Any, v).to_local()
+                g = None  # (a weight taken over from a model is not sharded: never both)
             if v is None:
                 v = w.detach()
             elif v.shape != w.shape:
@@ -109,6 +114,7 @@ class _Entry:
             and len(self.dims) > 0
             and w.dtype in (torch.float32, torch.float64)
             and w.device.type == "cpu"
+            and w.numel() > 0  # (torch's fused kernel dies of SIGFPE on an empty tensor)
         )
         self.norms: Tensor | None = None  # from the last fused write, when every norm > eps
         self.write_weight()
@@ -116,6 +122,8 @@ class _Entry:
     def to_g_v_grads(self) -> None:
         """grad_g = grad_w . v/||v||; grad_v = g/||v|| (grad_w - (grad_w . v)/||v||^2 v)."""
         grad_w = self.w.grad
+        if grad_w is not None and self.local is not None:
+            grad_w = cast(Any, grad_w).to_local()  # (a DTensor, as the weight)
         if grad_w is None:
             # separate g, v: not stepped; flat ones take a zero-gradient step (see the class)
             for t, view in ((self.g, self.g_grad), (self.v, self.v_grad)):
@@ -147,13 +155,34 @@ class _Entry:
     def write_weight(self) -> None:
         """``w = g v/||v||`` into the model's weight (in place: the same Parameter)."""
         self.norms = None
+        w = self.w if self.local is None else self.local
         if self.fusable and self.g.dtype == self.v.dtype:
             norms = torch.linalg.vector_norm(self.v, 2, dim=self.dims, keepdim=True)
             if norms.min().item() > self.eps:
-                torch.mul(self.v, self.g / norms, out=self.w.data)  # one pass, no temporary
+                torch.mul(self.v, self.g / norms, out=w.data)  # one pass, no temporary
                 self.norms = norms
                 return
-        self.w.copy_(F.weight_norm(self.v, self.g, self.dim, self.eps, groups=self.groups))
+        w.copy_(F.weight_norm(self.v, self.g, self.dim, self.eps, groups=self.groups))
+
+
+def _local_rows(name: str, w: Tensor, dim: int | None, groups: int) -> Tensor | None:
+    """This rank's part of a weight sharded by FSDP2 (``fully_shard``), or None if ``w`` is an
+    ordinary tensor. FSDP2 shards along dim 0, so when the units are the rows (``dim=0``) every
+    rank holds whole units and the optimizer works on its own rows, with no communication."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(w, DTensor):
+        return None
+    if dim != 0 or groups != 1 or any(p != Shard(0) for p in w.placements):
+        raise WeightNormError(
+            f"{name} is a DTensor with placements {w.placements} normalized along dim={dim}"
+            f"{f', groups={groups}' if groups > 1 else ''}; the optimizer-level mode supports "
+            "sharded weights whose units are whole on each rank: dim=0 under Shard(0) (FSDP2). "
+            "Use the reparameterized modules (wn.weight_norm) for this weight instead"
+        )
+    return w.to_local()
 
 
 class _Pack:

@@ -81,14 +81,16 @@ class ZooModel:
         (for ``torch.compile`` and ``torch.export`` of the step's computation)."""
         return _Forward(self, model)
 
-    def loss(self, model: nn.Module, inputs: Inputs) -> Tensor:
-        """The mean square error of the output against a fixed random target. (Not the output's
-        mean square: a layer-normed output, as wav2vec2's, has nearly constant mean square and
-        leaves every layer below it with gradients that are only rounding noise.)"""
+    def loss(self, model: nn.Module, inputs: Inputs, target: Tensor | None = None) -> Tensor:
+        """The mean square error of the output against ``target`` (default: a fixed random
+        tensor of the output's shape). Not the output's mean square: a layer-normed output, as
+        wav2vec2's, has a nearly constant mean square and leaves every layer below it with
+        gradients that are only rounding noise."""
         out = self.output(model, inputs)
         if out.dtype in (torch.float16, torch.bfloat16):  # (autocast)
             out = out.float()
-        target = torch.randn(out.shape, generator=torch.Generator().manual_seed(1234))
+        if target is None:
+            target = torch.randn(out.shape, generator=torch.Generator().manual_seed(1234))
         return (out - target.to(out.device, out.dtype)).pow(2).mean()
 
 
