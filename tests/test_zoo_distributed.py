@@ -38,9 +38,10 @@ def test_ranks_agree_and_match_one_process(tmp_path: Path, mode: str, wrapper: s
 
 def test_optimizer_level_refuses_sharded_units(tmp_path: Path) -> None:
     """Under FSDP2 a unit along dim 1 is split across ranks: a clear error, not wrong norms."""
-    import weightnorm as wn
     from torch import nn
     from torch.distributed.fsdp import fully_shard
+
+    import weightnorm as wn
 
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1
