@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 
@@ -28,8 +29,13 @@ def full_batch() -> torch.Tensor:
 
 def worker(rank: int, world: int, folder: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
+    torch.set_num_threads(1)  # two ranks on two cores
     torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
+        "gloo",
+        init_method=f"file://{folder}/rendezvous",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
     )
     try:
         model = build_model()

@@ -10,6 +10,7 @@ from torch import nn
 
 import weightnorm as wn
 from ddp_worker import build_model, full_batch, worker
+from launch import launch
 
 
 def unit_stats(t: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +190,7 @@ def test_bad_init_scale_raises() -> None:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:  # type: ignore[type-arg]
     folder = tmp_path_factory.mktemp("ddp")
-    torch.multiprocessing.spawn(worker, args=(2, str(folder)), nprocs=2, join=True)
+    launch(worker, 2, (str(folder),), timeout=240)
     return [torch.load(Path(folder) / f"rank{r}.pt") for r in range(2)]
 
 

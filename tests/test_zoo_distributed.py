@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from launch import launch
 from weightnorm import zoo
-from zoo_dist_worker import MODEL, launch, train, worker
+from zoo_dist_worker import MODEL, train, worker
 
 pytestmark = pytest.mark.skipif(
     bool(zoo.missing_packages([MODEL])) or not torch.distributed.is_available(),

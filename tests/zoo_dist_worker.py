@@ -1,16 +1,14 @@
 """Training a zoo model under DDP and FSDP2 (2 CPU processes, gloo), in both modes.
 
-``launch`` starts the ranks robustly: a file rendezvous in a fresh folder (no TCP port to collide
-with another run), a timeout on every collective and on the whole launch, one thread per rank
-(two ranks on two cores), and a barrier before the process group is torn down (a rank that
-leaves while the other still talks makes gloo abort it).
+Started by ``launch.launch``: a file rendezvous in a fresh folder (no TCP port to collide with
+another run), a timeout on every collective, one thread per rank (two ranks on two cores), and a
+barrier before the process group is torn down (a rank that leaves while the other still talks
+makes gloo abort it).
 """
 
 from __future__ import annotations
 
 import datetime
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +93,3 @@ def worker(rank: int, world: int, folder: str, mode: str, wrapper: str) -> None:
         dist.barrier()  # no rank tears down while another still talks
     finally:
         dist.destroy_process_group()
-
-
-def launch(fn: Callable[..., None], world: int, args: tuple[Any, ...], timeout: float) -> None:
-    """Run ``fn(rank, world, *args)`` in ``world`` fresh processes; raise if any fails or the
-    whole run takes longer than ``timeout`` seconds (then every rank is killed)."""
-    context = torch.multiprocessing.start_processes(
-        fn, args=(world, *args), nprocs=world, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + timeout
-    while not context.join(timeout=max(0.1, deadline - time.monotonic())):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                if p.is_alive():
-                    p.kill()
-            raise TimeoutError(f"{world} ranks of {fn.__name__} did not finish in {timeout:.0f} s")

@@ -1,0 +1,24 @@
+"""Start test ranks robustly: fresh processes, a deadline, every rank killed when it passes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def launch(fn: Callable[..., None], world: int, args: tuple[Any, ...], timeout: float) -> None:
+    """Run ``fn(rank, world, *args)`` in ``world`` fresh processes; raise if any fails or the
+    whole run takes longer than ``timeout`` seconds (then every rank is killed)."""
+    context = torch.multiprocessing.start_processes(
+        fn, args=(world, *args), nprocs=world, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in context.processes:
+                if p.is_alive():
+                    p.kill()
+            raise TimeoutError(f"{world} ranks of {fn.__name__} did not finish in {timeout:.0f} s")
