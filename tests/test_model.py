@@ -134,3 +134,107 @@ def test_fold_shared_module_once() -> None:
     assert type(model[0]) is nn.Linear
     assert model[0] is model[2]
     torch.testing.assert_close(model(x), before)
+
+
+# --- folding torch's weight norms: bit-exact, and finite on zero vectors (issue 11, item 4) ----
+
+# (layer, torch's dim): first/last dims take torch's fused kernel, a middle dim and the whole
+# tensor (dim=None) its composite formula; ConvTranspose with torch's default dim=0 is per input
+TORCH_FOLD_CASES = [
+    pytest.param(lambda: nn.Linear(5, 4), (2, 5), 0, id="linear-0"),
+    pytest.param(lambda: nn.Linear(5, 4), (2, 5), 1, id="linear-1"),
+    pytest.param(lambda: nn.Conv1d(3, 4, 3), (2, 3, 6), 0, id="conv1d-0"),
+    pytest.param(lambda: nn.Conv1d(3, 4, 3), (2, 3, 6), 1, id="conv1d-1"),
+    pytest.param(lambda: nn.Conv2d(2, 4, 3), (1, 2, 5, 5), None, id="conv2d-None"),
+    pytest.param(lambda: nn.ConvTranspose1d(3, 5, 4), (2, 3, 6), 0, id="convtranspose1d-0"),
+    pytest.param(lambda: nn.ConvTranspose1d(3, 5, 4), (2, 3, 6), 1, id="convtranspose1d-1"),
+]
+
+
+def _torch_normed(make: object, dim: int | None, kind: str, zero_unit: bool) -> nn.Module:
+    """A layer under torch's weight norm, g off ||v||, optionally one unit of v zero (the whole
+    tensor for dim=None); built from a seed, since torch's legacy version cannot be deepcopied."""
+    torch.manual_seed(0)
+    layer = make()  # type: ignore[operator]
+    if kind == "legacy":
+        nn.utils.weight_norm(layer, dim=dim)
+        g, v = layer.weight_g, layer.weight_v
+    else:
+        nn.utils.parametrizations.weight_norm(layer, dim=dim)
+        g, v = layer.parametrizations.weight.original0, layer.parametrizations.weight.original1
+    with torch.no_grad():
+        g.mul_(torch.rand_like(g) + 0.5)
+        if zero_unit:
+            if dim is None:
+                v.zero_()
+            else:
+                v.select(dim, 1).zero_()
+    return layer
+
+
+def _torch_removal(layer: nn.Module, kind: str) -> torch.Tensor:
+    if kind == "legacy":
+        nn.utils.remove_weight_norm(layer)
+    else:
+        nn.utils.parametrize.remove_parametrizations(layer, "weight")
+    return layer.weight.detach()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm is deprecated
+@pytest.mark.parametrize("kind", ["legacy", "parametrize"])
+@pytest.mark.parametrize(("make", "shape", "dim"), TORCH_FOLD_CASES)
+def test_fold_of_torch_weight_norm_is_bit_identical_to_torchs_removal(
+    make: object, shape: tuple[int, ...], dim: int | None, kind: str
+) -> None:
+    """Issue 11, item 4: making the fold eps-safe must not change a non-degenerate weight by a
+    single bit against torch's own removal."""
+    ours = wn.fold(_torch_normed(make, dim, kind, zero_unit=False)).weight.detach()
+    theirs = _torch_removal(_torch_normed(make, dim, kind, zero_unit=False), kind)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("kind", ["legacy", "parametrize"])
+@pytest.mark.parametrize(("make", "shape", "dim"), TORCH_FOLD_CASES)
+def test_fold_of_torch_weight_norm_with_a_zero_vector_is_finite(
+    make: object, shape: tuple[int, ...], dim: int | None, kind: str
+) -> None:
+    """Issue 11, item 4: wn.fold of a torch weight norm went through torch._weight_norm (no eps)
+    and gave NaN for a zero v; the README promises finite. The zero unit folds to zero, every
+    other unit to torch's value bit for bit."""
+    layer = _torch_normed(make, dim, kind, zero_unit=True)
+    w = wn.fold(layer).weight.detach()
+    assert torch.isfinite(w).all()
+    zero = w if dim is None else w.select(dim, 1)
+    assert torch.equal(zero, torch.zeros_like(zero))
+    theirs = _torch_removal(_torch_normed(make, dim, kind, zero_unit=True), kind)
+    kept = ~torch.isnan(theirs)
+    assert torch.equal(w[kept], theirs[kept])
+    assert torch.isfinite(layer(torch.randn(shape))).all()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("kind", ["legacy", "parametrize"])
+def test_fold_of_torch_weight_norm_on_an_rnn_refreshes_its_cache(kind: str) -> None:
+    """Issue 11, item 3, for torch's weight norms: after wn.fold the RNN's cache of weights
+    (``_flat_weights``) holds the Parameter again, not torch's computed weight."""
+    torch.manual_seed(0)
+    rnn = nn.LSTM(3, 4)
+    num_params = len(rnn._flat_weights)
+    apply = nn.utils.weight_norm if kind == "legacy" else nn.utils.parametrizations.weight_norm
+    apply(rnn, "weight_hh_l0")
+    x = torch.randn(5, 2, 3)
+    before = rnn(x)[0]
+    wn.fold(rnn)
+    assert type(rnn) is nn.LSTM
+    assert sum(isinstance(p, nn.Parameter) for p in rnn._flat_weights) == num_params
+    assert rnn._flat_weights[1] is rnn.weight_hh_l0
+    torch.testing.assert_close(rnn(x)[0], before)
+    with torch.no_grad():
+        rnn.weight_hh_l0.mul_(0.5)
+    reference = nn.LSTM(3, 4)
+    reference.load_state_dict(rnn.state_dict())
+    for _ in range(2):
+        out = rnn(x)[0]
+        torch.testing.assert_close(out, reference(x)[0])
+        out.sum().backward()

@@ -278,6 +278,100 @@ def test_recurrent_forward_computes_each_weight_once(monkeypatch: pytest.MonkeyP
     assert calls == ["weight_hh_l0"]
 
 
+# --- recurrent modules: the cache of weights nn.RNNBase keeps (issue 11, item 3) ---------------
+
+RNNS = [
+    pytest.param(lambda: nn.LSTM(3, 4), id="lstm"),
+    pytest.param(lambda: nn.LSTM(3, 4, proj_size=2), id="lstm_proj"),
+    pytest.param(lambda: nn.GRU(3, 4), id="gru"),
+    pytest.param(lambda: nn.RNN(3, 4, bias=False), id="rnn_no_bias"),
+]
+
+
+def _parameters_in_cache(rnn: nn.RNNBase) -> int:
+    return sum(isinstance(p, nn.Parameter) for p in rnn._flat_weights)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
+@pytest.mark.parametrize("make", RNNS)
+@pytest.mark.parametrize("name", ["weight_ih_l0", "weight_hh_l0"])
+def test_rnn_cache_holds_the_current_weight(make: Any, name: str) -> None:
+    """Issue 11, item 3: an RNN weight-normalized by wn.weight_norm held v, not the weight, in
+    ``_flat_weights``, and after removal the stale computed weight, which the next forward then
+    used (a second backward failed). torch's test_rnn_weight_norm pins the counts checked here."""
+    torch.manual_seed(0)
+    rnn = make()
+    num_params = len(rnn._flat_weights)
+    i = rnn._flat_weights_names.index(name)
+    x = torch.randn(5, 2, 3)
+    before = rnn(x)[0]
+
+    wn.weight_norm(rnn, name)
+    assert _parameters_in_cache(rnn) == num_params - 1
+    assert torch.equal(rnn._flat_weights[i], getattr(rnn, name))
+    normed = rnn(x)[0]
+    torch.testing.assert_close(normed, before)
+    assert _parameters_in_cache(rnn) == num_params - 1  # after a forward too
+    with torch.no_grad():
+        getattr(rnn, name + "_g").mul_(2.0)
+    rnn(x)
+    assert torch.equal(rnn._flat_weights[i], getattr(rnn, name))
+
+    wn.remove_weight_norm(rnn, name)
+    assert _parameters_in_cache(rnn) == num_params
+    assert name in rnn._parameters
+    assert rnn._flat_weights[i] is rnn._parameters[name]
+    assert name in dict(rnn.named_parameters())
+    assert {name + "_g", name + "_v"}.isdisjoint(dict(rnn.named_parameters()))
+    # the forward uses the restored Parameter, not a stale computed weight
+    with torch.no_grad():
+        getattr(rnn, name).mul_(0.5)
+    reference = make()
+    reference.load_state_dict(rnn.state_dict())
+    for _ in range(2):  # a stale weight's graph made the second backward fail
+        out = rnn(x)[0]
+        torch.testing.assert_close(out, reference(x)[0])
+        out.sum().backward()
+
+
+def test_rnn_outputs_unchanged_by_apply_and_remove() -> None:
+    """Issue 11, item 3: outputs are the same before, during and after weight norm of an RNN."""
+    torch.manual_seed(0)
+    rnn = nn.LSTM(3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    before = rnn(x)[0]
+    wn.apply_weight_norm(rnn, recurrent=True)
+    normed = rnn(x)[0]
+    torch.testing.assert_close(normed, before)
+    wn.fold(rnn)
+    assert type(rnn) is nn.LSTM
+    assert _parameters_in_cache(rnn) == len(rnn._flat_weights)
+    torch.testing.assert_close(rnn(x)[0], normed)
+
+
+def test_rnn_cache_after_deepcopy_pickle_and_to() -> None:
+    """Issue 11, item 3: copies (whose cache __getstate__ stores as v) and ``.to()`` rebuild the
+    cache of an RNN with the computed weights."""
+    torch.manual_seed(0)
+    rnn = wn.apply_weight_norm(nn.LSTM(3, 4, num_layers=2), recurrent=True)
+    num_params = len(rnn._flat_weights)
+    normed = [n for n in rnn._flat_weights_names if wn.is_weight_normed(rnn, n)]
+    assert len(normed) == 4
+    x = torch.randn(5, 2, 3)
+    out = rnn(x)[0]
+    for clone in (copy.deepcopy(rnn), pickle.loads(pickle.dumps(rnn))):
+        assert _parameters_in_cache(clone) == num_params - len(normed)
+        for n in normed:
+            i = clone._flat_weights_names.index(n)
+            assert torch.equal(clone._flat_weights[i], getattr(clone, n))
+        assert torch.equal(clone(x)[0], out)
+        clone(x)[0].sum().backward()
+    rnn.double()
+    assert _parameters_in_cache(rnn) == num_params - len(normed)
+    assert all(w.dtype == torch.float64 for w in rnn._flat_weights)
+    torch.testing.assert_close(rnn(x.double())[0], out.double())
+
+
 def test_embedding() -> None:
     emb = wn.weight_norm(nn.Embedding(10, 4))
     idx = torch.tensor([[1, 2], [3, 9]])
@@ -387,6 +481,204 @@ def test_torch_func_grad_matches_autograd() -> None:
     layer(x).pow(2).sum().backward()
     for k, p in layer.named_parameters():
         torch.testing.assert_close(grads[k], p.grad)
+
+
+# --- torch.func.functional_call with the computed weight (issue 11, item 5) -------------------
+
+
+def test_functional_call_with_the_weight_uses_it_and_leaves_g_and_v_alone(case: Case) -> None:
+    """Issue 11, item 5: functional_call(m, {"weight": W}, x) wrote W into g and v (through
+    __setattr__), W got no gradient and the backward failed with an in-place modification error.
+    Now W is the weight inside the call, gradients reach W, and g and v are untouched."""
+    layer = wn.weight_norm(case.build())
+    g, v = layer.weight_g, layer.weight_v
+    g0, v0, w0 = g.detach().clone(), v.detach().clone(), layer.weight.detach().clone()
+    plain = wn.fold(copy.deepcopy(layer))
+    x = case.input()
+    W = torch.randn_like(w0, requires_grad=True)
+    W_ref = W.detach().clone().requires_grad_(True)
+
+    out = functional_call(layer, {"weight": W}, (x,))
+    expected = functional_call(plain, {"weight": W_ref}, (x,))
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(W.grad, W_ref.grad)
+    assert layer.weight_g is g
+    assert layer.weight_v is v
+    assert torch.equal(g.detach(), g0)
+    assert torch.equal(v.detach(), v0)
+    assert g.grad is None
+    assert v.grad is None
+    assert torch.equal(layer.weight.detach(), w0)  # g v/||v|| again
+    assert "_wn_swapped" not in layer.__dict__
+    # a plain assignment still reparameterizes
+    layer.weight = w0 * 2.0
+    torch.testing.assert_close(layer.weight_g.detach(), g0 * 2.0)
+
+
+@pytest.mark.parametrize("inner", ["other", "same"])
+def test_nested_functional_call_with_the_weight(inner: str) -> None:
+    """Issue 11, item 5: nested functional_calls swap the weight in and back out, innermost
+    first, each seeing its own tensor; afterwards the weight is computed from g and v again."""
+    torch.manual_seed(0)
+    layer = wn.weight_norm(nn.Linear(3, 2))
+    g0, v0 = layer.weight_g.detach().clone(), layer.weight_v.detach().clone()
+    w1 = torch.randn(2, 3, requires_grad=True)
+    w2 = w1 if inner == "same" else torch.randn(2, 3, requires_grad=True)
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            seen = self.layer.weight
+            inner_out = functional_call(self.layer, {"weight": w2}, (x,))
+            assert self.layer.weight is seen
+            return self.layer(x), inner_out, seen
+
+    x = torch.randn(4, 3)
+    out, inner_out, seen = functional_call(Probe(), {"layer.weight": w1}, (x,))
+    assert seen is w1
+    torch.testing.assert_close(out, x @ w1.T + layer.bias)
+    torch.testing.assert_close(inner_out, x @ w2.T + layer.bias)
+    (out.sum() + inner_out.sum()).backward()
+    assert w1.grad is not None
+    assert w2.grad is not None
+    assert torch.equal(layer.weight_g.detach(), g0)
+    assert torch.equal(layer.weight_v.detach(), v0)
+    torch.testing.assert_close(layer.weight, g0 * v0 / v0.norm(dim=1, keepdim=True))
+    assert "_wn_swapped" not in layer.__dict__
+
+
+def test_functional_call_with_g_and_v() -> None:
+    """Issue 11, item 5: functional_call with {"weight_g": G, "weight_v": V} (through
+    ``_parameters``) computes the weight from G and V, with gradients to both."""
+    torch.manual_seed(0)
+    layer = wn.weight_norm(nn.Linear(3, 2))
+    g0, v0 = layer.weight_g.detach().clone(), layer.weight_v.detach().clone()
+    G = torch.rand(2, 1, requires_grad=True)
+    V = torch.randn(2, 3, requires_grad=True)
+    x = torch.randn(4, 3)
+    out = functional_call(layer, {"weight_g": G, "weight_v": V}, (x,))
+    torch.testing.assert_close(out, x @ F.weight_norm(V, G).T + layer.bias)
+    out.sum().backward()
+    assert G.grad is not None
+    assert V.grad is not None
+    assert torch.equal(layer.weight_g.detach(), g0)
+    assert torch.equal(layer.weight_v.detach(), v0)
+
+
+def test_func_grad_and_vmap_over_functional_call_with_the_weight() -> None:
+    """Issue 11, item 5: torch.func.grad and vmap over functional_call(m, {"weight": W})."""
+    torch.manual_seed(0)
+    layer = wn.weight_norm(nn.Linear(3, 2))
+    x = torch.randn(4, 3)
+    b = layer.bias.detach()
+    W = torch.randn(2, 3)
+
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        return functional_call(layer, {"weight": w}, (x,)).pow(2).sum()
+
+    W_ref = W.clone().requires_grad_(True)
+    (x @ W_ref.T + b).pow(2).sum().backward()
+    torch.testing.assert_close(torch.func.grad(loss)(W), W_ref.grad)
+
+    Ws = torch.randn(5, 2, 3)
+    out = torch.func.vmap(lambda w: functional_call(layer, {"weight": w}, (x,)))(Ws)
+    torch.testing.assert_close(out, torch.stack([x @ w.T + layer.bias for w in Ws]))
+    per_sample = torch.func.vmap(torch.func.grad(loss))(Ws)
+    torch.testing.assert_close(per_sample[1], torch.func.grad(loss)(Ws[1]))
+    assert "_wn_swapped" not in layer.__dict__
+
+
+def test_ensembling_with_stack_module_state_and_vmap() -> None:
+    """Issue 11, item 5: model ensembling (stack_module_state, vmap over functional_call)."""
+    torch.manual_seed(0)
+    models = [nn.Sequential(wn.WNLinear(3, 5), nn.Tanh(), wn.WNLinear(5, 2)) for _ in range(3)]
+    params, buffers = torch.func.stack_module_state(models)  # type: ignore[arg-type]
+    base = copy.deepcopy(models[0])
+    x = torch.randn(4, 3)
+
+    def run(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(base, (p, b), (x,))
+
+    out = torch.func.vmap(run)(params, buffers)
+    torch.testing.assert_close(out, torch.stack([m(x) for m in models]))
+
+
+def test_functional_call_with_a_recurrent_weight() -> None:
+    """Issue 11, item 5: an RNN reads its weights through its cache: the swapped one is used."""
+    torch.manual_seed(0)
+    rnn = wn.weight_norm(nn.LSTM(3, 4), "weight_hh_l0")
+    g0 = rnn.weight_hh_l0_g.detach().clone()
+    W = torch.randn(16, 4, requires_grad=True)
+    x = torch.randn(5, 2, 3)
+    out = functional_call(rnn, {"weight_hh_l0": W}, (x,))[0]
+    reference = nn.LSTM(3, 4)
+    state = wn.fold(copy.deepcopy(rnn)).state_dict()
+    state["weight_hh_l0"] = W.detach()
+    reference.load_state_dict(state)
+    torch.testing.assert_close(out, reference(x)[0])
+    out.sum().backward()
+    assert W.grad is not None
+    assert torch.equal(rnn.weight_hh_l0_g.detach(), g0)
+
+
+def test_functional_call_relies_on_torchs_swap_tensor() -> None:
+    """Issue 11, item 5: the swap is recognized by the frame of torch's swap_tensor and by the
+    local where it keeps the tensor it swaps out. If a torch upgrade changes either, this fails
+    (and the functional_call tests above with it) rather than letting functional_call write W
+    into g and v again."""
+    from torch.nn.utils import _named_member_accessor, stateless
+
+    from weightnorm import _reparam
+
+    swap_tensor = _named_member_accessor.swap_tensor
+    assert _reparam._SWAP_CODE is swap_tensor.__code__
+    assert _reparam._SWAP_ORIG_LOCAL in swap_tensor.__code__.co_varnames
+    assert "setattr" in swap_tensor.__code__.co_names  # how a non-parameter name is swapped
+    assert _named_member_accessor.NamedMemberAccessor.swap_tensor is not None
+    assert "swap_tensors_dict" in stateless._reparametrize_module.__code__.co_names or (
+        "swap_tensors_dict" in inspect.getsource(stateless._reparametrize_module)
+    )
+
+
+def test_a_changed_swap_tensor_is_refused_before_anything_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 11, item 5: a swap_tensor that no longer keeps what it swaps out where we look is
+    refused with a WeightNormError, and the module is left as it was."""
+    from weightnorm import _reparam
+
+    def changed_swap_tensor(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+        setattr(module, name, tensor)
+
+    monkeypatch.setattr(_reparam, "_SWAP_CODE", changed_swap_tensor.__code__)
+    layer = wn.weight_norm(nn.Linear(3, 2))
+    g0, v0 = layer.weight_g.detach().clone(), layer.weight_v.detach().clone()
+    with pytest.raises(wn.WeightNormError, match=r"swap_tensor.*'weight_g' and 'weight_v'"):
+        changed_swap_tensor(layer, "weight", torch.zeros(2, 3))
+    assert torch.equal(layer.weight_g.detach(), g0)
+    assert torch.equal(layer.weight_v.detach(), v0)
+    assert "_wn_swapped" not in layer.__dict__
+
+
+@pytest.mark.slow
+def test_compiled_functional_call_with_the_weight() -> None:
+    """Issue 11, item 5, under torch.compile (one graph break where the swap is recognized)."""
+    torch.manual_seed(0)
+    layer = wn.weight_norm(nn.Linear(3, 2))
+    g0 = layer.weight_g.detach().clone()
+    x, W = torch.randn(4, 3), torch.randn(2, 3, requires_grad=True)
+    compiled = torch.compile(lambda w, x_: functional_call(layer, {"weight": w}, (x_,)))
+    out = compiled(W, x)
+    torch.testing.assert_close(out, x @ W.T + layer.bias)
+    out.sum().backward()
+    assert W.grad is not None
+    assert torch.equal(layer.weight_g.detach(), g0)
 
 
 # --- misuse -----------------------------------------------------------------------------------

@@ -11,13 +11,23 @@ original class plus the list of normalized names, so ``copy.deepcopy``, ``pickle
 
 The layer classes (``WNLinear`` ...) are this same mechanism with the property declared on the
 class; folding them gives back the plain ``torch.nn`` class.
+
+``torch.func.functional_call(module, {"weight": W}, x)``: torch swaps W in with
+``setattr(module, "weight", W)`` and back with ``setattr(module, "weight", orig)``, both from its
+``swap_tensor``. An assignment made from that function's frame is taken as a swap, not as a new
+weight: W is kept aside (``module.__dict__[_SWAPPED]``, a stack per name, for nested calls) and
+returned by the property until it is swapped back; g and v are never touched. Every other
+assignment (``module.weight = t``) still sets ``g = ||t||``, ``v = t``.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import CodeType, FrameType
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 import torch
@@ -25,7 +35,7 @@ from torch import Tensor, nn
 
 from . import functional as F
 from ._errors import WeightNormError
-from ._torch_compat import find_torch_weight_norms
+from ._torch_compat import find_torch_weight_norms, refresh_rnn_weights
 
 __all__ = [
     "PerOutput",
@@ -45,8 +55,24 @@ PerOutput = Literal["output"]
 _SPECS = "_wn_specs"  # module.__dict__[_SPECS]: dict[str, WeightNormSpec]
 _LAST = "_wn_last"  # module.__dict__[_LAST]: dict[str, (w handed out last, its version)]
 _IN_FORWARD = "_wn_in_forward"  # module.__dict__[_IN_FORWARD]: how deep in its own forward
+_SWAPPED = "_wn_swapped"  # module.__dict__[_SWAPPED]: dict[str, list[(swapped-in, swapped-out)]]
 _EMPTY: dict[str, WeightNormSpec] = {}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _torch_swap_tensor_code() -> CodeType | None:
+    """The code of the function through which torch.func.functional_call swaps module tensors."""
+    try:
+        from torch.nn.utils._named_member_accessor import swap_tensor
+    except ImportError:  # torch moved it: the test suite says so (test_reparam)
+        return None
+    return cast(CodeType | None, getattr(swap_tensor, "__code__", None))
+
+
+#: ``swap_tensor.__code__``: an assignment made from a frame running it is a functional_call swap.
+_SWAP_CODE = _torch_swap_tensor_code()
+#: The local of ``swap_tensor`` that holds the tensor it swaps out (and will swap back in).
+_SWAP_ORIG_LOCAL = "orig_tensor"
 
 
 @dataclass(frozen=True)
@@ -158,11 +184,79 @@ def _set_weight(module: nn.Module, name: str, spec: WeightNormSpec, value: Any) 
     module.__dict__.get(_LAST, {}).pop(name, None)
 
 
+def _swap(module: nn.Module, name: str, value: Any, frame: FrameType) -> None:
+    """An assignment to ``name`` made by torch's ``swap_tensor`` (``frame``): swap ``value`` in,
+    or, when it is the tensor the innermost swap took out, swap it back. g and v stay as they are.
+
+    Raises:
+        WeightNormError: torch's ``swap_tensor`` no longer keeps the tensor it swaps out where it
+            did (nothing is changed then).
+    """
+    d = module.__dict__
+    swapped: dict[str, list[tuple[Any, Any]]] | None = d.get(_SWAPPED)
+    stack = swapped.get(name) if swapped is not None else None
+    if swapped is not None and stack and value is stack[-1][1]:  # the swap back
+        stack.pop()
+        if not stack:
+            del swapped[name]
+            if not swapped:
+                del d[_SWAPPED]
+        return
+    local = frame.f_locals
+    if _SWAP_ORIG_LOCAL not in local:
+        raise WeightNormError(
+            f"{_describe(module)}.{name} is weight-normalized and torch's swap_tensor (used by "
+            "torch.func.functional_call) changed: it no longer keeps the tensor it swaps out in "
+            f"{_SWAP_ORIG_LOCAL!r}, so weightnorm cannot swap {name!r} safely; pass "
+            f"{name + '_g'!r} and {name + '_v'!r} to functional_call instead"
+        )
+    if value is not None and not isinstance(value, Tensor):
+        raise WeightNormError(
+            f"{_describe(module)}.{name}: functional_call can swap in a tensor, got "
+            f"{type(value).__name__}"
+        )
+    if swapped is None:
+        swapped = d[_SWAPPED] = {}
+    swapped.setdefault(name, []).append((value, local[_SWAP_ORIG_LOCAL]))
+
+
+def _assigner_frame() -> FrameType | None:
+    """The frame that assigned the weight: the first one above ``__setattr__`` (and above any
+    subclass's ``__setattr__`` calling ``super()``)."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_name != "__setattr__":
+        frame = frame.f_back  # this helper, and torch.compiler.disable's wrapper
+    while frame is not None and frame.f_code.co_name == "__setattr__":
+        frame = frame.f_back
+    return frame
+
+
+def _assign_eagerly(module: nn.Module, name: str, spec: WeightNormSpec, value: Any) -> None:
+    """``module.<name> = value`` for a normalized ``name``: a functional_call swap when made by
+    torch's ``swap_tensor``, otherwise a new weight (``g = ||value||``, ``v = value``)."""
+    frame = _assigner_frame()
+    if frame is not None and frame.f_code is _SWAP_CODE:
+        _swap(module, name, value, frame)
+    else:
+        _set_weight(module, name, spec, value)
+
+
+#: :func:`_assign_eagerly`, run outside any graph dynamo traces (it cannot inspect frames): an
+#: assignment to a normalized weight inside ``torch.compile`` is a graph break.
+_assign: Callable[[nn.Module, str, WeightNormSpec, Any], None] = torch.compiler.disable(  # type: ignore[no-untyped-call]
+    _assign_eagerly
+)
+
+
 def _make_property(name: str) -> property:
     def fget(self: nn.Module) -> Any:
-        spec = self.__dict__.get(_SPECS, _EMPTY).get(name)
+        d = self.__dict__
+        spec = d.get(_SPECS, _EMPTY).get(name)
         if spec is None:  # a WN* layer before (or after) its weight norm: a plain parameter
             return nn.Module.__getattr__(self, name)
+        swapped = d.get(_SWAPPED)  # inside torch.func.functional_call(module, {name: W})
+        if swapped is not None and name in swapped:
+            return swapped[name][-1][0]
         return _current_weight(self, name, spec)
 
     def fset(self: nn.Module, value: Any) -> None:
@@ -184,18 +278,20 @@ class _WeightNormMixin:
     def __setattr__(self, name: str, value: Any) -> None:
         spec = self.__dict__.get(_SPECS, _EMPTY).get(name)
         if spec is not None:
-            _set_weight(cast(nn.Module, self), name, spec, value)
+            _assign(cast(nn.Module, self), name, spec, value)
             return
         super().__setattr__(name, value)
 
     def __getstate__(self) -> dict[str, Any]:
         parent = getattr(super(), "__getstate__", None)
-        state = dict(parent() if parent is not None else self.__dict__)
+        with torch.no_grad():  # (nn.RNNBase's refreshes its cache of weights: no graph needed)
+            state = dict(parent() if parent is not None else self.__dict__)
         state.pop(_LAST, None)  # handed-out tensors are not part of the module
         state.pop(_IN_FORWARD, None)
+        state.pop(_SWAPPED, None)  # a functional_call in progress is not either
         flat = state.get("_flat_weights")
         if flat is not None:  # an RNN caches computed weights (non-leaf: deepcopy refuses them);
-            # store v in their place, a leaf whose identity tells the RNN to refresh its cache
+            # store v in their place, a leaf; __setstate__ rebuilds the cache with the weights
             names = state["_flat_weights_names"]
             specs = self.__dict__.get(_SPECS, _EMPTY)
             params = self.__dict__["_parameters"]
@@ -203,6 +299,31 @@ class _WeightNormMixin:
                 params[n + "_v"] if n in specs else w for n, w in zip(names, flat, strict=True)
             ]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        refresh_rnn_weights(cast(nn.Module, self))  # an RNN's cache: the weights, not v
+
+    def _init_flat_weights(self) -> None:
+        """nn.RNNBase's (re)build of its cache of weights (``_flat_weights``), read by its forward:
+        torch's reads every weight twice and would keep the graph of a computed one; this reads
+        each once, under no_grad (the forward rebuilds the cache with the graph it needs, see
+        :meth:`_update_flat_weights`). Called on ``.to()``, on apply and removal of weight norm
+        and after unpickling, so that between forwards the cache holds the current weights."""
+        names = self.__dict__.get("_flat_weights_names")
+        if names is None:
+            return
+        module = cast(nn.Module, self)
+        specs = self.__dict__.get(_SPECS, _EMPTY)
+        with torch.no_grad():
+            flat = [
+                _compute(module, n, specs[n]) if n in specs else getattr(module, n, None)
+                for n in names
+            ]
+        self.__dict__["_flat_weights"] = flat
+        self.__dict__["_flat_weight_refs"] = [
+            weakref.ref(w) if w is not None else None for w in flat
+        ]
 
     def _update_flat_weights(self) -> None:
         """nn.RNNBase calls this at every forward to refresh its list of weights. Its own version
@@ -241,13 +362,17 @@ class _WeightNormMixin:
         specs = weight_norm_specs(module)
         before = {n: module._parameters[n + "_g"].detach() for n in specs}  # type: ignore[union-attr]
         out = super()._apply(fn, recurse)  # type: ignore[misc]
+        kept_g = False
         for name, old_g in before.items():
             g = cast(nn.Parameter, module._parameters[name + "_g"])
             v = cast(nn.Parameter, module._parameters[name + "_v"])
             if v.dtype in _LOW_PRECISION and g.dtype in _LOW_PRECISION:
                 # keep g in float32: a half-precision g cannot take small updates
                 g.data = old_g.to(device=g.device, dtype=torch.float32)
+                kept_g = True
         module.__dict__.pop(_LAST, None)
+        if kept_g:  # an RNN's cache was rebuilt from the half-precision g
+            refresh_rnn_weights(module)
         return out
 
     def extra_repr(self) -> str:
@@ -502,6 +627,7 @@ def weight_norm(
     _rename_parameter(module, name, {name + "_g": g, name + "_v": param})
     specs[name] = spec
     _set_specs(module, specs)
+    refresh_rnn_weights(module)  # an RNN's cache of weights held the Parameter, now v
     return module
 
 
@@ -562,6 +688,7 @@ def remove_weight_norm(module: M, name: str = "weight") -> M:
     del module._parameters[name + "_v"]
     _rename_parameter(module, name + "_g", {name: v})
     _set_specs(module, specs)
+    refresh_rnn_weights(module)  # an RNN's cache held the computed weight: the Parameter again
     return module
 
 

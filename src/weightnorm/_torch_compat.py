@@ -15,7 +15,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm as _LegacyHook
 
-__all__ = ["TorchWeightNorm", "find_torch_weight_norms", "take_apart"]
+from . import functional as F
+
+__all__ = ["TorchWeightNorm", "find_torch_weight_norms", "refresh_rnn_weights", "take_apart"]
 
 Kind = Literal["legacy", "parametrize"]
 
@@ -91,11 +93,36 @@ def take_apart(module: nn.Module, found: TorchWeightNorm, *, fold: bool = True) 
     v_param = v if isinstance(v, nn.Parameter) else nn.Parameter(v.detach(), v.requires_grad)
     if fold:
         with torch.no_grad():
-            v_param.copy_(
-                torch._weight_norm(v.detach(), g_value, -1 if found.dim is None else found.dim)
-            )
+            v_param.copy_(_folded_weight(v.detach(), g_value, found.dim))
     module.register_parameter(name, v_param)
+    refresh_rnn_weights(module)
     return g_value
+
+
+def _folded_weight(v: Tensor, g: Tensor, dim: int | None) -> Tensor:
+    """``g v/||v||`` as torch's own removal computes it (``torch._weight_norm``, bit for bit),
+    except that a unit with ``||v|| <= eps`` (torch: NaN for a zero v) takes the eps-safe value
+    of :func:`weightnorm.functional.weight_norm` (zero for a zero v).
+
+    The same scheme as the fused path of :mod:`weightnorm.functional`: torch's kernel first, the
+    norms checked against eps, the eps-safe form only where they fail."""
+    w = torch._weight_norm(v, g, -1 if dim is None else dim)
+    norms = F.norm_except_dim(v, dim)
+    degenerate = norms <= F.DEFAULT_EPS
+    if not bool(degenerate.any()):
+        return w
+    safe = F.weight_norm(v, g.to(norms.dtype).reshape(norms.shape), dim)
+    return torch.where(degenerate, safe, w)
+
+
+def refresh_rnn_weights(module: nn.Module) -> None:
+    """Rebuild the cache of weights an ``nn.RNNBase`` keeps (``_flat_weights``) from what its
+    attributes hold now. Needed after a parameter was replaced without ``setattr``: torch's own
+    check at the next forward compares weak references and can miss the change, and between
+    forwards the cache would still hold the old (computed) weight."""
+    if isinstance(module, nn.RNNBase) and "_flat_weights_names" in module.__dict__:
+        with torch.no_grad():
+            module._init_flat_weights()
 
 
 def _remove_parametrization_keep_objects(module: nn.Module, name: str) -> None:
