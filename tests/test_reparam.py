@@ -417,9 +417,37 @@ def test_the_weight_read_by_forward_is_not_kept_between_steps(make: Any) -> None
     torch.testing.assert_close(layer(torch.ones(1, 4)) - layer.bias, torch.ones(1, 3))
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: wn.weight_norm(nn.Conv1d(2, 3, 3)),
+        lambda: wn.WNConvTranspose1d(2, 3, 3),
+        lambda: wn.weight_norm(nn.LSTM(2, 3), "weight_hh_l0"),
+    ],
+)
+def test_forward_leaves_no_state_and_is_not_wrapped(make: Any) -> None:
+    """Issue 14: the module's own forward reads its weights with no bookkeeping (the class's
+    forward is torch's own function, no per-call wrapper or depth counter) and leaves nothing in
+    the module; a read elsewhere keeps an alias for write-back that holds no autograd graph."""
+    module = make()
+    root = wn.fold(make()).__class__
+    assert type(module).forward is root.forward
+    x = torch.randn(2, 2, 5) if not isinstance(module, nn.LSTM) else torch.randn(5, 1, 2)
+    out = module(x)
+    (out[0] if isinstance(out, tuple) else out).sum().backward()
+    assert "_wn_last" not in module.__dict__ or not module.__dict__["_wn_last"]
+    name = next(iter(wn.weight_norm_specs(module)))
+    w = getattr(module, name)  # outside forward: a tied weight, a logger, nn.init
+    assert w.grad_fn is not None
+    alias, _ = module.__dict__["_wn_last"][name]
+    assert alias.grad_fn is None
+    assert not alias.requires_grad
+
+
 def test_forward_keeps_its_signature_and_recovers_from_errors() -> None:
     layer = wn.weight_norm(nn.Conv1d(2, 3, 3))
     assert inspect.signature(layer.forward) == inspect.signature(nn.Conv1d(2, 3, 3).forward)
+    layer(torch.randn(2, 2, 7)).sum().backward()
     with pytest.raises(RuntimeError):
         layer(torch.randn(2, 5, 7))  # wrong channel count
     nn.init.constant_(layer.weight, 1.0)  # outside forward again: written back

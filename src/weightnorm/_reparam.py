@@ -22,7 +22,6 @@ assignment (``module.weight = t``) still sets ``g = ||t||``, ``v = t``.
 
 from __future__ import annotations
 
-import functools
 import sys
 import weakref
 from collections.abc import Callable
@@ -53,8 +52,9 @@ M = TypeVar("M", bound=nn.Module)
 PerOutput = Literal["output"]
 
 _SPECS = "_wn_specs"  # module.__dict__[_SPECS]: dict[str, WeightNormSpec]
-_LAST = "_wn_last"  # module.__dict__[_LAST]: dict[str, (w handed out last, its version)]
-_IN_FORWARD = "_wn_in_forward"  # module.__dict__[_IN_FORWARD]: how deep in its own forward
+_LAST = (
+    "_wn_last"  # module.__dict__[_LAST]: dict[str, (alias of a w read outside forward, version)]
+)
 _SWAPPED = "_wn_swapped"  # module.__dict__[_SWAPPED]: dict[str, list[(swapped-in, swapped-out)]]
 _EMPTY: dict[str, WeightNormSpec] = {}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -118,41 +118,31 @@ def _current_weight(module: nn.Module, name: str, spec: WeightNormSpec) -> Tenso
         return _compute(module, name, spec)  # (the math then takes its composite form)
     d = module.__dict__
     last = d.get(_LAST)
-    if last is None:
-        last = d[_LAST] = {}
-    entry = last.get(name)
-    if entry is not None and entry[0]._version != entry[1]:
-        # the w handed out last was changed in place (``nn.init.*_``): make it the new weight
-        _set_weight(module, name, spec, entry[0])
+    if last:
+        entry = last.pop(name, None)
+        if entry is not None and entry[0]._version != entry[1]:
+            # the w handed out last was changed in place (``nn.init.*_``): make it the new weight
+            _set_weight(module, name, spec, entry[0])
     w = _compute(module, name, spec)
-    if d.get(_IN_FORWARD) or w.is_inference():
-        # read by the module's own forward: the graph holds w as long as it is needed; keeping
-        # it here too would hold a copy of every weight between steps
-        last.pop(name, None)
-    else:
-        last[name] = (w, w._version)
+    # frames: 0 this function, 1 the property, 2 whoever read the weight
+    readers: frozenset[CodeType] = type(module)._wn_readers  # type: ignore[attr-defined]
+    if sys._getframe(2).f_code not in readers and not w.is_inference():
+        # read outside the module's own forward (nn.init.*_, a tied weight, a logger): keep an
+        # alias to see an in-place change at the next read. Detached, it shares w's version
+        # counter but not its graph. (A forward's reads need nothing kept: its graph holds w.)
+        (last if last is not None else d.setdefault(_LAST, {}))[name] = (w.detach(), w._version)
     return w
 
 
-def _marking_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """``forward`` of a weight-normed class: the root class's, with the module marked as inside
-    its forward (so the weights it reads are not kept for write-back, see _current_weight)."""
-    if getattr(forward, "_wn_marking", False):
-        return forward
-
-    @functools.wraps(forward)
-    def marked(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():
-            return forward(self, *args, **kwargs)
-        d = self.__dict__
-        d[_IN_FORWARD] = d.get(_IN_FORWARD, 0) + 1
-        try:
-            return forward(self, *args, **kwargs)
-        finally:  # (never below 0, should threads running one module race on the count)
-            d[_IN_FORWARD] = max(0, d[_IN_FORWARD] - 1)
-
-    marked._wn_marking = True  # type: ignore[attr-defined]
-    return marked
+def _readers(cls: type) -> frozenset[CodeType]:
+    """The code of every ``forward`` in ``cls``'s MRO: a weight read there is the module's own."""
+    codes = {_WeightNormMixin._update_flat_weights.__code__}  # an RNN's forward reads through it
+    for klass in cls.__mro__:
+        forward = klass.__dict__.get("forward")
+        code = getattr(forward, "__code__", None)
+        if code is not None:
+            codes.add(code)
+    return frozenset(codes)
 
 
 def _sync(module: nn.Module) -> None:
@@ -274,6 +264,7 @@ class _WeightNormMixin:
     """Behaviour shared by every weight-normalized module class (dynamic or ``WN*``)."""
 
     _wn_props: ClassVar[frozenset[str]] = frozenset()
+    _wn_readers: ClassVar[frozenset[CodeType]] = frozenset()  # see _current_weight
 
     def __setattr__(self, name: str, value: Any) -> None:
         spec = self.__dict__.get(_SPECS, _EMPTY).get(name)
@@ -287,7 +278,6 @@ class _WeightNormMixin:
         with torch.no_grad():  # (nn.RNNBase's refreshes its cache of weights: no graph needed)
             state = dict(parent() if parent is not None else self.__dict__)
         state.pop(_LAST, None)  # handed-out tensors are not part of the module
-        state.pop(_IN_FORWARD, None)
         state.pop(_SWAPPED, None)  # a functional_call in progress is not either
         flat = state.get("_flat_weights")
         if flat is not None:  # an RNN caches computed weights (non-leaf: deepcopy refuses them);
@@ -333,7 +323,10 @@ class _WeightNormMixin:
         if names is None:
             return
         module = cast(nn.Module, self)
-        self._flat_weights = [getattr(module, n) for n in names]
+        flat = []
+        for n in names:  # (a loop, not a comprehension: the read must come from this frame)
+            flat.append(getattr(module, n))
+        self._flat_weights = flat
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         _sync(cast(nn.Module, self))
@@ -424,7 +417,7 @@ def _normed_class(root: type, names: frozenset[str]) -> type:
         bases = (root,) if issubclass(root, _WeightNormMixin) else (_WeightNormMixin, root)
         namespace: dict[str, Any] = {n: _make_property(n) for n in sorted(missing)}
         namespace.update(
-            forward=_marking_forward(root.forward),  # type: ignore[attr-defined]
+            _wn_readers=_readers(root),
             _wn_root=root,
             _wn_props=have | missing,
             __reduce_ex__=_dynamic_reduce_ex,

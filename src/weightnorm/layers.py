@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ._reparam import PerOutput, _make_property, _marking_forward, _WeightNormMixin, weight_norm
+from ._reparam import PerOutput, _make_property, _readers, _WeightNormMixin, weight_norm
 from .functional import DEFAULT_EPS
 
 __all__ = [
@@ -35,9 +35,7 @@ class _WNLayer(_WeightNormMixin):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        plain = cls.__dict__.get("_wn_plain")
-        if plain is not None and "forward" not in cls.__dict__:
-            cls.forward = _marking_forward(plain.forward)  # type: ignore[attr-defined]
+        cls._wn_readers = _readers(cls)
 
     def __init__(
         self,
