@@ -460,3 +460,23 @@ def test_params_misuse_raises() -> None:
         sgd(Zoo(), params=["conv.weight"], layers=(nn.Conv1d,))
     with pytest.raises(wn.WeightNormError, match="params is empty"):
         sgd(Zoo(), params=[])
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_a_zero_unit_stays_finite(flat: bool) -> None:
+    """The batched weight write checks every norm against eps at once: a zero v row sends every
+    weight through the eps-safe path (finite, that row zero, the others g v/||v||)."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2), nn.Tanh(), nn.Linear(2, 2))
+    opt = wn.optim.WeightNormOptimizer(plain, torch.optim.SGD, lr=0.0, flat=flat)
+    gv = opt.weight_norm_parameters()
+    with torch.no_grad():
+        gv["2.weight"][1][1].zero_()  # v's second row
+    plain(torch.randn(8, 3)).pow(2).sum().backward()
+    opt.step()  # lr 0: g and v unchanged, the weights rewritten from them
+    for i in (0, 2, 4):
+        g, v = gv[f"{i}.weight"]
+        expected = g * v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        assert torch.isfinite(plain[i].weight).all()
+        torch.testing.assert_close(plain[i].weight, expected)
+    assert torch.equal(plain[2].weight[1], torch.zeros(4))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 from collections.abc import Callable, Iterable, Mapping
+from math import inf
 from typing import Any, cast
 
 import torch
@@ -119,8 +120,11 @@ class _Entry:
         self.norms: Tensor | None = None  # from the last fused write, when every norm > eps
         self.write_weight()
 
-    def to_g_v_grads(self) -> None:
-        """grad_g = grad_w . v/||v||; grad_v = g/||v|| (grad_w - (grad_w . v)/||v||^2 v)."""
+    def to_g_v_grads(self, copies: tuple[list[Tensor], list[Tensor]] | None = None) -> None:
+        """grad_g = grad_w . v/||v||; grad_v = g/||v|| (grad_w - (grad_w . v)/||v||^2 v).
+
+        With ``copies``, writes into the flat gradient views are appended to its two lists
+        (destinations, sources), for the caller to make in one ``torch._foreach_copy_``."""
         grad_w = self.w.grad
         if grad_w is not None and self.local is not None:
             grad_w = cast(Any, grad_w).to_local()  # (a DTensor, as the weight)
@@ -142,14 +146,16 @@ class _Entry:
                 gw, x, g, F._norm(x, self.dims), self.dims, self.eps
             )
             grad_v, grad_g = grad_v.reshape(v.shape), grad_g.reshape(g.shape)
-        if self.v_grad is None:
-            self.v.grad = grad_v
-        else:
-            self.v_grad.copy_(grad_v)
-        if self.g_grad is None:
-            self.g.grad = grad_g.to(self.g.dtype)
-        else:
-            self.g_grad.copy_(grad_g)
+        if grad_g.dtype != self.g.dtype:
+            grad_g = grad_g.to(self.g.dtype)
+        for t, view, grad in ((self.v, self.v_grad, grad_v), (self.g, self.g_grad, grad_g)):
+            if view is None:
+                t.grad = grad
+            elif copies is None:
+                view.copy_(grad)
+            else:
+                copies[0].append(view)
+                copies[1].append(grad)
 
     @torch.no_grad()
     def write_weight(self) -> None:
@@ -157,9 +163,10 @@ class _Entry:
         self.norms = None
         w = self.w if self.local is None else self.local
         if self.fusable and self.g.dtype == self.v.dtype:
-            norms = torch.linalg.vector_norm(self.v, 2, dim=self.dims, keepdim=True)
+            # the kernel of the modules' forward and of _write_weights: the same bits either way
+            w_new, norms = torch._weight_norm_interface(self.v, self.g, cast(int, self.dim))
             if norms.min().item() > self.eps:
-                torch.mul(self.v, self.g / norms, out=w.data)  # one pass, no temporary
+                w.copy_(w_new)
                 self.norms = norms
                 return
         w.copy_(F.weight_norm(self.v, self.g, self.dim, self.eps, groups=self.groups))
@@ -183,6 +190,30 @@ def _local_rows(name: str, w: Tensor, dim: int | None, groups: int) -> Tensor | 
             "Use the reparameterized modules (wn.weight_norm) for this weight instead"
         )
     return w.to_local()
+
+
+def _write_weights(entries: list[_Entry]) -> None:
+    """:meth:`_Entry.write_weight` for every entry, the fused ones batched: one fused kernel
+    each, then a single eps check (no host read per weight) and a single copy for all of them."""
+    fused = [e for e in entries if e.fusable and e.g.dtype == e.v.dtype]
+    if len(fused) < 2:
+        for e in entries:
+            e.write_weight()
+        return
+    for e in entries:
+        if not (e.fusable and e.g.dtype == e.v.dtype):
+            e.write_weight()
+    outs = [torch._weight_norm_interface(e.v, e.g, cast(int, e.dim)) for e in fused]
+    norms = [n for _, n in outs]
+    largest_inverse = torch.stack(torch._foreach_norm(torch._foreach_reciprocal(norms), inf))
+    if largest_inverse.max().item() * max(e.eps for e in fused) < 1.0:  # every norm > eps
+        targets = [e.w if e.local is None else e.local for e in fused]
+        torch._foreach_copy_(targets, [w for w, _ in outs])
+        for e, n in zip(fused, norms, strict=True):
+            e.norms = n
+    else:  # a unit at (or below) eps: each weight through the eps-safe path
+        for e in fused:
+            e.write_weight()
 
 
 class _Pack:
@@ -642,11 +673,13 @@ class WeightNormOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for pack in self._packs:
             pack.attach()
+        copies: tuple[list[Tensor], list[Tensor]] = ([], [])
         for entry in self._entries:
-            entry.to_g_v_grads()
+            entry.to_g_v_grads(copies)
+        if copies[0]:
+            torch._foreach_copy_(*copies)  # into the flat gradients: one call for all
         self.inner.step()
-        for entry in self._entries:
-            entry.write_weight()
+        _write_weights(self._entries)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
