@@ -240,3 +240,39 @@ def test_empty_tensor_does_not_crash() -> None:
     assert g.grad is not None
     assert v.grad.shape == v.shape
     assert g.grad.shape == g.shape
+
+
+@pytest.mark.parametrize(
+    ("shape", "dim", "groups", "dtype"),
+    [
+        ((4, 3), 0, 1, torch.float32),
+        ((4, 3), 1, 1, torch.float64),
+        ((4, 3, 2), 1, 1, torch.float32),
+        ((4, 3, 2), 2, 1, torch.float32),
+        ((4, 3), None, 1, torch.float32),
+        ((6,), 0, 1, torch.float32),
+        ((6, 2, 3), 1, 2, torch.float32),
+        ((4, 3), 0, 1, torch.bfloat16),
+        ((0, 3), 0, 1, torch.float32),
+    ],
+)
+def test_one_fusable_test_for_functional_modules_and_optimizer(
+    shape: tuple[int, ...], dim: int | None, groups: int, dtype: torch.dtype
+) -> None:
+    """functional._torch_fusable decides whether PyTorch's fused kernels run; the layout part
+    that modules fix when weight norm is applied (WeightNormSpec.layout_fusable) and the
+    optimizer-level mode's own test (_Entry.fusable) agree with it."""
+    from torch import nn
+
+    from weightnorm._reparam import WeightNormSpec
+    from weightnorm.optim import _Entry
+
+    v = torch.randn(shape, dtype=dtype)
+    g_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    g = torch.ones(F.g_shape(shape, dim, groups), dtype=g_dtype)
+    decided = F._torch_fusable(v, g, dim, groups)
+    spec = WeightNormSpec(dim=dim, groups=groups, ndim=v.ndim)
+    assert F._torch_fusable(v, g, dim, groups, spec.layout_fusable) == decided
+    assert F._path(v, g, dim, groups) == ("cpu-fused" if decided else "composite")
+    entry = _Entry("w", nn.Parameter(v.clone()), dim, groups, F.DEFAULT_EPS)
+    assert entry.fusable == F._torch_fusable(v, None, dim, groups)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any, Literal, cast
 
 import torch
@@ -155,10 +157,7 @@ def norm_except_dim(v: Tensor, dim: int | None = 0, *, groups: int = 1) -> Tenso
     """
     dim = normalize_dim(dim, v.ndim) if groups == 1 else dim
     x = _grouped_view(v, groups) if groups > 1 else v
-    dims = _reduce_dims(v.ndim, dim, groups)
-    if not dims:  # a 1-D weight normalized per element: the norm is the absolute value
-        return x.abs() if v.dtype not in _LOW_PRECISION else x.abs().float()
-    return _norm(x, dims)
+    return _norm(x, _reduce_dims(v.ndim, dim, groups))
 
 
 def weight_norm(
@@ -173,6 +172,11 @@ def weight_norm(
     (paper eq. 2). Gradients are exact and follow paper eq. 3; a zero ``v`` gives ``w = 0`` and
     finite gradients. Norms are computed in float32 for float16/bfloat16 ``v``; the result has the
     dtype of ``v``.
+
+    On a GPU (CUDA with Triton) this is one fused kernel in the forward pass and one in the
+    backward, with no host synchronization; on the CPU in float32/float64, PyTorch's fused
+    kernels. Either refuses a graph of its backward pass (``create_graph=True``) with
+    :class:`HigherOrderGradientError`; inside :func:`exact_gradients` every order is exact.
 
     Args:
         v (Tensor): direction, the shape of the weight.
@@ -199,14 +203,207 @@ def weight_norm(
         raise ValueError(f"groups must be >= 1, got {groups}")
     if groups == 1:
         dim = normalize_dim(dim, v.ndim)
-    dims = tuple(_reduce_dims(v.ndim, dim, groups))
-    layout_fusable = (
-        groups == 1
-        and dim is not None
-        and (dim == 0 or dim == v.ndim - 1)
-        and tuple(g.shape) == g_shape(v.shape, dim)
+    return _weight_norm_core(v, g, dim, eps, groups, tuple(_reduce_dims(v.ndim, dim, groups)))
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the implementation
+# --------------------------------------------------------------------------------------------
+
+#: The implementations of :func:`weight_norm`, as :func:`_path` names them:
+#:
+#: - ``"cpu-fused"``: PyTorch's fused CPU kernels (``torch._weight_norm_interface`` and its C++
+#:   backward) after one ``norms.min().item()`` check that every norm is above eps (else
+#:   ``"composite"``). The fastest on the CPU, where a host read costs nothing.
+#: - ``"kernel"``: the custom op ``weightnorm::weight_norm`` and its backward op, eps-safe,
+#:   no host synchronization: one Triton kernel each on CUDA; on the ``meta`` device their
+#:   fake implementations (they allocate only), which is how the GPU path is counted here.
+#: - ``"composite"``: an :class:`torch.autograd.Function` of a few eps-safe whole-tensor ops
+#:   with the paper's closed-form backward (exact to every order when differentiated again);
+#:   any device, any dtype, grouped transposed convolutions.
+#: - ``"traced"``: plain differentiable operations, for ``torch.compile``/``torch.export``,
+#:   ``torch.jit.trace`` and ``torch.func`` transforms, whose graphs need no custom op.
+Path = Literal["cpu-fused", "kernel", "composite", "traced"]
+PATHS: tuple[Path, ...] = ("cpu-fused", "kernel", "composite", "traced")
+
+# None: choose; "exact": inside exact_gradients(); a Path: forced by _force_path (tests)
+_SELECT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "weightnorm_select", default=None
+)
+
+_FUSED_DTYPES = (torch.float32, torch.float64)
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _path(
+    v: Tensor,
+    g: Tensor,
+    dim: int | None,
+    groups: int = 1,
+    layout_fusable: bool | None = None,
+) -> Path:
+    """Which implementation computes ``weight_norm(v, g, dim, groups=groups)`` here.
+
+    ``dim`` is non-negative or ``None``. ``layout_fusable`` is :func:`_fused_layout` (and a
+    keep-dim ``g``) when the caller has it at hand (modules compute it once), else ``None``.
+    In order: ``"traced"`` under ``torch.compile``/``torch.export``, ``torch.jit.trace`` and
+    ``torch.func``; ``"composite"`` inside :func:`exact_gradients`; on the CPU ``"cpu-fused"``
+    where :func:`_torch_fusable`, else ``"composite"``; on other devices ``"kernel"`` where
+    :func:`_kernel_fits`, else ``"composite"``. A path forced by :func:`_force_path` wins
+    after ``"traced"`` (and is checked to be able to run).
+    """
+    if torch.compiler.is_compiling() or _jit_tracing() or _functorch_active():
+        return "traced"
+    select = _SELECT.get()
+    if select is not None:
+        if select == "exact":
+            return "composite"
+        return _checked(cast(Path, select), v, g, dim, groups, layout_fusable)
+    if v.device.type == "cpu":
+        return "cpu-fused" if _torch_fusable(v, g, dim, groups, layout_fusable) else "composite"
+    return "kernel" if _kernel_fits(v, g, dim, groups) else "composite"
+
+
+def _fused_layout(ndim: int, dim: int | None, groups: int = 1) -> bool:
+    """Whether PyTorch's fused weight-norm kernels fit the layout: units along the first or the
+    last dim of a tensor of rank >= 2, no groups. (What ``WeightNormSpec.layout_fusable`` and
+    the optimizer-level ``_Entry.fusable`` compute for themselves.)"""
+    return groups == 1 and dim is not None and ndim > 1 and (dim == 0 or dim == ndim - 1)
+
+
+def _torch_fusable(
+    v: Tensor,
+    g: Tensor | None,
+    dim: int | None,
+    groups: int = 1,
+    layout_fusable: bool | None = None,
+) -> bool:
+    """Whether PyTorch's fused CPU kernels compute this weight norm: :func:`_fused_layout`, a
+    keep-dim ``g`` of ``v``'s dtype (not checked when ``g`` is None), ``v`` a non-empty float32
+    or float64 CPU tensor. ``layout_fusable``, when given, stands for the layout and g-shape
+    checks (modules fix both when weight norm is applied)."""
+    if layout_fusable is None:
+        layout_fusable = _fused_layout(v.ndim, dim, groups) and (
+            g is None or tuple(g.shape) == g_shape(v.shape, dim)
+        )
+    return (
+        layout_fusable
+        and v.ndim > 1
+        and v.dtype in _FUSED_DTYPES
+        and (g is None or g.dtype is v.dtype)
+        and v.device.type == "cpu"
+        and v.numel() > 0  # torch's fused kernel dies of SIGFPE on an empty tensor
     )
-    return _weight_norm_core(v, g, dim, eps, groups, dims, layout_fusable)
+
+
+def _kernel_fits(v: Tensor, g: Tensor, dim: int | None, groups: int = 1) -> bool:
+    """Whether the ``weightnorm::weight_norm`` op runs its kernels for these tensors: no groups,
+    one ``g`` per unit in the keep-dim shape, float16/bfloat16/float32/float64, plain tensors
+    (not a subclass such as DTensor, whose ops need sharding rules), on a device with kernels
+    (:func:`_kernels_run_on`)."""
+    return (
+        groups == 1
+        and v.dtype in _KERNEL_DTYPES
+        and g.dtype in _KERNEL_DTYPES
+        and _plain(v)
+        and _plain(g)
+        and (
+            (g.numel() == 1 and g.ndim <= v.ndim)
+            if dim is None
+            else tuple(g.shape) == g_shape(v.shape, dim)
+        )
+        and _kernels_run_on(v.device)
+        and g.device == v.device
+    )
+
+
+def _plain(t: Tensor) -> bool:
+    return type(t) is Tensor or type(t) is torch.nn.Parameter
+
+
+def _checked(
+    path: Path, v: Tensor, g: Tensor, dim: int | None, groups: int, layout: bool | None
+) -> Path:
+    """A forced ``path``, if it can run on these tensors; a ValueError saying why not."""
+    if path == "cpu-fused" and not _torch_fusable(v, g, dim, groups, layout):
+        raise ValueError(
+            "path 'cpu-fused' needs a non-empty float32/float64 CPU tensor of rank >= 2 with "
+            f"units along its first or last dim and a keep-dim g of its dtype; got {v.dtype} "
+            f"{tuple(v.shape)} on {v.device}, dim={dim}, groups={groups}, g {g.dtype} "
+            f"{tuple(g.shape)}"
+        )
+    if path == "kernel" and not _kernel_fits(v, g, dim, groups):
+        raise ValueError(
+            "path 'kernel' needs groups=1, a keep-dim g, a float16/bfloat16/float32/float64 "
+            "tensor on CUDA (with Triton installed) or meta, or on the CPU with Triton's "
+            "interpreter (TRITON_INTERPRET=1 set before the kernels are first built); got "
+            f"{v.dtype} {tuple(v.shape)} on {v.device}, dim={dim}, groups={groups}, g "
+            f"{g.dtype} {tuple(g.shape)}"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _force_path(path: Path) -> Iterator[None]:
+    """Make :func:`weight_norm` (and the modules) take ``path`` inside the block, for tests.
+
+    Raises:
+        ValueError: ``path`` is not one of :data:`PATHS`; at a call, the path cannot run on
+            those tensors (so that a test cannot silently check another path).
+    """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    token = _SELECT.set(path)
+    try:
+        yield
+    finally:
+        _SELECT.reset(token)
+
+
+_CUDA_KERNELS: dict[int | None, bool] = {}  # device index -> Triton kernels usable there
+
+
+def _kernels_run_on(device: torch.device) -> bool:
+    """Whether the custom ops run their Triton kernels (or, on ``meta``, their fake
+    implementations) for tensors on ``device``: CUDA with Triton importable and a GPU of
+    compute capability 7.0 or more (PyTorch's own bar for Triton); the CPU only with Triton's
+    interpreter (tests); ``meta`` always. Triton is imported here, at the first need."""
+    kind = device.type
+    if kind == "meta":
+        return True
+    if kind == "cuda":
+        ok = _CUDA_KERNELS.get(device.index)
+        if ok is None:
+            ok = _CUDA_KERNELS[device.index] = (
+                torch.cuda.get_device_capability(device) >= (7, 0) and _kernel_module() is not None
+            )
+        return ok
+    if kind == "cpu":
+        if not _kernels_imported and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            return False  # (not interpreting: no need to import Triton to know it)
+        kernels = _kernel_module()
+        return kernels is not None and bool(kernels.INTERPRETED)
+    return False
+
+
+_kernels_imported = False
+_kernel_mod: ModuleType | None = None
+
+
+def _kernel_module() -> ModuleType | None:
+    """:mod:`weightnorm._kernels`, imported at the first call; ``None`` without Triton."""
+    global _kernel_mod, _kernels_imported
+    if not _kernels_imported:
+        from . import _kernels  # (imports with AVAILABLE false where Triton is missing)
+
+        _kernel_mod = _kernels if _kernels.AVAILABLE else None
+        _kernels_imported = True
+    return _kernel_mod
+
+
+# --------------------------------------------------------------------------------------------
+# The implementations
+# --------------------------------------------------------------------------------------------
 
 
 def _weight_norm_core(
@@ -216,63 +413,61 @@ def _weight_norm_core(
     eps: float,
     groups: int,
     dims: tuple[int, ...],
-    layout_fusable: bool,
+    layout_fusable: bool | None = None,
 ) -> Tensor:
     """:func:`weight_norm` after validation: ``dim`` normalized, ``dims`` the reduced dims,
-    ``layout_fusable`` whether the layout suits the fused kernels (groups 1, dim first or last,
-    keep-dim g). Modules call this directly with values fixed when weight norm was applied."""
-    if not dims or torch.compiler.is_compiling() or _jit_tracing() or _functorch_active():
-        # traced graphs and torch.func transforms get plain differentiable operations
-        return _weight_norm_composite(v, g, dim, eps, groups)
-    dtype = v.dtype
-    fused = (
-        layout_fusable
-        and (dtype is torch.float32 or dtype is torch.float64)
-        and g.dtype is dtype
-        and v.device.type == "cpu"
-        and v.numel() > 0  # torch's fused kernel dies of SIGFPE on an empty tensor
-    )
-    if groups > 1:
-        w = _WeightNormFunction.apply(_grouped_view(v, groups), g, dims, None, eps)  # type: ignore[no-untyped-call]
-        return cast(Tensor, w.reshape(v.shape))
-    if fused and not _EXACT.get():
-        # the hot path: PyTorch's fused kernels with their C++ backward (no Python in the
+    ``layout_fusable`` whether the layout suits PyTorch's fused kernels (see :func:`_path`;
+    ``None``: find out). Modules call this directly with values fixed when weight norm was
+    applied."""
+    path = _path(v, g, dim, groups, layout_fusable)
+    if path == "cpu-fused":
+        # the CPU hot path: PyTorch's fused kernels with their C++ backward (no Python in the
         # backward pass), used when every norm is above eps, which the kernel reports for free
-        w, norms = torch._weight_norm_interface(v, g, dim)  # type: ignore[arg-type]
+        w, norms = torch._weight_norm_interface(v, g, cast(int, dim))
         if norms.min().item() > eps:
             if w.requires_grad:
                 w.register_hook(_refuse_higher_order)  # type: ignore[no-untyped-call]
             return w
-    return cast(Tensor, _WeightNormFunction.apply(v, g, dims, dim if fused else None, eps))  # type: ignore[no-untyped-call]
-
-
-_EXACT: contextvars.ContextVar[bool] = contextvars.ContextVar("weightnorm_exact", default=False)
+        path = "composite"  # a norm at or below eps: the eps-safe form
+    if path == "kernel":
+        return cast(Tensor, _weight_norm_op(v, g, dim, eps)[0])
+    if path == "traced":
+        return _weight_norm_composite(v, g, dim, eps, groups)
+    x = _grouped_view(v, groups) if groups > 1 else v
+    w = cast(Tensor, _WeightNormFunction.apply(x, g, dims, eps))  # type: ignore[no-untyped-call]
+    return w if groups == 1 else w.reshape(v.shape)
 
 
 class HigherOrderGradientError(RuntimeError):
-    """A second-order gradient through the fused weight-norm kernel was asked for."""
+    """A second-order gradient through one of weight norm's fused kernels was asked for."""
+
+
+def _higher_order_error(what: str) -> HigherOrderGradientError:
+    return HigherOrderGradientError(
+        "weightnorm: a graph of the backward pass (create_graph=True, e.g. a gradient "
+        f"penalty) goes through weight norm's {what}. Run the forward pass inside "
+        "`with weightnorm.exact_gradients():` for exact higher-order gradients."
+    )
 
 
 def _refuse_higher_order(grad: Tensor) -> None:
     if torch.is_grad_enabled():  # inside backward, grad mode is on only with create_graph=True
-        raise HigherOrderGradientError(
-            "weightnorm: a graph of the backward pass (create_graph=True, e.g. a gradient "
-            "penalty) goes through weight norm's fused kernel, whose double backward in PyTorch "
-            "is wrong (it treats the norms as constants). Run the forward pass inside "
-            "`with weightnorm.exact_gradients():` for exact higher-order gradients."
+        raise _higher_order_error(
+            "fused CPU kernel, whose double backward in PyTorch is wrong (it treats the norms "
+            "as constants)"
         )
 
 
 @contextlib.contextmanager
 def exact_gradients() -> Iterator[None]:
-    """Compute weight norm so that gradients of every order are exact (slower on the CPU).
+    """Compute weight norm so that gradients of every order are exact (slower).
 
-    By default the CPU float32/float64 path uses PyTorch's fused kernels, whose first
-    derivatives are exact but whose double backward is not; a backward pass with
-    ``create_graph=True`` through them raises :class:`HigherOrderGradientError`. Inside this
-    context the paper's closed-form backward (eq. 3) is used instead, and its own backward is
-    differentiated exactly. Wrap the forward passes whose gradients you differentiate again
-    (gradient penalties, meta-learning).
+    By default the fused paths (PyTorch's kernels on the CPU in float32/float64, this
+    library's Triton kernels on a GPU) give exact first derivatives but no exact double
+    backward; a backward pass with ``create_graph=True`` through them raises
+    :class:`HigherOrderGradientError`. Inside this context the paper's closed-form backward
+    (eq. 3) is used instead, and its own backward is differentiated exactly. Wrap the forward
+    passes whose gradients you differentiate again (gradient penalties, meta-learning).
 
     Example::
 
@@ -283,20 +478,103 @@ def exact_gradients() -> Iterator[None]:
         >>> (gv,) = torch.autograd.grad(w.pow(3).sum(), v, create_graph=True)
         >>> gv.sum().backward()
     """
-    token = _EXACT.set(True)
+    token = _SELECT.set("exact")
     try:
         yield
     finally:
-        _EXACT.reset(token)
+        _SELECT.reset(token)
+
+
+# ``weightnorm::weight_norm(v, g, dim, eps) -> (w, norms)`` and its backward op. ``dim`` is
+# non-negative or None; ``g`` has one element per unit; ``norms`` (unclamped, keep-dim, float32
+# for half v, float64 for float64 v) is a by-product for the backward, not differentiable.
+
+
+def _check_op_args(v: Tensor, g: Tensor, dim: int | None) -> None:
+    if dim is not None and not 0 <= dim < v.ndim:
+        raise IndexError(f"dim must be None or in [0, {v.ndim - 1}], got {dim}")
+    units = 1 if dim is None else v.shape[dim]
+    if g.numel() != units:
+        raise ValueError(
+            f"g must have one element per unit ({units} for shape {tuple(v.shape)}, dim={dim}), "
+            f"got shape {tuple(g.shape)}"
+        )
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("weightnorm::weight_norm", mutates_args=())
+def _weight_norm_op(v: Tensor, g: Tensor, dim: int | None, eps: float) -> tuple[Tensor, Tensor]:
+    """``(w, norms)``: Triton kernels where :func:`_kernels_run_on` the device, else the
+    composite form."""
+    _check_op_args(v, g, dim)
+    if _kernels_run_on(v.device):
+        kernels = cast(ModuleType, _kernel_module())
+        return cast(tuple[Tensor, Tensor], kernels.weight_norm_forward(v, g, dim, eps))
+    norm = _norm(v, _reduce_dims(v.ndim, dim, 1))  # (float32 for half v, else v's dtype)
+    return _scaled(v, g.reshape(norm.shape), norm, eps), norm
+
+
+@_weight_norm_op.register_fake
+def _weight_norm_fake(v: Tensor, g: Tensor, dim: int | None, eps: float) -> tuple[Tensor, Tensor]:
+    _check_op_args(v, g, dim)
+    norms = v.new_empty(g_shape(v.shape, dim), dtype=_accumulator(v.dtype))
+    return torch.empty_like(v), norms
+
+
+@torch.library.custom_op("weightnorm::weight_norm_backward", mutates_args=())
+def _weight_norm_backward_op(
+    grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, dim: int | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """``(grad_v, grad_g)`` of ``weightnorm::weight_norm`` (paper eq. 3)."""
+    _check_op_args(v, g, dim)
+    if _kernels_run_on(v.device):
+        kernels = cast(ModuleType, _kernel_module())
+        return cast(
+            tuple[Tensor, Tensor], kernels.weight_norm_backward(grad_w, v, g, norms, dim, eps)
+        )
+    grad_v, grad_g = closed_form_grads(
+        grad_w, v, g.reshape(norms.shape), norms, _reduce_dims(v.ndim, dim, 1), eps
+    )
+    return grad_v, grad_g.to(g.dtype).reshape(g.shape)
+
+
+@_weight_norm_backward_op.register_fake
+def _weight_norm_backward_fake(
+    grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, dim: int | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    _check_op_args(v, g, dim)
+    return torch.empty_like(v), torch.empty_like(g)
+
+
+def _op_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    v, g, dim, eps = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # (no zero-filled gradient for the unused norms)
+    ctx.save_for_backward(v, g, output[1])
+    ctx.dim, ctx.eps = dim, eps
+
+
+def _op_backward(
+    ctx: Any, grad_w: Tensor | None, _grad_norms: Tensor | None
+) -> tuple[Tensor | None, Tensor | None, None, None]:
+    if torch.is_grad_enabled():  # create_graph=True
+        raise _higher_order_error("Triton kernel, which does not differentiate its own backward")
+    if grad_w is None:
+        return None, None, None, None
+    v, g, norms = ctx.saved_tensors
+    grad_v, grad_g = _weight_norm_backward_op(grad_w, v, g, norms, ctx.dim, ctx.eps)
+    return grad_v, grad_g, None, None
+
+
+_weight_norm_op.register_autograd(_op_backward, setup_context=_op_setup)
 
 
 class _WeightNormFunction(torch.autograd.Function):
-    """``w = g v / max(||v||, eps)`` with the paper's closed-form backward (eq. 3).
-
-    On the CPU, in float32/float64, along the first or last dim, the forward and backward run
-    PyTorch's fused kernels (one pass each) whenever every norm is above ``eps``; they are
-    checked in the forward, where the fused kernel reports the norms for free. Otherwise a few
-    whole-tensor operations compute the same closed form with the norm clamped at ``eps``.
+    """The ``"composite"`` path: ``w = g v / max(||v||, eps)`` in four whole-tensor operations
+    (norm, clamp, divide, multiply), the paper's closed-form backward (eq. 3) in eight.
 
     When a graph of the backward is asked for (``create_graph=True``), the backward is computed
     by differentiating the composite form, so higher derivatives are exact. (PyTorch's own fused
@@ -305,36 +583,25 @@ class _WeightNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        v: Tensor,
-        g: Tensor,
-        dims: tuple[int, ...],
-        fused_dim: int | None,
-        eps: float,
+        ctx: Any, v: Tensor, g: Tensor, dims: tuple[int, ...], eps: float
     ) -> Tensor:
-        ctx.dims, ctx.eps, ctx.fused_dim = dims, eps, None
-        if fused_dim is not None:
-            w, norms = torch.ops.aten._weight_norm_interface(v, g, fused_dim)
-            if norms.min().item() > eps:
-                ctx.fused_dim = fused_dim
-                ctx.save_for_backward(v, g, norms)
-                return cast(Tensor, w)
         norm = _norm(v, dims)
-        ctx.save_for_backward(v, g, norm)
-        return _scaled(v, g, norm, eps)
+        normc = norm.clamp_min(eps)
+        scale = g / normc
+        w = v * scale
+        ctx.dims, ctx.eps = dims, eps
+        ctx.save_for_backward(v, g, norm, normc, scale)
+        return w if w.dtype == v.dtype else w.to(v.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_w: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:  # type: ignore[override]
-        v, g, norm = ctx.saved_tensors
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_w: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None, None]:
+        v, g, norm, normc, scale = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the composite form
             return _composite_backward(ctx, v, g, grad_w)
-        if ctx.fused_dim is not None:
-            grad_v, grad_g = torch.ops.aten._weight_norm_interface_backward(
-                grad_w.contiguous(), v, g, norm, ctx.fused_dim
-            )
-            return grad_v, grad_g, None, None, None
-        grad_v, grad_g = closed_form_grads(grad_w, v, g, norm, ctx.dims, ctx.eps)
-        return grad_v, grad_g.sum_to_size(g.shape).to(g.dtype), None, None, None
+        grad_v, grad_g = _closed_form(grad_w, v, norm, normc, scale, ctx.dims, ctx.eps)
+        return grad_v, grad_g.sum_to_size(g.shape).to(g.dtype), None, None
 
 
 def closed_form_grads(
@@ -364,10 +631,29 @@ def closed_form_grads(
         tensor([[1.4000]])
     """
     normc = norm.clamp_min(eps)
-    dot = torch.sum(grad_w * v, dims, keepdim=True, dtype=norm.dtype)  # grad_w . v per unit
-    coef = torch.where(norm >= eps, dot / (normc * normc), 0.0)
-    grad_v = torch.addcmul(grad_w, v, coef, value=-1).mul_(g / normc)
-    return grad_v.to(v.dtype), dot / normc
+    return _closed_form(grad_w, v, norm, normc, g / normc, dims, eps)
+
+
+def _closed_form(
+    grad_w: Tensor,
+    v: Tensor,
+    norm: Tensor,
+    normc: Tensor,
+    scale: Tensor,
+    dims: tuple[int, ...] | list[int],
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """:func:`closed_form_grads` given ``normc = max(norm, eps)`` and ``scale = g / normc``."""
+    product = grad_w * v
+    if dims:  # grad_w . v per unit
+        dot = torch.sum(product, dims, keepdim=True, dtype=norm.dtype)
+    else:
+        dot = product if product.dtype == norm.dtype else product.to(norm.dtype)
+    grad_g = dot / normc
+    # dot / normc^2; zero where norm < eps (the clamped norm is a constant there)
+    coef = torch.div(grad_g, normc).masked_fill_(norm < eps, 0.0)
+    grad_v = torch.addcmul(grad_w, v, coef, value=-1).mul_(scale)
+    return (grad_v if grad_v.dtype == v.dtype else grad_v.to(v.dtype)), grad_g
 
 
 def _scaled(v: Tensor, g: Tensor, norm: Tensor, eps: float) -> Tensor:
@@ -377,6 +663,10 @@ def _scaled(v: Tensor, g: Tensor, norm: Tensor, eps: float) -> Tensor:
 
 
 def _norm(v: Tensor, dims: tuple[int, ...] | list[int]) -> Tensor:
+    """Per-unit norms over ``dims`` (keep-dim; float32 for half ``v``). No dims: each element is
+    a unit, its norm the absolute value."""
+    if not dims:  # (vector_norm and sum read an empty dim list as "every dim")
+        return v.abs() if v.dtype not in _LOW_PRECISION else v.abs().float()
     dtype = torch.float32 if v.dtype in _LOW_PRECISION else None
     norm: Tensor = torch.linalg.vector_norm(v, 2, dim=dims, keepdim=True, dtype=dtype)
     return norm
@@ -384,14 +674,14 @@ def _norm(v: Tensor, dims: tuple[int, ...] | list[int]) -> Tensor:
 
 def _composite_backward(
     ctx: Any, v: Tensor, g: Tensor, grad_w: Tensor
-) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+) -> tuple[Tensor | None, Tensor | None, None, None]:
     wanted = [t for t, need in zip((v, g), ctx.needs_input_grad[:2], strict=True) if need]
     with torch.enable_grad():
         w = _scaled(v, g, _norm(v, ctx.dims), ctx.eps)
         grads = iter(torch.autograd.grad(w, wanted, grad_w, create_graph=True))
     grad_v = next(grads) if ctx.needs_input_grad[0] else None
     grad_g = next(grads) if ctx.needs_input_grad[1] else None
-    return grad_v, grad_g, None, None, None
+    return grad_v, grad_g, None, None
 
 
 def _jit_tracing() -> bool:
@@ -406,7 +696,9 @@ def _functorch_active() -> bool:
 def _weight_norm_composite(
     v: Tensor, g: Tensor, dim: int | None, eps: float, groups: int
 ) -> Tensor:
-    x = _grouped_view(v, groups) if groups > 1 else v
+    if groups == 1:
+        return _scaled(v, g, norm_except_dim(v, dim), eps)
+    x = _grouped_view(v, groups)
     return _scaled(x, g, norm_except_dim(v, dim, groups=groups), eps).reshape(v.shape)
 
 
