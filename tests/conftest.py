@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+# The Triton kernels of the device path run on CPU tensors in Triton's interpreter when there is
+# no GPU (test_device_paths). Triton reads this when it is first imported, which torch may do
+# while any test module is collected: set it here, before every test module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-import torch
 from torch import nn
 
 

@@ -880,6 +880,7 @@ def test_triton_is_not_imported_by_the_library_or_a_cpu_step() -> None:
     code = (
         "import sys, torch, weightnorm as wn\n"
         "assert 'triton' not in sys.modules, 'import weightnorm imported triton'\n"
+        "assert 'torch._dynamo' not in sys.modules, 'import weightnorm imported dynamo (slow)'\n"
         "layer = wn.weight_norm(torch.nn.Linear(4, 3))\n"
         "layer(torch.randn(2, 4)).sum().backward()\n"
         "assert 'weightnorm._kernels' not in sys.modules, 'a CPU step built the kernels'\n"

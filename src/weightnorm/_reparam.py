@@ -22,6 +22,7 @@ assignment (``module.weight = t``) still sets ``g = ||t||``, ``v = t``.
 
 from __future__ import annotations
 
+import functools
 import sys
 import weakref
 from collections.abc import Callable
@@ -231,11 +232,22 @@ def _assign_eagerly(module: nn.Module, name: str, spec: WeightNormSpec, value: A
         _set_weight(module, name, spec, value)
 
 
-#: :func:`_assign_eagerly`, run outside any graph dynamo traces (it cannot inspect frames): an
-#: assignment to a normalized weight inside ``torch.compile`` is a graph break.
-_assign: Callable[[nn.Module, str, WeightNormSpec, Any], None] = torch.compiler.disable(  # type: ignore[no-untyped-call]
-    _assign_eagerly
-)
+@functools.cache
+def _assign_outside_graph() -> Callable[[nn.Module, str, WeightNormSpec, Any], None]:
+    """:func:`_assign_eagerly` run outside any graph dynamo traces (it cannot inspect frames): an
+    assignment to a normalized weight inside ``torch.compile`` is a graph break. Made at first
+    use: ``torch.compiler.disable`` imports dynamo, which ``import weightnorm`` should not."""
+    return cast(
+        Callable[[nn.Module, str, WeightNormSpec, Any], None],
+        torch.compiler.disable(_assign_eagerly),  # type: ignore[no-untyped-call]
+    )
+
+
+def _assign(module: nn.Module, name: str, spec: WeightNormSpec, value: Any) -> None:
+    if torch.compiler.is_compiling():
+        _assign_outside_graph()(module, name, spec, value)
+    else:
+        _assign_eagerly(module, name, spec, value)
 
 
 def _make_property(name: str) -> property:
