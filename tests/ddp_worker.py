@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 import weightnorm as wn
+from launch import init_gloo
 
 
 def build_model() -> nn.Module:
@@ -29,14 +29,7 @@ def full_batch() -> torch.Tensor:
 
 def worker(rank: int, world: int, folder: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
-    torch.set_num_threads(1)  # two ranks on two cores
-    torch.distributed.init_process_group(
-        "gloo",
-        init_method=f"file://{folder}/rendezvous",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    init_gloo(rank, world, folder)
     try:
         model = build_model()
         ddp = nn.parallel.DistributedDataParallel(model)

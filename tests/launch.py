@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,3 +23,16 @@ def launch(fn: Callable[..., None], world: int, args: tuple[Any, ...], timeout: 
                 if p.is_alive():
                     p.kill()
             raise TimeoutError(f"{world} ranks of {fn.__name__} did not finish in {timeout:.0f} s")
+
+
+def init_gloo(rank: int, world: int, folder: str) -> None:
+    """A rank's process group: gloo, a file rendezvous in ``folder`` (no TCP port to collide with
+    another run), a 60 s timeout on every collective, one thread (two ranks on two cores)."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/rendezvous",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )

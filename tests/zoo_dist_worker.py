@@ -8,7 +8,6 @@ makes gloo abort it).
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 import weightnorm as wn
+from launch import init_gloo
 from weightnorm import zoo
 
 MODEL = "speecht5-hifigan"
@@ -79,14 +79,7 @@ def train(
 
 
 def worker(rank: int, world: int, folder: str, mode: str, wrapper: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{folder}/rendezvous",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    init_gloo(rank, world, folder)
     try:
         state = train(mode, wrapper, rank, world)
         torch.save(state, Path(folder) / f"rank{rank}.pt")
