@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import weightnorm as wn
+from test_functional import direction_and_magnitude  # the same hypothesis strategy
 from weightnorm import functional as F
 
 HAS_CUDA = torch.cuda.is_available()
@@ -304,22 +305,6 @@ def test_paper_gradient_formulas(
         expected_v = g_flat[i] / norm * gwi - g_flat[i] * expected_g / norm**2 * vi
         torch.testing.assert_close(grad_g.cpu().reshape(-1)[i], expected_g)
         torch.testing.assert_close(got_v[i], expected_v)
-
-
-finite = st.floats(-10, 10, allow_nan=False, allow_subnormal=False)
-
-
-@st.composite
-def direction_and_magnitude(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, int]:
-    rows = draw(st.integers(1, 5))
-    cols = draw(st.integers(1, 5))
-    dim = draw(st.sampled_from([0, 1]))
-    values = draw(st.lists(finite, min_size=rows * cols, max_size=rows * cols))
-    v = torch.tensor(values, dtype=torch.float64).reshape(rows, cols)
-    v = v + torch.where(v >= 0, 0.5, -0.5)  # every unit away from zero: a defined direction
-    g_values = draw(st.lists(finite, min_size=v.shape[dim], max_size=v.shape[dim]))
-    g = torch.tensor(g_values, dtype=torch.float64).reshape(F.g_shape(v.shape, dim))
-    return v, g, dim
 
 
 @pytest.mark.parametrize("path", ALL_PATHS)

@@ -93,7 +93,7 @@ class WeightNormSpec:
 
     def __post_init__(self) -> None:
         dims = tuple(F._reduce_dims(self.ndim, self.dim, self.groups)) if self.ndim else ()
-        fusable = self.groups == 1 and self.dim is not None and self.dim in (0, self.ndim - 1)
+        fusable = F._fused_layout(self.ndim, self.dim, self.groups)
         object.__setattr__(self, "reduce_dims", dims)
         object.__setattr__(self, "layout_fusable", fusable)
 

@@ -108,15 +108,8 @@ class _Entry:
         self.g_grad: Tensor | None = None
         self.v_grad: Tensor | None = None
         self.dims = tuple(F._reduce_dims(w.ndim, dim, groups))
-        self.fusable = (
-            groups == 1
-            and dim is not None
-            and dim in (0, w.ndim - 1)
-            and len(self.dims) > 0
-            and w.dtype in (torch.float32, torch.float64)
-            and w.device.type == "cpu"
-            and w.numel() > 0  # (torch's fused kernel dies of SIGFPE on an empty tensor)
-        )
+        # torch's fused kernels compute g v/||v|| here (functional's one test of it)
+        self.fusable = F._torch_fusable(self.v, self.g, dim, groups)
         self.norms: Tensor | None = None  # from the last fused write, when every norm > eps
         self.write_weight()
 
@@ -162,7 +155,7 @@ class _Entry:
         """``w = g v/||v||`` into the model's weight (in place: the same Parameter)."""
         self.norms = None
         w = self.w if self.local is None else self.local
-        if self.fusable and self.g.dtype == self.v.dtype:
+        if self.fusable:
             # the kernel of the modules' forward and of _write_weights: the same bits either way
             w_new, norms = torch._weight_norm_interface(self.v, self.g, cast(int, self.dim))
             if norms.min().item() > self.eps:
@@ -195,14 +188,14 @@ def _local_rows(name: str, w: Tensor, dim: int | None, groups: int) -> Tensor | 
 def _write_weights(entries: list[_Entry]) -> None:
     """:meth:`_Entry.write_weight` for every entry, the fused ones batched: one fused kernel
     each, then a single eps check (no host read per weight) and a single copy for all of them."""
-    fused = [e for e in entries if e.fusable and e.g.dtype == e.v.dtype]
-    if len(fused) < 2:
-        for e in entries:
-            e.write_weight()
-        return
+    fused = [e for e in entries if e.fusable]
+    if len(fused) < 2:  # (batching pays from two weights on)
+        fused = []
     for e in entries:
-        if not (e.fusable and e.g.dtype == e.v.dtype):
+        if not (fused and e.fusable):
             e.write_weight()
+    if not fused:
+        return
     outs = [torch._weight_norm_interface(e.v, e.g, cast(int, e.dim)) for e in fused]
     norms = [n for _, n in outs]
     largest_inverse = torch.stack(torch._foreach_norm(torch._foreach_reciprocal(norms), inf))

@@ -74,6 +74,8 @@ class ZooModel:
         return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
     def output(self, model: nn.Module, inputs: Inputs) -> Tensor:
+        if self.stochastic:  # the same noise for every copy of the model
+            torch.manual_seed(0)
         return self.output_fn(model, inputs)
 
     def as_module(self, model: nn.Module) -> nn.Module:
@@ -258,20 +260,6 @@ def _autoencoder(model: nn.Module, inputs: Inputs) -> Tensor:
     return model.decoder(model.encoder(audio))  # type: ignore[operator,no-any-return]
 
 
-def _vits_output(model: nn.Module, inputs: Inputs) -> Tensor:
-    torch.manual_seed(0)  # VITS samples noise in its forward: the same draw for every copy
-    return _call("waveform")(model, inputs)
-
-
-def _snac_output(model: nn.Module, inputs: Inputs) -> Tensor:
-    torch.manual_seed(0)  # SNAC's decoder adds noise
-    return _call(None)(model, inputs)
-
-
-def _bigvgan_output(model: nn.Module, inputs: Inputs) -> Tensor:
-    return _call(None)(model, inputs)
-
-
 ZOO: dict[str, ZooModel] = {
     m.name: m
     for m in (
@@ -285,13 +273,13 @@ ZOO: dict[str, ZooModel] = {
                  _wav2vec2, lambda gen: ((torch.randn(2, 800, generator=gen),), {}),
                  _call("last_hidden_state")),
         ZooModel("vits", "transformers", "transformers", "parametrize",
-                 _vits, _vits_inputs, _vits_output, stochastic=True),
+                 _vits, _vits_inputs, _call("waveform"), stochastic=True),
         ZooModel("univnet", "transformers", "transformers", "parametrize",
                  _univnet, _univnet_inputs, _call("waveforms")),
         ZooModel("snac", "snac", "snac", "parametrize",
-                 _snac, _audio(256), _snac_output, stochastic=True),
+                 _snac, _audio(256), _call(None), stochastic=True),
         ZooModel("bigvgan", "bigvgan", "bigvgan", "legacy",
-                 _bigvgan, _frames(16, 16, channels_last=False), _bigvgan_output),
+                 _bigvgan, _frames(16, 16, channels_last=False), _call(None)),
     )
 }  # fmt: skip
 
