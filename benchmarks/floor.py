@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 import weightnorm as wn
-from weightnorm import bench
+from weightnorm.experiments import bench
 
 
 def _median_us(fn: Callable[[], object], number: int = 200, repeats: int = 9) -> float:

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from weightnorm import bench
+from weightnorm.experiments import bench
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from weightnorm import zoo
+from weightnorm.experiments import zoo
 
 #: test function -> column title (tests parametrized over formats count as one check: all pass)
 CHECKS = {

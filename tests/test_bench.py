@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from weightnorm import bench
+from weightnorm.experiments import bench
 
 
 def test_run_benchmarks_reports_ratios_against_plain() -> None:

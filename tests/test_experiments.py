@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -15,11 +16,20 @@ import numpy as np
 import pytest
 import torch
 
-from weightnorm.experiments import ComparisonConfig, data, run_comparison
+from weightnorm.experiments import data
 from weightnorm.experiments.data import CifarFormatError, cifar10, digits, mnist1d
+from weightnorm.experiments.jobs import Jobs, MethodSeed
 from weightnorm.experiments.models import paper_cnn
+from weightnorm.experiments.records import CurveRecord
 from weightnorm.experiments.report import write_report
-from weightnorm.experiments.runner import RunSpec, _set_schedule, train_run
+from weightnorm.experiments.runner import (
+    ComparisonConfig,
+    RunRecord,
+    RunSpec,
+    run_comparison,
+    set_paper_schedule,
+    train_run,
+)
 
 TINY = functools.partial(paper_cnn, 1, 10, dims=2, widths=(4, 8), pool=False)
 
@@ -33,6 +43,7 @@ def tiny_config(**kw: object) -> ComparisonConfig:
     base = {
         "name": "tiny", "epochs": 2, "batch_size": 64, "seeds": 2, "optimizers": ("adam",),
         "lr_grid": {"adam": (1e-3, 3e-3)}, "methods": ("wn-init", "normal"), "init_batch_size": 64,
+        "candidates": 1,
     }  # fmt: skip
     base.update(kw)
     return ComparisonConfig(**base)  # type: ignore[arg-type]
@@ -125,7 +136,7 @@ def test_paper_schedule(kind: str) -> None:
     opt = torch.optim.Adam([param]) if kind == "adam" else torch.optim.SGD([param], lr=1)
 
     def state(step: int) -> tuple[float, float]:
-        _set_schedule(opt, kind, 0.1, step, total=100)
+        set_paper_schedule(opt, kind, 0.1, step, total=100)
         group = opt.param_groups[0]
         return group["lr"], group["betas"][0] if kind == "adam" else group["momentum"]
 
@@ -143,16 +154,17 @@ def test_train_run_is_deterministic_and_learns(digits_data: data.Dataset) -> Non
     spec = RunSpec("wn-init", "adam", 3e-3, 0)
     first = train_run(spec, config, TINY, digits_data)
     second = train_run(spec, config, TINY, digits_data)
-    assert first["curves"]["train_loss"] == second["curves"]["train_loss"]
-    assert first["curves"]["test_error"][-1] < 0.8  # well below chance (0.9)
-    assert not first["diverged"]
-    assert len(first["curves"]["val_error"]) == 3
+    assert first.curves["train_loss"] == second.curves["train_loss"]
+    assert first.curves["test_error"][-1] < 0.8  # well below chance (0.9)
+    assert not first.diverged
+    assert len(first.curves["val_error"]) == 3
 
 
 def test_divergence_is_recorded(digits_data: data.Dataset) -> None:
     record = train_run(RunSpec("normal", "sgd", 1e6, 0), tiny_config(), TINY, digits_data)
-    assert record["diverged"]
-    assert np.isnan(record["final"]["test_error"])
+    assert record.diverged
+    assert np.isnan(record.final["test_error"])
+    assert record.score == 1.0
 
 
 def test_comparison_resumes_and_never_reuses_stale_results(
@@ -171,9 +183,9 @@ def test_comparison_resumes_and_never_reuses_stale_results(
     assert len(list((tmp_path / "runs").glob("*.json"))) == 6
     assert len(messages) == 6
     assert set(result.chosen_lr["adam"]) == {"wn-init", "normal"}
-    assert result.step_time_ratio["adam"]["normal"] == 1.0  # the baseline of the timing pass
-    assert result.step_time_ratio["adam"]["wn-init"] > 0
-    assert sum(r["final_run"] for r in result.runs) == 4
+    assert set(result.step_time_ratios["adam"]["normal"]) == {1.0}  # the timing baseline
+    assert all(r > 0 for r in result.step_time_ratios["adam"]["wn-init"])
+    assert sum(len(result.runs_of("adam", m)) for m in ("wn-init", "normal")) == 4
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")}
 
     messages.clear()
@@ -186,7 +198,7 @@ def test_comparison_resumes_and_never_reuses_stale_results(
     )
     assert all(m.endswith("(cached)") for m in messages)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert again.runs == result.runs
+    assert again.runs == result.runs  # read back from the records, exactly
 
     messages.clear()
     run_comparison(
@@ -222,6 +234,8 @@ def test_report_files(tmp_path: Path, digits_data: data.Dataset) -> None:
     result = run_comparison(tiny_config(), TINY, digits_data, tmp_path)
     payload = write_report(result, tmp_path, resolved={"note": "test"})
     report = (tmp_path / "report.md").read_text()
+    claims = report.split("## What held and what did not")[1].split("## Timing")[0]
+    assert any(w in claims for w in ("**held**", "**did not hold**", "**inconclusive**"))
     assert "| adam | wn-init |" in report
     assert "| adam | normal |" in report
     assert "## What held and what did not" in report
@@ -234,23 +248,127 @@ def test_report_files(tmp_path: Path, digits_data: data.Dataset) -> None:
     assert len(saved["runs"]) == 6
     assert len(saved["runs"][0]["curves"]["test_error"]) == 2
     rows = (tmp_path / "results.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("optimizer,method,lr,seed,final_run,epoch,train_loss")
+    assert rows[0].startswith("optimizer,method,lr,seed,chosen_lr,epoch,train_loss")
     assert len(rows) == 1 + 6 * 2
     assert payload["chosen_lr"] == result.chosen_lr
 
 
-def test_parallel_workers_match_serial(tmp_path: Path, digits_data: data.Dataset) -> None:
-    config = tiny_config(methods=("wn-init",), seeds=1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in each worker of a 2-worker pool on 2 cores
+def untimed(runs: list[RunRecord]) -> list[RunRecord]:
+    """The records without their clock readings, in a fixed order."""
+    return sorted(
+        (
+            dataclasses.replace(
+                r,
+                curves={k: v for k, v in r.curves.items() if k != "epoch_time_s"},
+                median_epoch_time_s=0.0,
+            )
+            for r in runs
+        ),
+        key=lambda r: (r.spec.optimizer, r.spec.method, r.spec.lr, r.spec.seed),
+    )
+
+
+def test_a_run_is_a_function_of_its_key(tmp_path: Path, digits_data: data.Dataset) -> None:
+    """The same run in this process (torch's default thread count here) and in a worker gives
+    the same record, bit for bit: every execution path runs with the key's thread count."""
+    config = tiny_config(methods=("wn-init",), seeds=1, lr_grid={"adam": (1e-3, 3e-3)})
+    torch.set_num_threads(2)
     try:
-        serial = run_comparison(config, TINY, digits_data, tmp_path / "serial")
+        alone = run_comparison(config, TINY, digits_data, tmp_path / "alone", threads=1)
+        assert torch.get_num_threads() == 2  # restored
     finally:
-        torch.set_num_threads(threads)
-    parallel = run_comparison(config, TINY, digits_data, tmp_path / "parallel", workers=2)
-    key = lambda r: r["spec"]["lr"]  # noqa: E731
-    for a, b in zip(sorted(serial.runs, key=key), sorted(parallel.runs, key=key), strict=True):
-        assert a["final"] == b["final"]
+        torch.set_num_threads(1)
+    pool = run_comparison(config, TINY, digits_data, tmp_path / "pool", workers=2, threads=1)
+    assert untimed(alone.runs) == untimed(pool.runs)  # every curve, exactly
+    two = Jobs(tmp_path, lambda job: job, RunRecord, {}, threads=2)
+    one = Jobs(tmp_path, lambda job: job, RunRecord, {}, threads=1)
+    spec = RunSpec("wn-init", "adam", 1e-3, 0)
+    assert one.key(spec) != two.key(spec)
+
+
+def test_learning_rate_is_chosen_on_every_seed(tmp_path: Path, digits_data: data.Dataset) -> None:
+    config = tiny_config(
+        methods=("wn-init",), seeds=2, candidates=2, lr_grid={"adam": (1e-3, 3e-3, 1e6)}
+    )
+    result = run_comparison(config, TINY, digits_data, tmp_path)
+    # 3 rates with seed 0, then the 2 best again with seed 1
+    assert len(result.runs) == 5
+    seeds = {
+        lr: [r.spec.seed for r in result.runs_of("adam", "wn-init", lr)] for lr in (1e-3, 3e-3)
+    }
+    assert seeds == {1e-3: [0, 1], 3e-3: [0, 1]}
+    assert result.runs_of("adam", "wn-init", 1e6)[0].diverged
+    mean = {lr: sum(r.score for r in result.runs_of("adam", "wn-init", lr)) / 2 for lr in seeds}
+    assert result.chosen_lr["adam"]["wn-init"] == min(mean, key=lambda lr: (mean[lr], lr))
+
+
+def test_an_incomplete_or_invalid_record_is_run_again(tmp_path: Path) -> None:
+    calls: list[MethodSeed] = []
+
+    def run(job: MethodSeed) -> CurveRecord:
+        calls.append(job)
+        return CurveRecord(job.method, job.seed, {"loss": [1.0, 0.5]})
+
+    job = MethodSeed("wn", 0)
+    with Jobs(tmp_path, run, CurveRecord, {"a": 1}) as jobs:
+        first = jobs.run([job])[job]
+        path = jobs.path(job)
+        stored = json.loads(path.read_text())
+        assert jobs.run([job])[job] == first
+        assert len(calls) == 1  # reused
+        for broken in (
+            {**stored, "record": {k: v for k, v in stored["record"].items() if k != "curves"}},
+            {**stored, "record": {**stored["record"], "seed": "zero"}},
+            {**stored, "record": {**stored["record"], "curves": {"loss": [1.0], "b": []}}},
+            {"key": stored["key"]},
+        ):
+            path.write_text(json.dumps(broken))
+            assert jobs.run([job])[job] == first
+        path.write_text('{"key": "' + stored["key"] + '", "rec')  # cut short
+        assert jobs.run([job])[job] == first
+    assert len(calls) == 6
+
+
+WORKER_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from weightnorm.experiments.jobs import Jobs, MethodSeed
+
+def slow(job):
+    Path(sys.argv[1], f"{os.getpid()}.pid").write_text("")
+    time.sleep(120)
+
+if __name__ == "__main__":
+    with Jobs(sys.argv[1], slow, object, {}, workers=2) as jobs:
+        jobs.run([MethodSeed("a", 0), MethodSeed("a", 1)])
+"""
+
+
+def test_workers_die_with_the_main_process(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    script = tmp_path / "main.py"
+    script.write_text(WORKER_SCRIPT)
+    main = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    assert len(pids) == 2, "the workers did not start"
+    main.send_signal(signal.SIGKILL)
+    main.wait()
+
+    def alive(pid: int) -> bool:  # a zombie (exited, not yet reaped) counts as dead
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids), "orphaned workers outlived the main process"
 
 
 def test_bad_config_raises() -> None:
@@ -273,36 +391,81 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 def test_reproduce_quick_writes_report(tmp_path: Path) -> None:
     out = tmp_path / "report"
-    proc = cli("reproduce", "--quick", "--out", str(out), "--workers", "1", "--seeds", "1")
+    proc = cli("reproduce", "--quick", "--out", str(out), "--set", "seeds=1")
     assert proc.returncode == 0, proc.stderr
     assert "report:" in proc.stdout
     assert "[1/14]" in proc.stderr  # plain progress lines when not on a terminal
-    for name in ("report.md", "results.json", "results.csv", "curves_adam.png", "curves_sgd.png"):
+    for name in ("report.md", "results.json", "results.csv", "curves_adam.png", "curves_sgd.png",
+                 "lr_sweep.png", "config.json"):  # fmt: skip
         assert (out / name).is_file(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["resolved"]["config"] == "mnist1d"
     assert saved["resolved"]["quick"] is True
+    assert saved["resolved"]["settings"]["seeds"] == 1
+    assert saved["resolved"]["set"] == ["seeds=1"]
     assert {s["method"] for s in saved["summary"]} == {
         "normal-init", "normal", "wn", "wn-init", "bn", "mobn", "wn-mobn",
     }  # fmt: skip
+    report = (out / "report.md").read_text()
+    assert "(smoke test)" in report
+    claims = report.split("## What held and what did not")[1].split("## Timing")[0]
+    assert "**held**" not in claims
+    assert "**did not hold**" not in claims
+    assert "smoke test" in claims
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--epochs", "0"], "expected a positive integer, got 0"),
-        (["--methods", "nope"], "invalid choice: 'nope'"),
-        (["--lr-grid-adam", "-1"], "expected a positive number"),
+        (["--set", "epochs=0"], "epochs must be >= 2"),
+        (["--set", "epochs=two"], "--set epochs: expected an integer, got 'two'"),
+        (["--set", "methods=nope"], "unknown method(s) nope"),
+        (["--set", "lr_grid.adam=-1"], "lr_grid['adam'] must be positive"),
+        (["--set", "nope=1"], "unknown setting 'nope'; expected one of name, epochs"),
+        (["--set", "lr_grid=1"], "a group of settings; set its entries: lr_grid.adam"),
+        (["--set", "epochs"], "expected KEY=VALUE, got 'epochs'"),
+        (["--set", "network.depth=3"], "unknown setting 'depth'"),
         (["--config", "cifar10"], "needs --data-dir"),
         (["--config", "cifar10", "--data-dir", "/nonexistent"], "does not exist"),
-        (["--config", "digits", "--samples", "100"], "--samples applies to --config mnist1d"),
+        (["--data-dir", "/tmp"], "--data-dir applies to --config cifar10 only"),
+        (["--device", "garbage"], "--device: expected cpu, cuda or cuda:N, got 'garbage'"),
+        (["--workers", "0"], "expected a positive integer, got 0"),
+        (["--epochs", "3"], "unrecognized arguments: --epochs 3"),
     ],
 )
 def test_reproduce_bad_values_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
-    proc = cli("reproduce", "--quick", "--out", str(tmp_path), *args)
+    proc = cli("reproduce", "--quick", "--out", str(tmp_path / "out"), *args)
     assert proc.returncode == 2
     assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line, no usage block
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "runs").exists()  # refused before any training
+
+
+def test_reproduce_checks_the_output_and_device_before_training(tmp_path: Path) -> None:
+    afile = tmp_path / "file"
+    afile.write_text("")
+    for out, message in ((afile, "is a file; expected a folder"),
+                         (afile / "below", "is a file; expected a folder")):  # fmt: skip
+        proc = cli("reproduce", "--quick", "--out", str(out))
+        assert proc.returncode == 2
+        assert message in proc.stderr
+    if not torch.cuda.is_available():
+        proc = cli("reproduce", "--quick", "--out", str(tmp_path / "o"), "--device", "cuda")
+        assert proc.returncode == 2
+        assert "this torch build sees no CUDA GPU" in proc.stderr
+        assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_reproduce_without_the_extra_names_it(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['mnist1d'] = None; from weightnorm.cli import main; "
+        f"raise SystemExit(main(['reproduce', '--quick', '--out', {str(tmp_path)!r}]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "needs the 'experiments' extra (missing: mnist1d)" in proc.stderr
+    assert "pip install 'weightnorm[experiments]'" in proc.stderr
 
 
 def test_reproduce_under_torchrun(tmp_path: Path) -> None:
@@ -310,12 +473,12 @@ def test_reproduce_under_torchrun(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "weightnorm", "reproduce", "--quick", "--out", str(out),
-         "--workers", "1", "--seeds", "1", "--optimizer", "adam",
-         "--methods", "wn-mobn", "bn", "--no-progress"],
+         "--set", "seeds=1", "--set", "optimizers=adam",
+         "--set", "methods=wn-mobn,bn", "--no-progress"],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    runs = [json.loads(p.read_text())["record"] for p in (out / "runs").glob("*.json")]
     assert len(runs) == 2
     assert all(r["world_size"] == 2 for r in runs)
     assert (out / "report.md").is_file()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import weightnorm as wn
-from weightnorm.experiments import conditioning, generative
+from weightnorm.experiments import conditioning, dqn, recurrent, vae
 from weightnorm.experiments.conditioning import _gradient_alignment, _spectrum
 
 
@@ -67,39 +67,41 @@ def test_conditioning_report(tmp_path: Path) -> None:
     run = saved["runs"]["wn"][0]
     # 64*4+4+4*10+10 parameters, plus 4+10 g's under weight norm
     assert len(run["spectra"][0]) == 310 + 14
+    assert set(run) == {"method", "seed", "curves", "spectra"}
 
 
 def test_vae_report(tmp_path: Path) -> None:
-    settings = generative.VAESettings(epochs=1, width=2, seeds=1)
-    summary = generative.run_vae(tmp_path, settings)
+    settings = vae.VAESettings(epochs=1, width=2, seeds=1)
+    summary = vae.run_vae(tmp_path, settings)
     assert set(summary["test_elbo"]) == {"normal", "wn"}
     assert all(v[0] < 0 for v in summary["test_elbo"].values())  # an ELBO in nats is negative
     assert_report(tmp_path, ["train_elbo.png", "test_elbo.png"])
 
 
 def test_recurrent_report(tmp_path: Path) -> None:
-    settings = generative.RecurrentSettings(epochs=1, hidden=4, samples=300, seeds=1)
-    generative.run_recurrent(tmp_path, settings)
+    settings = recurrent.RecurrentSettings(epochs=1, hidden=4, samples=300, seeds=1)
+    recurrent.run_recurrent(tmp_path, settings)
     saved = assert_report(tmp_path, ["train_error.png", "test_error.png"])
     assert saved["settings"]["hidden"] == 4
 
 
 def test_dqn_report(tmp_path: Path) -> None:
-    settings = generative.DQNSettings(
+    settings = dqn.DQNSettings(
         steps=300, warmup=100, target_every=50, evaluations=1, eval_episodes=1, seeds=1
     )
-    summary = generative.run_dqn(tmp_path, settings)
+    summary = dqn.run_dqn(tmp_path, settings)
     assert set(summary["best_return"]) == {"normal", "wn", "bn"}
     assert all(v[0] >= 8 for v in summary["best_return"].values())  # CartPole pays 1 a step
     assert_report(tmp_path, ["eval_return.png"])
 
 
 def test_cli_experiment_quick_and_resume(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "weightnorm", "reproduce", "--experiment", "vae", "--quick",
-            "--seeds", "1", "--epochs", "1", "--workers", "1", "--out", str(tmp_path)]  # fmt: skip
+    args = [sys.executable, "-m", "weightnorm", "reproduce", "vae", "--quick", "--set", "seeds=1",
+            "--set", "epochs=1", "--workers", "1", "--out", str(tmp_path)]  # fmt: skip
     first = subprocess.run(args, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     assert (tmp_path / "report.md").is_file()
+    assert json.loads((tmp_path / "config.json").read_text())["settings"]["epochs"] == 1
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 0
     assert again.stderr.count("(cached)") == 2
@@ -108,14 +110,20 @@ def test_cli_experiment_quick_and_resume(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--experiment", "dqn", "--epochs", "3"], "--epochs does not apply to --experiment dqn"),
-        (["--experiment", "vae", "--methods", "wn"], "apply to --experiment comparison only"),
+        (
+            ["dqn", "--set", "epochs=3"],
+            "--set epochs: unknown setting 'epochs'; expected one of steps",
+        ),
+        (["vae", "--config", "digits"], "unrecognized arguments: --config digits"),
+        (["vae", "--device", "cpu"], "unrecognized arguments: --device cpu"),
+        (["recurrent", "--set", "lr=fast"], "--set lr: expected a number, got 'fast'"),
     ],
 )
 def test_cli_experiment_flag_errors(args: list[str], message: str, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "weightnorm", "reproduce", "--quick", "--out", str(tmp_path), *args],
+        [sys.executable, "-m", "weightnorm", "reproduce", *args, "--quick", "--out", str(tmp_path)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert message in proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,4 +1,4 @@
-"""The zoo: real weight-normalized models as their packages build them (see weightnorm.zoo).
+"""The zoo: real weight-normalized models as their packages build them (experiments.zoo).
 
 Every check runs on every zoo model: migration from torch's weight norm, loading torch
 checkpoints, folding, converted checkpoints in every format (API and command line), the
@@ -19,8 +19,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import weightnorm as wn
-from weightnorm import cli, zoo
+from weightnorm import cli
 from weightnorm._torch_compat import find_torch_weight_norms
+from weightnorm.experiments import zoo
 
 MISSING = zoo.missing_packages()
 pytestmark = pytest.mark.skipif(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from launch import launch
-from weightnorm import zoo
+from weightnorm.experiments import zoo
 from zoo_dist_worker import MODEL, train, worker
 
 pytestmark = pytest.mark.skipif(

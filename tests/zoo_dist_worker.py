@@ -18,7 +18,7 @@ from torch.distributed.tensor import DTensor
 
 import weightnorm as wn
 from launch import init_gloo
-from weightnorm import zoo
+from weightnorm.experiments import zoo
 
 MODEL = "speecht5-hifigan"
 STEPS = 3

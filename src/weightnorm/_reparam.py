@@ -404,7 +404,7 @@ def _rebuild(root: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
 
 def _dynamic_reduce_ex(self: nn.Module, protocol: Any) -> Any:
     cls = type(self)
-    state = self.__getstate__()  # type: ignore[attr-defined,no-untyped-call]
+    state = self.__getstate__()  # type: ignore[no-untyped-call]
     return (_rebuild, (cls._wn_root, tuple(sorted(cls._wn_props))), state)  # type: ignore[attr-defined]
 
 

@@ -239,14 +239,14 @@ class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks; the backward sums the incoming gradients over ranks as well."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
         ctx.group = group
         out = x.clone()
         torch.distributed.all_reduce(out, group=group)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         out = grad.clone()
         torch.distributed.all_reduce(out, group=ctx.group)
         return out, None

@@ -582,9 +582,7 @@ class _WeightNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, v: Tensor, g: Tensor, dims: tuple[int, ...], eps: float
-    ) -> Tensor:
+    def forward(ctx: Any, v: Tensor, g: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
         norm = _norm(v, dims)
         normc = norm.clamp_min(eps)
         scale = g / normc
@@ -594,9 +592,7 @@ class _WeightNormFunction(torch.autograd.Function):
         return w if w.dtype == v.dtype else w.to(v.dtype)
 
     @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_w: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, None, None]:
+    def backward(ctx: Any, grad_w: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         v, g, norm, normc, scale = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the composite form
             return _composite_backward(ctx, v, g, grad_w)

@@ -30,7 +30,7 @@ __all__ = [
 
 
 class _WNLayer(_WeightNormMixin):
-    weight = _make_property("weight")  # type: ignore[assignment]
+    weight = _make_property("weight")
     _wn_props: ClassVar[frozenset[str]] = frozenset({"weight"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -289,7 +289,7 @@ def _unit(
     if dim == "output":
         return (None, 1) if param.ndim == 0 else default_dim(module, name)
     try:
-        return F.normalize_dim(dim, param.ndim), 1  # type: ignore[arg-type]
+        return F.normalize_dim(dim, param.ndim), 1
     except (IndexError, TypeError) as err:
         raise WeightNormError(f"params: {full} has shape {tuple(param.shape)}: {err}") from None
 
@@ -551,7 +551,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
                     g = cast(Tensor, module._parameters[name + "_g"])
                     v = cast(Tensor, module._parameters[name + "_v"])
                 else:
-                    plist = module.parametrizations[name]  # type: ignore[index]
+                    plist = module.parametrizations[name]
                     if len(plist) != 1:
                         raise WeightNormError(
                             f"{_qualified(qualname, name)} carries {len(plist)} parametrizations;"
@@ -684,7 +684,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
             elif entry.w.grad is not None:
                 entry.w.grad.zero_()
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         """The wrapped optimizer's state and every ``g`` and ``v``."""
         return {
             "inner": self.inner.state_dict(),
@@ -693,7 +693,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
             },
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s content (and write the weights from ``g`` and ``v``)."""
         saved = state_dict.get("weight_norm")
         if not isinstance(saved, dict) or "inner" not in state_dict:

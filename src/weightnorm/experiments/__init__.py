@@ -1,26 +1,17 @@
-"""Experiments: the paper's comparison of parameterizations, reusable on any model and data.
+"""The reproduction: the paper's experiments, the benchmark harness and the model zoo.
 
-``run_comparison`` trains every method (normal, weight norm, with and without data-dependent
-init, batch norm, mean-only batch norm) under the paper's optimizer schedule, picks each method's
-learning rate on a validation split, repeats over seeds, and writes a report with plots. The
-``weightnorm reproduce`` command runs it on named configurations (:mod:`.configs`).
+This layer sits above the library and uses only its public API (``import weightnorm as wn``),
+as a user's own code would; nothing in the library imports it. Its modules import their
+optional dependencies (the ``experiments`` extra: numpy, mnist1d, scikit-learn, matplotlib,
+tqdm, gymnasium; the ``zoo`` extra: transformers, snac, bigvgan) only where they use them, so
+``weightnorm --help`` and ``weightnorm bench`` work on a bare install.
+
+- :mod:`.runner`, :mod:`.report`, :mod:`.configs`: the main job, the paper's comparison of
+  parameterizations (``weightnorm reproduce``), on the data of :mod:`.data` with the networks
+  of :mod:`.models` and the methods of :mod:`.methods`;
+- :mod:`.conditioning`, :mod:`.vae`, :mod:`.recurrent`, :mod:`.dqn`: the paper's further
+  experiments (``weightnorm reproduce NAME``), one module each, reported by :mod:`.curves`;
+- :mod:`.jobs` and :mod:`.records`: resumable parallel runs with typed, validated records;
+  :mod:`.settings`: ``--set KEY=VALUE`` overrides;
+- :mod:`.bench` and :mod:`.zoo`: ``weightnorm bench`` and the real models it and the tests use.
 """
-
-from __future__ import annotations
-
-from .data import Dataset, Split, cifar10, digits, mnist1d
-from .methods import METHODS, Method
-from .runner import ComparisonConfig, ComparisonResult, run_comparison
-
-__all__ = [
-    "METHODS",
-    "ComparisonConfig",
-    "ComparisonResult",
-    "Dataset",
-    "Method",
-    "Split",
-    "cifar10",
-    "digits",
-    "mnist1d",
-    "run_comparison",
-]

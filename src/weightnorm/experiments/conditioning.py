@@ -25,15 +25,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, hessian, vmap
 
-from .._model import apply_weight_norm, fold
-from .._reparam import weight_norm_specs
-from ..init import data_dependent_init
+import weightnorm as wn
+
 from .curves import Curve, mean_std, write_curves_report
 from .data import Dataset, digits
 from .jobs import MethodSeed, Progress, run_method_seeds
 from .plotting import png, pyplot
+from .records import CurveRecord
 
-__all__ = ["ConditioningSettings", "run_conditioning"]
+__all__ = ["QUICK", "ConditioningRecord", "ConditioningSettings", "run_conditioning"]
 
 METHODS = ("normal", "wn")
 
@@ -51,6 +51,13 @@ class ConditioningSettings:
 
 
 QUICK = ConditioningSettings(hidden=6, hessian_samples=128, steps=(0, 20), seeds=2)
+
+
+@dataclass(frozen=True)
+class ConditioningRecord(CurveRecord):
+    """A conditioning run: its curves, and the Hessian's eigenvalues at each measured step."""
+
+    spectra: list[list[float]]
 
 
 def _model(hidden: int) -> nn.Module:
@@ -87,7 +94,7 @@ def _gradient_alignment(model: nn.Module, x: Tensor, y: Tensor) -> float:
     the normal parameterization, ``v`` for weight norm (whose gradient is orthogonal to ``v``).
     """
     layer = cast(nn.Sequential, model)[1]
-    name = "weight_v" if weight_norm_specs(layer) else "weight"
+    name = "weight_v" if wn.weight_norm_specs(layer) else "weight"
     params = {k: p.detach() for k, p in model.named_parameters()}
     key = f"1.{name}"
 
@@ -103,15 +110,15 @@ def _gradient_alignment(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((along / mean_eig.clamp_min(1e-30)).mean())
 
 
-def _run(job: MethodSeed, settings: ConditioningSettings, data: Dataset) -> dict[str, Any]:
+def _run(job: MethodSeed, settings: ConditioningSettings, data: Dataset) -> ConditioningRecord:
     torch.manual_seed(job.seed)
     gen = torch.Generator().manual_seed(job.seed)
     x_all, y_all = data.train.x, data.train.y
     hx, hy = x_all[: settings.hessian_samples], y_all[: settings.hessian_samples]
-    model = apply_weight_norm(_model(settings.hidden))
-    data_dependent_init(model, x_all[torch.randperm(len(y_all), generator=gen)[:256]])
+    model = wn.apply_weight_norm(_model(settings.hidden))
+    wn.data_dependent_init(model, x_all[torch.randperm(len(y_all), generator=gen)[:256]])
     if job.method == "normal":
-        fold(model)  # the same function, in the normal parameterization
+        wn.fold(model)  # the same function, in the normal parameterization
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr)
     curves: dict[str, list[float]] = {
         k: [] for k in ("step", "top", "cond10", "cond100", "grad_along_w", "loss")
@@ -136,16 +143,16 @@ def _run(job: MethodSeed, settings: ConditioningSettings, data: Dataset) -> dict
         with torch.no_grad():
             curves["loss"].append(float(nn.functional.cross_entropy(model(hx), hy)))
         spectra.append([float(v) for v in eig])
-    return {"method": job.method, "seed": job.seed, "curves": curves, "spectra": spectra}
+    return ConditioningRecord(job.method, job.seed, curves, spectra)
 
 
-def _spectra_plot(records: dict[str, list[dict[str, Any]]], steps: tuple[int, ...]) -> bytes:
+def _spectra_plot(records: dict[str, list[ConditioningRecord]], steps: tuple[int, ...]) -> bytes:
     plt = pyplot()
 
     fig, axes = plt.subplots(1, len(steps), figsize=(4.2 * len(steps), 3.6), squeeze=False)
     for ax, (i, step) in zip(axes[0], enumerate(steps), strict=True):
         for method, runs in records.items():
-            eig = [v for v in runs[0]["spectra"][i] if v > 0]
+            eig = [v for v in runs[0].spectra[i] if v > 0]
             ax.plot(range(1, len(eig) + 1), eig, label=method)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -163,6 +170,7 @@ def run_conditioning(
     settings: ConditioningSettings | None = None,
     *,
     workers: int = 1,
+    threads: int = 1,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the conditioning experiment and write its report into ``out``; returns the summary."""
@@ -176,7 +184,15 @@ def run_conditioning(
         "data": data.fingerprint(),
     }
     records = run_method_seeds(
-        out, run, METHODS, settings.seeds, context, workers=workers, progress=progress
+        out,
+        run,
+        ConditioningRecord,
+        METHODS,
+        settings.seeds,
+        context,
+        workers=workers,
+        threads=threads,
+        progress=progress,
     )
     table = [
         "| step | method | top eigenvalue | lambda_1/lambda_10 | lambda_1/lambda_100 | "
@@ -188,7 +204,7 @@ def run_conditioning(
         for method in METHODS:
             row = {}
             for key in ("top", "cond10", "cond100", "grad_along_w"):
-                row[key] = mean_std([r["curves"][key][i] for r in records[method]])
+                row[key] = mean_std([r.curves[key][i] for r in records[method]])
             summary[f"{method}@{step}"] = row
             table.append(
                 f"| {step} | {method} | {row['top'][0]:.3g} +- {row['top'][1]:.2g} | "

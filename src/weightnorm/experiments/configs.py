@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import nn
@@ -30,15 +30,28 @@ class NamedConfig:
     data_args: dict[str, Any]
     quick_data_args: dict[str, Any]
 
-    def factory(self, data: Dataset, quick: bool, **overrides: Any) -> Callable[..., nn.Module]:
-        """A picklable ``factory(norm=...)`` building this configuration's network."""
-        kwargs = {**(self.quick_network if quick else self.network), **overrides}
-        return functools.partial(paper_cnn, data.input_shape[0], data.num_classes, **kwargs)
+    @staticmethod
+    def factory(data: Dataset, network: dict[str, Any]) -> Callable[..., nn.Module]:
+        """A picklable ``factory(norm=...)`` building the network ``network`` describes."""
+        return functools.partial(paper_cnn, data.input_shape[0], data.num_classes, **network)
 
-    def settings(self, quick: bool, **overrides: Any) -> ComparisonConfig:
-        """The comparison settings, with command-line overrides applied."""
+    def tree(self, quick: bool) -> dict[str, Any]:
+        """Every setting of this configuration as one tree, the target of ``--set KEY=VALUE``:
+        the :class:`ComparisonConfig` fields, ``network.*`` (:func:`paper_cnn`'s keywords) and
+        ``data.*`` (the loader's keywords)."""
         base = self.quick if quick else self.comparison
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        return {
+            **{f.name: getattr(base, f.name) for f in fields(base)},
+            "network": dict(self.quick_network if quick else self.network),
+            "data": dict(self.quick_data_args if quick else self.data_args),
+        }
+
+    @staticmethod
+    def split(tree: dict[str, Any]) -> tuple[ComparisonConfig, dict[str, Any], dict[str, Any]]:
+        """A :meth:`tree` back as ``(comparison settings, network keywords, data keywords)``."""
+        names = {f.name for f in fields(ComparisonConfig)}
+        config = ComparisonConfig(**{k: v for k, v in tree.items() if k in names})
+        return config, dict(tree["network"]), dict(tree["data"])
 
 
 CONFIGS: dict[str, NamedConfig] = {
@@ -51,8 +64,9 @@ CONFIGS: dict[str, NamedConfig] = {
             target_train_error=0.06,
         ),
         quick=ComparisonConfig(
-            name="mnist1d-quick", epochs=4, batch_size=100, seeds=2, init_batch_size=100,
-            lr_grid={"adam": (3e-3,), "sgd": (3e-2,)}, target_train_error=0.75,
+            name="mnist1d-quick", epochs=4, batch_size=100, seeds=2, candidates=1,
+            init_batch_size=100, lr_grid={"adam": (3e-3,), "sgd": (3e-2,)},
+            target_train_error=0.75,
         ),
         network={"dims": 1, "widths": (32, 64), "dropout": 0.3, "noise": 0.15},
         quick_network={"dims": 1, "widths": (8, 16), "dropout": 0.3, "noise": 0.15},
@@ -68,7 +82,8 @@ CONFIGS: dict[str, NamedConfig] = {
             target_train_error=0.05,
         ),
         quick=ComparisonConfig(
-            name="digits-quick", epochs=3, batch_size=50, seeds=2, init_batch_size=100,
+            name="digits-quick", epochs=3, batch_size=50, seeds=2, candidates=1,
+            init_batch_size=100,
             lr_grid={"adam": (3e-3,), "sgd": (3e-2,)}, target_train_error=0.6,
         ),
         network={"dims": 2, "widths": (16, 32), "dropout": 0.3, "noise": 0.15, "pool": False},
@@ -86,7 +101,8 @@ CONFIGS: dict[str, NamedConfig] = {
             optimizers=("adam",),
         ),
         quick=ComparisonConfig(
-            name="cifar10-quick", epochs=2, batch_size=100, seeds=1, init_batch_size=100,
+            name="cifar10-quick", epochs=2, batch_size=100, seeds=1, candidates=1,
+            init_batch_size=100,
             lr_grid={"adam": (3e-3,), "sgd": (3e-2,)}, optimizers=("adam",),
         ),
         network={"dims": 2, "widths": (96, 192), "dropout": 0.5, "noise": 0.15},

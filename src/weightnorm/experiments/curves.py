@@ -7,14 +7,15 @@ import io
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._env import environment
-from .._io import atomic_write_bytes, atomic_write_text
+from ._env import environment
+from ._io import atomic_write_bytes, atomic_write_text
 from .plotting import png, pyplot
+from .records import CurveRecord, to_json
 
 __all__ = ["Curve", "mean_std", "write_curves_report"]
 
@@ -54,14 +55,14 @@ def _band(curves: list[list[float]]) -> tuple[list[float], list[float], list[flo
 
 
 def _plot(
-    records: dict[str, list[dict[str, Any]]], curve: Curve, x_key: str, x_label: str, title: str
+    records: Mapping[str, Sequence[CurveRecord]], curve: Curve, x_key: str, x_label: str, title: str
 ) -> bytes:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method, runs in records.items():
-        curves = [r["curves"][curve.key] for r in runs]
-        xs = runs[0]["curves"][x_key]
+        curves = [r.curves[curve.key] for r in runs]
+        xs = runs[0].curves[x_key]
         mean, lo, hi = _band(curves)
         (line,) = ax.plot(xs[: len(mean)], mean, label=method)
         ax.fill_between(xs[: len(mean)], lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
@@ -81,7 +82,7 @@ def write_curves_report(
     *,
     title: str,
     intro: str,
-    records: dict[str, list[dict[str, Any]]],
+    records: Mapping[str, Sequence[CurveRecord]],
     curves: list[Curve],
     x_key: str,
     x_label: str,
@@ -111,7 +112,8 @@ def write_curves_report(
         out / "results.json",
         json.dumps(
             {"title": title, "settings": settings, "environment": env,
-             "wall_time_s": wall_time_s, "runs": records},
+             "wall_time_s": wall_time_s,
+             "runs": {m: [to_json(r) for r in runs] for m, runs in records.items()}},
             indent=1, default=str,
         ),
     )  # fmt: skip
@@ -121,8 +123,8 @@ def write_curves_report(
     writer.writerow(["method", "seed", *keys])
     for method, runs in records.items():
         for run in runs:
-            for i in range(len(run["curves"][x_key])):
-                writer.writerow([method, run.get("seed", ""), *(run["curves"][k][i] for k in keys)])
+            for i in range(len(run.curves[x_key])):
+                writer.writerow([method, run.seed, *(run.curves[k][i] for k in keys)])
     atomic_write_text(out / "results.csv", buffer.getvalue())
     images = "\n".join(f"![{p}]({p})" for p in plots)
     body = "\n".join(table)

@@ -12,11 +12,13 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["Dataset", "Split", "cifar10", "digits", "mnist1d", "zca_whiten"]
 
@@ -60,6 +62,8 @@ class Dataset:
 def _split_train_val(
     x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    import numpy as np
+
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(len(y))
@@ -75,6 +79,8 @@ def _standardized(
     test: tuple[np.ndarray, np.ndarray],
     num_classes: int,
 ) -> Dataset:
+    import numpy as np
+
     mean = train[0].mean(axis=0, keepdims=True)
     std = train[0].std(axis=0, keepdims=True) + 1e-6
 
@@ -109,6 +115,7 @@ def mnist1d(num_samples: int = 10_000, val_fraction: float = 0.125, seed: int = 
 
 def digits(test_fraction: float = 0.2, val_fraction: float = 0.125, seed: int = 0) -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images), inputs ``(1, 8, 8)``."""
+    import numpy as np
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -150,6 +157,8 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
     try:
         with path.open("rb") as handle:
             batch = _BatchUnpickler(io.BytesIO(handle.read()), encoding="bytes").load()
@@ -181,6 +190,8 @@ def zca_whiten(train: np.ndarray, *others: np.ndarray, eps: float = 1e-2) -> lis
     features the covariance is handled through a thin SVD of the data (exactly: directions
     outside the data's span have variance 0 and are scaled by ``eps^-1/2``).
     """
+    import numpy as np
+
     flat = train.reshape(len(train), -1).astype(np.float64)
     mean = flat.mean(axis=0)
     centred = flat - mean
@@ -215,6 +226,8 @@ def cifar10(data_dir: str | Path, val_fraction: float = 0.1, seed: int = 0) -> D
     Raises:
         CifarFormatError: the directory or a file is missing or malformed.
     """
+    import numpy as np
+
     root = Path(data_dir)
     if not root.is_dir():
         raise CifarFormatError(f"CIFAR-10 directory {root} does not exist")

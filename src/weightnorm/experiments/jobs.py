@@ -1,10 +1,14 @@
 """Resumable, parallel runs: every experiment's runs go through :class:`Jobs`.
 
-A job is any frozen dataclass with a ``name``; running it returns a JSON-able record. Each
-record is written atomically to ``<out>/runs/<name>.json`` with a key hashing everything that
-determines it; a rerun skips jobs whose file holds the same key, so an interruption loses only
-the jobs in flight and a changed configuration never reuses stale results. Under
-``torch.distributed`` every rank runs every job (the job itself is distributed) and rank 0 writes.
+A job is any frozen dataclass with a ``name``; running it returns a typed record (a frozen
+dataclass, :mod:`.records`). Each record is written atomically to ``<out>/runs/<name>.json``
+under a key hashing everything that determines it, the number of torch threads included; a
+rerun reuses a file only if its key matches and its record is complete and valid, so an
+interruption loses only the jobs in flight and a changed configuration never reuses stale
+results. Every job runs with the same number of torch threads whether it runs in this process or
+in a worker (a run's numbers depend on it: reductions split differently). Worker processes exit
+when the main process dies, even by ``SIGKILL``. Under ``torch.distributed`` every rank runs
+every job (the job itself is distributed) and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -14,19 +18,33 @@ import hashlib
 import json
 import multiprocessing
 import os
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import asdict, dataclass, is_dataclass
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
-from .. import __version__
-from .._io import atomic_write_text
+import weightnorm
 
-__all__ = ["Job", "Jobs", "MethodSeed", "Progress", "distributed", "run_method_seeds"]
+from ._io import atomic_write_text
+from .records import RecordError, from_json, to_json
+
+__all__ = [
+    "Job",
+    "Jobs",
+    "MethodSeed",
+    "Progress",
+    "distributed",
+    "run_method_seeds",
+    "torch_threads",
+]
 
 Progress = Callable[[int, int, str], None]
+R = TypeVar("R")
 
 
 class Job(Hashable, Protocol):
@@ -44,27 +62,49 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(run: Callable[[Any], dict[str, Any]], threads: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    while True:  # a killed parent leaves us with another parent (init or a subreaper)
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def _worker_init(run: Callable[[Any], Any], threads: int, parent: int) -> None:
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     _WORKER["run"] = run
 
 
-def _worker_run(job: Any) -> dict[str, Any]:
-    return _WORKER["run"](job)  # type: ignore[no-any-return]
+def _worker_run(job: Any) -> Any:
+    return _WORKER["run"](job)
 
 
-class Jobs:
+class Jobs(Generic[R]):
     """Run jobs in this process or in ``workers`` spawned processes, keeping every result.
 
     Args:
         out: the experiment's folder (records go to ``out/runs``).
         run: ``run(job) -> record``; picklable when ``workers > 1`` (it is sent once per worker).
+        record_type: the records' dataclass (a stored file is reused only if it parses as one).
         context: everything besides the job that determines a record (settings, data
-            fingerprint, architecture); hashed into each record's key with the library version.
+            fingerprint, architecture); hashed into each record's key with the library version,
+            the torch version and ``threads``.
         workers: parallel processes.
+        threads: torch threads of every run, in this process or a worker.
         progress: ``progress(done, total, message)`` after each job.
         describe: a short status of a finished record for the progress message.
     """
@@ -72,54 +112,62 @@ class Jobs:
     def __init__(
         self,
         out: str | Path,
-        run: Callable[[Any], dict[str, Any]],
+        run: Callable[[Any], R],
+        record_type: type[R],
         context: dict[str, Any],
         *,
         workers: int = 1,
+        threads: int = 1,
         progress: Progress | None = None,
-        describe: Callable[[dict[str, Any]], str] = lambda record: "done",
+        describe: Callable[[R], str] = lambda record: "done",
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.out, self.run_job, self.context = Path(out), run, context
-        self.workers, self.progress, self.describe = workers, progress, describe
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.out, self.run_job, self.record_type = Path(out), run, record_type
+        self.context, self.workers, self.threads = context, workers, threads
+        self.progress, self.describe = progress, describe
         self.total = 0
         self.done = 0
         self.rank, self.world = distributed()
         self.pool: cf.ProcessPoolExecutor | None = None
 
     def key(self, job: Job) -> str:
+        """The hash of everything that determines ``job``'s record."""
         payload = {
-            "version": __version__,
+            "version": weightnorm.__version__,
             "torch": torch.__version__.split("+")[0],
+            "threads": self.threads,
             "context": self.context,
-            "job": asdict(job) if is_dataclass(job) else repr(job),  # type: ignore[arg-type]
+            "job": asdict(job),  # type: ignore[call-overload]
         }
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def path(self, job: Job) -> Path:
+        """Where ``job``'s record is kept."""
         return self.out / "runs" / f"{job.name}.json"
 
-    def _load(self, job: Job) -> dict[str, Any] | None:
+    def _load(self, job: Job) -> R | None:
         record = None
         if self.rank == 0:
             try:
-                loaded = json.loads(self.path(job).read_text())
-            except (OSError, ValueError):
-                loaded = None
-            if isinstance(loaded, dict) and loaded.get("key") == self.key(job):
-                record = loaded
+                stored = json.loads(self.path(job).read_text())
+                if isinstance(stored, dict) and stored.get("key") == self.key(job):
+                    record = from_json(self.record_type, stored.get("record"))
+            except (OSError, ValueError, RecordError):  # absent, cut short, stale or edited
+                record = None
         if self.world > 1:  # rank 0 decides, so every rank runs the same jobs
             box = [record]
             torch.distributed.broadcast_object_list(box, src=0)
             record = box[0]
         return record
 
-    def _finished(self, job: Job, record: dict[str, Any], cached: bool) -> dict[str, Any]:
-        record = {**record, "key": self.key(job)}
+    def _finished(self, job: Job, record: R, cached: bool) -> R:
         if not cached and self.rank == 0:
-            atomic_write_text(self.path(job), json.dumps(record, indent=1, default=str))
+            stored = {"key": self.key(job), "record": to_json(record)}
+            atomic_write_text(self.path(job), json.dumps(stored, indent=1))
         self.done += 1
         if self.progress is not None:
             note = " (cached)" if cached else ""
@@ -132,10 +180,10 @@ class Jobs:
         if self.progress is not None and self.done == 0:
             self.progress(0, self.total, f"{self.total} runs to do or load")
 
-    def run(self, jobs: Iterable[Job]) -> dict[Any, dict[str, Any]]:
+    def run(self, jobs: Iterable[Job]) -> dict[Any, R]:
         """Run (or load) every job; returns ``{job: record}`` in the order given."""
         jobs = list(jobs)
-        results: dict[Any, dict[str, Any]] = {}
+        results: dict[Any, R] = {}
         todo = []
         for job in jobs:
             cached = self._load(job)
@@ -144,8 +192,9 @@ class Jobs:
             else:
                 todo.append(job)
         if self.workers <= 1 or self.world > 1 or len(todo) <= 1:
-            for job in todo:
-                results[job] = self._finished(job, self.run_job(job), cached=False)
+            with torch_threads(self.threads):
+                for job in todo:
+                    results[job] = self._finished(job, self.run_job(job), cached=False)
         else:
             pool = self._pool()
             futures = {pool.submit(_worker_run, job): job for job in todo}
@@ -161,12 +210,11 @@ class Jobs:
 
     def _pool(self) -> cf.ProcessPoolExecutor:
         if self.pool is None:
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
             self.pool = cf.ProcessPoolExecutor(
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_init,
-                initargs=(self.run_job, threads),
+                initargs=(self.run_job, self.threads, os.getpid()),
             )
         return self.pool
 
@@ -176,7 +224,7 @@ class Jobs:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
-    def __enter__(self) -> Jobs:
+    def __enter__(self) -> Jobs[R]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -197,18 +245,22 @@ class MethodSeed:
 
 def run_method_seeds(
     out: str | Path,
-    run: Callable[[MethodSeed], dict[str, Any]],
+    run: Callable[[MethodSeed], R],
+    record_type: type[R],
     methods: Iterable[str],
     seeds: int,
     context: dict[str, Any],
     *,
     workers: int = 1,
+    threads: int = 1,
     progress: Progress | None = None,
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, list[R]]:
     """Run every (method, seed) through :class:`Jobs`; ``{method: [record per seed]}``."""
     methods = tuple(methods)
     jobs = [MethodSeed(m, s) for m in methods for s in range(seeds)]
-    with Jobs(out, run, context, workers=workers, progress=progress) as runner:
+    with Jobs(
+        out, run, record_type, context, workers=workers, threads=threads, progress=progress
+    ) as runner:
         runner.expect(len(jobs))
         done = runner.run(jobs)
     return {m: [done[j] for j in jobs if j.method == m] for m in methods}

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .._model import apply_weight_norm
-from ..init import data_dependent_init, data_dependent_init_plain
+import weightnorm as wn
+
 from .models import Norm
 
 __all__ = ["METHODS", "Method", "build_method"]
@@ -45,9 +45,9 @@ def build_method(
     """Build the model for ``method``: ``factory(norm=...)``, then weight norm and data init."""
     model = factory(norm=method.norm)
     if method.weight_norm:
-        apply_weight_norm(model)
+        wn.apply_weight_norm(model)
         if method.data_init:
-            data_dependent_init(model, init_batch)
+            wn.data_dependent_init(model, init_batch)
     elif method.data_init:
-        data_dependent_init_plain(model, init_batch)
+        wn.data_dependent_init_plain(model, init_batch)
     return model

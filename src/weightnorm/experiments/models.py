@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..batchnorm import MeanOnlyBatchNorm1d, MeanOnlyBatchNorm2d
+import weightnorm as wn
 
 __all__ = ["GaussianNoise", "Norm", "paper_cnn"]
 
@@ -43,7 +43,7 @@ def _norm_layer(norm: Norm, channels: int, dims: int) -> nn.Module:
     if norm == "bn":
         return nn.BatchNorm1d(channels) if dims == 1 else nn.BatchNorm2d(channels)
     if norm == "mobn":
-        return MeanOnlyBatchNorm1d(channels) if dims == 1 else MeanOnlyBatchNorm2d(channels)
+        return wn.MeanOnlyBatchNorm1d(channels) if dims == 1 else wn.MeanOnlyBatchNorm2d(channels)
     raise ValueError(f"norm must be 'none', 'bn' or 'mobn', got {norm!r}")
 
 

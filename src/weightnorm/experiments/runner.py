@@ -7,8 +7,12 @@ skips runs whose file holds the same key, so an interrupted comparison loses not
 a changed configuration never reuses stale results.
 
 Protocol: for each optimizer and method, every learning rate of the grid is trained with seed 0
-and scored by its final validation error; the best one is trained again with seeds 1..S-1; the
-seed-0 run of the sweep is the first of the S final runs. Test errors are only reported.
+and scored by its final validation error (a diverged run scores 100%); the ``candidates`` best
+rates are trained again with seeds 1..S-1, and the rate with the lowest validation error averaged
+over all S seeds is chosen. Its S runs are the method's result; test errors are only reported.
+One seed at the edge of stability cannot decide the choice: a rate that is good for seed 0 only
+loses to a neighbour that is good for every seed. Every run uses the same number of torch threads
+(``threads``, part of each run's key), so a run's numbers are the same in every execution path.
 """
 
 from __future__ import annotations
@@ -19,19 +23,30 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 
-from ..batchnorm import SyncMeanOnlyBatchNorm
-from .data import Dataset, Split
-from .jobs import Jobs, Progress, distributed
-from .methods import METHODS, build_method
+import weightnorm as wn
 
-__all__ = ["ComparisonConfig", "ComparisonResult", "RunSpec", "run_comparison", "train_run"]
+from .data import Dataset, Split
+from .jobs import Jobs, Progress, distributed, torch_threads
+from .methods import METHODS, build_method
+from .records import RecordError
+
+__all__ = [
+    "ComparisonConfig",
+    "ComparisonResult",
+    "RunRecord",
+    "RunSpec",
+    "run_comparison",
+    "set_paper_schedule",
+    "time_steps",
+    "train_run",
+]
 
 #: Learning rates tried per optimizer unless a configuration says otherwise.
 DEFAULT_LR_GRID: dict[str, tuple[float, ...]] = {
@@ -50,7 +65,9 @@ class ComparisonConfig:
         batch_size: minibatch size (paper: 100).
         optimizers: ``"adam"`` (the paper's) and/or ``"sgd"`` (momentum, same schedule shape).
         lr_grid: learning rates tried per optimizer.
-        seeds: final runs per method and optimizer (the sweep's seed 0 is the first).
+        seeds: runs per method and optimizer at its chosen rate (the sweep's seed 0 is the
+            first).
+        candidates: rates per method and optimizer trained with every seed before choosing.
         methods: names from :data:`weightnorm.experiments.METHODS`.
         init_batch_size: samples of the data-dependent initialization batch (paper: 500).
         target_train_error: training error whose first crossing is reported per method
@@ -63,6 +80,7 @@ class ComparisonConfig:
     optimizers: tuple[str, ...] = ("adam", "sgd")
     lr_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_LR_GRID))
     seeds: int = 3
+    candidates: int = 2
     methods: tuple[str, ...] = tuple(METHODS)
     init_batch_size: int = 500
     target_train_error: float | None = None
@@ -75,6 +93,8 @@ class ComparisonConfig:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
         if self.init_batch_size < 2:
             raise ValueError(f"init_batch_size must be >= 2, got {self.init_batch_size}")
         for opt in self.optimizers:
@@ -107,24 +127,70 @@ class RunSpec:
         return f"{self.method}-{self.optimizer}-lr{self.lr:g}-s{self.seed}"
 
 
+_CURVES = ("train_loss", "train_error", "val_error", "test_error", "epoch_time_s")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished run: per-epoch curves (NaN after a divergence), final errors, timing."""
+
+    spec: RunSpec
+    diverged: bool
+    curves: dict[str, list[float]]
+    final: dict[str, float]  # train_error, val_error, test_error at the last epoch
+    median_epoch_time_s: float
+    world_size: int
+
+    def check(self) -> None:
+        """:class:`~weightnorm.experiments.records.RecordError` unless every curve is there,
+        with one value per epoch."""
+        missing = [k for k in _CURVES if k not in self.curves]
+        lengths = {len(v) for v in self.curves.values()}
+        if (
+            missing
+            or len(lengths) != 1
+            or not {"train_error", "val_error", "test_error"} <= set(self.final)
+        ):
+            raise RecordError(f"record {self.spec.name}: incomplete curves or final errors")
+
+    @property
+    def score(self) -> float:
+        """The final validation error; 1.0 for a diverged run."""
+        val = self.final["val_error"]
+        return 1.0 if self.diverged or not math.isfinite(val) else float(val)
+
+
 @dataclass
 class ComparisonResult:
     """What a comparison produced: every run's record, the chosen learning rates, the config."""
 
     config: ComparisonConfig
-    runs: list[dict[str, Any]]
+    runs: list[RunRecord]
     chosen_lr: dict[str, dict[str, float]]  # optimizer -> method -> lr
     data: dict[str, Any]
     wall_time_s: float
-    # optimizer -> method -> training-step time / the normal parameterization's, measured in
-    # one interleaved timing pass (parallel runs share the machine: their clocks are not)
-    step_time_ratio: dict[str, dict[str, float]] = field(default_factory=dict)
+    # optimizer -> method -> per-round training-step time / the normal parameterization's,
+    # from one interleaved timing pass (parallel runs share the machine: their clocks do not)
+    step_time_ratios: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def runs_of(self, optimizer: str, method: str, lr: float | None = None) -> list[RunRecord]:
+        """The runs of ``method`` under ``optimizer`` at ``lr`` (default: its chosen rate), in
+        seed order."""
+        lr = self.chosen_lr[optimizer][method] if lr is None else lr
+        found = [
+            r
+            for r in self.runs
+            if r.spec.optimizer == optimizer and r.spec.method == method and r.spec.lr == lr
+        ]
+        return sorted(found, key=lambda r: r.spec.seed)
 
 
 # --- one run -----------------------------------------------------------------------------------
 
 
-def _set_schedule(opt: torch.optim.Optimizer, kind: str, lr0: float, step: int, total: int) -> None:
+def set_paper_schedule(
+    opt: torch.optim.Optimizer, kind: str, lr0: float, step: int, total: int
+) -> None:
     """The paper's schedule: lr0 and momentum 0.9 for the first half, then momentum 0.5 and a
     linear decay of the learning rate to 0 over the second half."""
     half = total // 2
@@ -164,7 +230,7 @@ def train_run(
     data: Dataset,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     device: str | torch.device = "cpu",
-) -> dict[str, Any]:
+) -> RunRecord:
     """Train one run and return its record (curves per epoch, final errors, timings).
 
     Under ``torch.distributed`` (``torchrun``) every rank takes its slice of each minibatch, the
@@ -184,7 +250,7 @@ def train_run(
         if device.type == "cuda":  # torch's SyncBatchNorm runs on GPUs only; on CPU each rank
             # normalizes its own slice of the batch (plain DDP behaviour)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
-        model = SyncMeanOnlyBatchNorm.convert_sync_mean_only_batchnorm(model)
+        model = wn.SyncMeanOnlyBatchNorm.convert_sync_mean_only_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(model)
     opt = _make_optimizer(spec.optimizer, model.parameters(), spec.lr)
     steps = math.ceil(n / config.batch_size)
@@ -200,14 +266,14 @@ def train_run(
         sums = torch.zeros(3, dtype=torch.float64)  # loss, errors, samples
         start = time.perf_counter()
         for i in range(steps):
-            _set_schedule(opt, spec.optimizer, spec.lr, epoch * steps + i, total)
+            set_paper_schedule(opt, spec.optimizer, spec.lr, epoch * steps + i, total)
             idx = perm[i * config.batch_size : (i + 1) * config.batch_size][rank::world]
             x = data.train.x[idx].to(device)  # (batch, channels, *positions)
             y = data.train.y[idx].to(device)  # (batch,)
             out = model(x)
             loss = loss_fn(out, y)
             opt.zero_grad(set_to_none=True)
-            (loss / len(idx)).backward()  # type: ignore[no-untyped-call]
+            (loss / len(idx)).backward()
             opt.step()
             sums += torch.tensor([loss.item(), float((out.argmax(1) != y).sum()), len(idx)])
         elapsed = time.perf_counter() - start
@@ -231,14 +297,14 @@ def train_run(
             on_epoch(epoch, record)
     for values in curves.values():  # a diverged run keeps its length: NaN after divergence
         values.extend([math.nan] * (config.epochs - len(values)))
-    return {
-        "spec": asdict(spec),
-        "diverged": diverged,
-        "curves": curves,
-        "final": {k: curves[k][-1] for k in ("train_error", "val_error", "test_error")},
-        "median_epoch_time_s": _nanmedian(curves["epoch_time_s"]),
-        "world_size": world,
-    }
+    return RunRecord(
+        spec=spec,
+        diverged=diverged,
+        curves=curves,
+        final={k: curves[k][-1] for k in ("train_error", "val_error", "test_error")},
+        median_epoch_time_s=_nanmedian(curves["epoch_time_s"]),
+        world_size=world,
+    )
 
 
 def _nanmedian(values: list[float]) -> float:
@@ -259,21 +325,21 @@ def time_steps(
     chosen_lr: dict[str, dict[str, float]],
     *,
     device: str = "cpu",
-    rounds: int = 7,
+    rounds: int = 15,
     steps: int = 8,
-) -> dict[str, dict[str, float]]:
-    """Training-step time of each method relative to the normal parameterization.
+) -> dict[str, dict[str, list[float]]]:
+    """Training-step time of each method relative to the normal parameterization, per round.
 
     All methods are timed in this process, interleaved round by round in shuffled order, on
     the same minibatch; the ratio to the baseline (``normal-init``, else ``normal``, else the
-    first method) is taken per round and the median reported.
+    first method) is taken per round. Timings vary from run to run: report their spread.
     """
     rng = random.Random(0)
     dev = torch.device(device)
     x = data.train.x[: config.batch_size].to(dev)
     y = data.train.y[: config.batch_size].to(dev)
     init = data.train.x[: config.init_batch_size]
-    result: dict[str, dict[str, float]] = {}
+    result: dict[str, dict[str, list[float]]] = {}
     for opt_name in config.optimizers:
         step_fns = {}
         for method in config.methods:
@@ -302,29 +368,24 @@ def time_steps(
                 times[method] = time.perf_counter() - start
             for method in step_fns:
                 per_round[method].append(times[method] / times[base])
-        result[opt_name] = {m: statistics.median(v) for m, v in per_round.items()}
+        result[opt_name] = per_round
     return result
 
 
 def _with_epochs(
     spec: RunSpec,
     *,
-    run: Callable[..., dict[str, Any]],
+    run: Callable[..., RunRecord],
     report: Callable[[str, int, int], None],
     epochs: int,
-) -> dict[str, Any]:
+) -> RunRecord:
     return run(spec, on_epoch=lambda epoch, record: report(spec.name, epoch + 1, epochs))
 
 
-def _describe(record: dict[str, Any]) -> str:
-    if record["diverged"]:
+def _describe(record: RunRecord) -> str:
+    if record.diverged:
         return "diverged"
-    return f"test error {record['final']['test_error']:.4f}"
-
-
-def _score(record: dict[str, Any]) -> float:
-    val = record["final"]["val_error"]
-    return 1.0 if record["diverged"] or not math.isfinite(val) else float(val)
+    return f"test error {record.final['test_error']:.4f}"
 
 
 def run_comparison(
@@ -337,6 +398,7 @@ def run_comparison(
     progress: Progress | None = None,
     epoch_progress: Callable[[str, int, int], None] | None = None,
     device: str = "cpu",
+    threads: int = 1,
 ) -> ComparisonResult:
     """Compare the methods of ``config`` on ``data`` with models from ``factory``.
 
@@ -353,7 +415,9 @@ def run_comparison(
         progress: called as ``progress(done, total, message)`` after every run.
         epoch_progress: called as ``epoch_progress(run name, epoch, epochs)`` after every epoch
             of runs trained in this process (``workers=1``).
-        device: where to train (``"cpu"``, ``"cuda"``); results do not depend on it.
+        device: where to train (``"cpu"``, ``"cuda"``).
+        threads: torch threads of every run (part of each run's key: the numbers depend on
+            it), in this process or a worker.
 
     Returns:
         A :class:`ComparisonResult` with every run's record and the chosen learning rates.
@@ -361,8 +425,9 @@ def run_comparison(
     Example::
 
         >>> import functools
-        >>> from weightnorm.experiments import ComparisonConfig, run_comparison, digits
+        >>> from weightnorm.experiments.data import digits
         >>> from weightnorm.experiments.models import paper_cnn
+        >>> from weightnorm.experiments.runner import ComparisonConfig, run_comparison
         >>> cfg = ComparisonConfig(epochs=2, seeds=1, optimizers=("adam",),
         ...                        lr_grid={"adam": (3e-3,)}, methods=("wn-init",))
         >>> factory = functools.partial(paper_cnn, 1, 10, dims=2, widths=(4, 8), pool=False)
@@ -375,53 +440,59 @@ def run_comparison(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     start = time.perf_counter()
-    sweep = [
-        RunSpec(m, o, float(lr), 0)
-        for o in config.optimizers
-        for m in config.methods
-        for lr in config.lr_grid[o]
-    ]
+    pairs = [(o, m) for o in config.optimizers for m in config.methods]
+    sweep = [RunSpec(m, o, float(lr), 0) for o, m in pairs for lr in config.lr_grid[o]]
     context = {
         "data": data.fingerprint(),
         "architecture": {norm: repr(factory(norm=norm)) for norm in ("none", "bn", "mobn")},
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "init_batch_size": config.init_batch_size,
+        "device": torch.device(device).type,
     }
-    run: Callable[[RunSpec], dict[str, Any]] = functools.partial(
+    run: Callable[[RunSpec], RunRecord] = functools.partial(
         train_run, config=config, factory=factory, data=data, device=device
     )
     if workers == 1 and epoch_progress is not None:
         run = functools.partial(_with_epochs, run=run, report=epoch_progress, epochs=config.epochs)
-    with Jobs(out, run, context, workers=workers, progress=progress, describe=_describe) as jobs:
-        jobs.expect(len(sweep) + (config.seeds - 1) * len(config.optimizers) * len(config.methods))
-        swept = jobs.run(sweep)
-        chosen: dict[str, dict[str, float]] = {o: {} for o in config.optimizers}
-        for o in config.optimizers:
-            for m in config.methods:
-                candidates = [s for s in sweep if s.optimizer == o and s.method == m]
-                best = min(candidates, key=lambda s: (_score(swept[s]), s.lr))
-                chosen[o][m] = best.lr
-        finals = [
-            RunSpec(m, o, chosen[o][m], seed)
-            for o in config.optimizers
-            for m in config.methods
+    jobs = Jobs(
+        out, run, RunRecord, context, workers=workers, threads=threads, progress=progress,
+        describe=_describe,
+    )  # fmt: skip
+    with jobs:
+        extra = config.seeds - 1
+        candidates = {o: min(config.candidates, len(config.lr_grid[o])) for o in config.optimizers}
+        jobs.expect(len(sweep) + sum(candidates[o] * extra for o, _ in pairs))
+        done = dict(jobs.run(sweep))
+        shortlist = {
+            (o, m): sorted(
+                config.lr_grid[o], key=lambda lr: (done[RunSpec(m, o, lr, 0)].score, lr)
+            )[: candidates[o]]
+            for o, m in pairs
+        }
+        more = [
+            RunSpec(m, o, float(lr), seed)
+            for (o, m), rates in shortlist.items()
+            for lr in rates
             for seed in range(1, config.seeds)
         ]
-        final_records = jobs.run(finals)
-    runs = []
-    for spec, record in [*swept.items(), *final_records.items()]:
-        record = dict(record)
-        record["final_run"] = spec.lr == chosen[spec.optimizer][spec.method]
-        runs.append(record)
+        done.update(jobs.run(more))
+    chosen: dict[str, dict[str, float]] = {o: {} for o in config.optimizers}
+    for (o, m), rates in shortlist.items():
+
+        def mean_score(lr: float, o: str = o, m: str = m) -> float:
+            return statistics.fmean(done[RunSpec(m, o, lr, s)].score for s in range(config.seeds))
+
+        chosen[o][m] = min(rates, key=lambda lr: (mean_score(lr), lr))
     # the timing pass builds models (data init all-reduces): single-process runs only
     _, world = distributed()
-    ratios = {} if world > 1 else time_steps(config, factory, data, chosen, device=device)
+    with torch_threads(threads):
+        ratios = {} if world > 1 else time_steps(config, factory, data, chosen, device=device)
     return ComparisonResult(
         config=config,
-        runs=runs,
+        runs=list(done.values()),
         chosen_lr=chosen,
-        step_time_ratio=ratios,
+        step_time_ratios=ratios,
         data={
             "name": data.name,
             "fingerprint": data.fingerprint(),

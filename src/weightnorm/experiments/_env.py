@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+import weightnorm
+
 __all__ = ["environment"]
 
 
@@ -19,10 +21,8 @@ def environment() -> dict[str, Any]:
         >>> sorted(environment())
         ['cpus', 'machine', 'processor', 'python', 'threads', 'torch', 'weightnorm']
     """
-    from . import __version__
-
     return {
-        "weightnorm": __version__,
+        "weightnorm": weightnorm.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),

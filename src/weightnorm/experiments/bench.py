@@ -38,11 +38,11 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+import weightnorm as wn
+
 from . import zoo
 from ._env import environment
-from ._model import apply_weight_norm, fold, replace_torch_weight_norm
-from .init import data_dependent_init
-from .optim import WeightNormOptimizer
+from .models import paper_cnn
 
 __all__ = [
     "CPU_MODELS",
@@ -87,7 +87,7 @@ class DilatedStack(nn.Module):
         h = self.inp(x)  # (batch, channels, length)
         for conv in self.convs:
             h = h + conv(nn.functional.leaky_relu(h, 0.1))
-        return torch.tanh(self.out(h))  # type: ignore[no-any-return]
+        return torch.tanh(self.out(h))
 
 
 def cifar_cnn() -> nn.Module:
@@ -103,8 +103,6 @@ def cifar_cnn() -> nn.Module:
 
 def paper_1d() -> nn.Module:
     """The 1-D paper network of ``weightnorm reproduce`` (its MNIST-1D configuration)."""
-    from .experiments.models import paper_cnn
-
     return paper_cnn(1, 10, dims=1, widths=(32, 64), dropout=0.3, noise=0.15)
 
 
@@ -158,14 +156,14 @@ def _adam(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def _optimizer_level(model: nn.Module) -> tuple[nn.Module, Callable[[nn.Module], Any]]:
-    return model, lambda m: WeightNormOptimizer(m, torch.optim.Adam, lr=1e-4)
+    return model, lambda m: wn.optim.WeightNormOptimizer(m, torch.optim.Adam, lr=1e-4)
 
 
 Setup = Callable[[nn.Module], tuple[nn.Module, Callable[[nn.Module], torch.optim.Optimizer]]]
 
 IMPLEMENTATIONS: dict[str, Setup] = {
     "plain": lambda m: (m, _adam),
-    "weightnorm": lambda m: (apply_weight_norm(m), _adam),
+    "weightnorm": lambda m: (wn.apply_weight_norm(m), _adam),
     "weightnorm-optim": _optimizer_level,
     "torch-legacy": lambda m: (_torch_legacy(m), _adam),
     "torch-parametrize": lambda m: (_torch_parametrize(m), _adam),
@@ -296,13 +294,13 @@ def _zoo_step(
     model = spec.build(seed).to(device)  # (torch's legacy hook cannot be deep-copied: build)
     make_opt: Callable[[nn.Module], torch.optim.Optimizer] = _adam
     if impl == "plain":
-        fold(model)
+        wn.fold(model)
     elif impl == "weightnorm":
-        replace_torch_weight_norm(model)
+        wn.replace_torch_weight_norm(model)
     elif impl == "weightnorm-optim":
 
         def make_opt(m: nn.Module) -> torch.optim.Optimizer:
-            return WeightNormOptimizer.from_model(m, torch.optim.Adam, lr=1e-4)
+            return wn.optim.WeightNormOptimizer.from_model(m, torch.optim.Adam, lr=1e-4)
 
     args, kwargs = spec.inputs(seed)
     inputs = (
@@ -314,7 +312,7 @@ def _zoo_step(
     )
 
 
-class _LiveBytes(TorchDispatchMode):  # type: ignore[misc]
+class _LiveBytes(TorchDispatchMode):
     """Bytes of tensor storage created inside the mode and still alive, and their peak.
 
     Storages that exist before (``known``: parameters, optimizer state) are not counted; a
@@ -399,9 +397,9 @@ def run_benchmarks(
     """Time a training step (forward, backward, Adam) of every model under every implementation.
 
     ``models`` are names of :data:`MODELS` (our own networks, normalized by each
-    implementation) or of the zoo (:data:`weightnorm.zoo.ZOO`: real models, each timed plain
-    (folded), with torch's weight norm as its package applies it (``"torch"``), with ours
-    (``"weightnorm"``) and at the optimizer (``"weightnorm-optim"``)); ``implementations``
+    implementation) or of the zoo (:data:`weightnorm.experiments.zoo.ZOO`: real models, each
+    timed plain (folded), with torch's weight norm as its package applies it (``"torch"``), with
+    ours (``"weightnorm"``) and at the optimizer (``"weightnorm-optim"``)); ``implementations``
     filters each model's own set (default: all of it).
 
     Returns one :class:`BenchResult` per pair, ratios relative to ``"plain"`` in the same round,
@@ -530,17 +528,17 @@ def run_extras(
         spec = MODELS[name]
         torch.manual_seed(seed)
         plain = spec.build().eval()
-        normed = apply_weight_norm(copy.deepcopy(plain))
+        normed = wn.apply_weight_norm(copy.deepcopy(plain))
         x, _ = _inputs(spec, seed)
         with torch.no_grad():
             expected = normed(x)
-            folded = fold(copy.deepcopy(normed))
+            folded = wn.fold(copy.deepcopy(normed))
             if not torch.allclose(folded(x), expected, atol=1e-5, rtol=1e-4):
                 raise RuntimeError(f"{name}: the folded model disagrees with the normalized one")
             t_plain = _median_time(functools.partial(plain, x), repeats, 5)
             t_folded = _median_time(functools.partial(folded, x), repeats, 5)
             t_normed = _median_time(functools.partial(normed, x), repeats, 5)
-        init = functools.partial(data_dependent_init, normed, x)
+        init = functools.partial(wn.data_dependent_init, normed, x)
         t_init = _median_time(init, max(3, repeats // 3), 1)
         rows.append(
             {

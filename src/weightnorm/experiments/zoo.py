@@ -16,7 +16,7 @@ imports it. Install the packages with ``pip install "weightnorm[zoo]"``.
 
 Example::
 
-    >>> from weightnorm import zoo
+    >>> from weightnorm.experiments import zoo
     >>> spec = zoo.ZOO["speecht5-hifigan"]
     >>> model = spec.build()
     >>> spec.loss(model, spec.inputs(0)).ndim

@@ -1,0 +1,149 @@
+"""The command line's conventions: one-line errors, help on every option, checks before work.
+
+Runs with torch alone (the bare-install check of .ci/run runs this file too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from weightnorm.cli import build_parser, main
+from weightnorm.experiments.settings import apply_overrides, flatten
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "weightnorm", *args], capture_output=True, text=True
+    )
+
+
+def every_parser() -> list[tuple[str, argparse.ArgumentParser]]:
+    found = []
+
+    def walk(name: str, parser: argparse.ArgumentParser) -> None:
+        found.append((name, parser))
+        for action in parser._actions:  # argparse keeps its subparsers here
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, child in action.choices.items():
+                    walk(f"{name} {sub}", child)
+
+    walk("weightnorm", build_parser())
+    return found
+
+
+@pytest.mark.parametrize(("name", "parser"), every_parser(), ids=lambda x: str(x))
+def test_every_option_has_help_and_one_default(name: str, parser: argparse.ArgumentParser) -> None:
+    text = parser.format_help()
+    assert text.count("(default:") == text.count("default:"), name
+    assert ") (default" not in text, name
+    for action in parser._actions:
+        if action.option_strings and action.help != argparse.SUPPRESS:
+            assert action.help, f"{name}: {action.option_strings} has no help"
+
+
+def test_bench_help_names_its_models_and_implementations() -> None:
+    text = build_parser().parse_known_args  # (the parser is built once per call below)
+    del text
+    proc = cli("bench", "--help")
+    assert proc.returncode == 0
+    for name in ("mlp-b16", "speecht5-hifigan", "weightnorm-optim", "parametrize"):
+        assert name in proc.stdout, name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "invalid choice: 'nope'"),
+        (["bench", "--rounds", "0"], "--rounds: expected a positive integer, got 0"),
+        (["convert"], "the following arguments are required: input, output, --to"),
+        (["reproduce", "vae", "--config", "x"], "unrecognized arguments: --config x"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], message: str) -> None:
+    proc = cli(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
+    assert lines[0].startswith("weightnorm")
+    assert "--help)" in lines[0]
+
+
+def test_bench_json_is_checked_before_the_benchmark(tmp_path: Path) -> None:
+    for target, message in (
+        ("/proc/x.json", "not writable"),
+        (str(tmp_path / "missing" / "x.json"), "does not exist"),
+        (str(tmp_path), "is a folder"),
+    ):
+        proc = cli("bench", "--models", "mlp-b16", "--rounds", "1", "--json", target)
+        assert proc.returncode == 2
+        assert message in proc.stderr
+        assert "Training step" not in proc.stdout  # nothing was timed
+        assert "Traceback" not in proc.stderr
+
+
+def test_reproduce_is_the_comparison_by_default() -> None:
+    args = build_parser().parse_args(["reproduce", "comparison", "--quick"])
+    assert args.experiment == "comparison"
+    proc = cli("reproduce", "--help")
+    assert proc.returncode == 0
+    for name in ("comparison", "conditioning", "vae", "recurrent", "dqn"):
+        assert name in proc.stdout
+    assert main(["reproduce", "--set", "x"]) == 2  # parsed as the comparison's --set
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    widths: tuple[int, ...] = (8, 16)
+    dropout: float = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    epochs: int = 4
+    name: str = "x"
+    flag: bool = False
+    target: float | None = None
+    grid: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=lambda: {"a": (0.1,)})
+    net: Inner = Inner()
+
+
+def test_set_parses_by_the_settings_type() -> None:
+    got = apply_overrides(
+        Settings(),
+        ["epochs=7", "name=y", "flag=true", "target=0.25", "grid.a=1e-3,3e-3",
+         "net.widths=4,8,16", "net.dropout=0"],
+    )  # fmt: skip
+    assert got == Settings(7, "y", True, 0.25, {"a": (1e-3, 3e-3)}, Inner((4, 8, 16), 0.0))
+    assert apply_overrides(got, ["target=none"]).target is None
+    assert Settings().grid == {"a": (0.1,)}  # never modified
+    assert flatten(Settings()) == {
+        "epochs": 4, "name": "x", "flag": False, "target": None, "grid.a": (0.1,),
+        "net.widths": (8, 16), "net.dropout": 0.3,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("epochs=1.5", "--set epochs: expected an integer, got '1.5'"),
+        ("flag=maybe", "--set flag: expected true or false, got 'maybe'"),
+        ("net.dropout=nan", "--set net.dropout: expected a finite number, got 'nan'"),
+        ("net.widths=4,x", "--set net.widths: expected an integer, got 'x'"),
+        ("net=1", "--set net: a group of settings; set its entries: net.widths, net.dropout"),
+        ("epochs.x=1", "--set epochs.x: 'epochs' is a single setting, not a group"),
+        ("grid.b=1", "--set grid.b: unknown setting 'b'; expected one of a"),
+        ("=1", "--set: expected KEY=VALUE, got '=1'"),
+        ("epochs=none", "--set epochs: this setting cannot be none"),
+    ],
+)
+def test_set_refuses_what_does_not_fit(assignment: str, message: str) -> None:
+    with pytest.raises(ValueError, match=r".") as err:
+        apply_overrides(Settings(), [assignment])
+    assert str(err.value) == message
