@@ -389,10 +389,28 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     )
 
 
+PINNED = Path(__file__).parents[1] / "docs" / "pinned-quick.json"
+PINNED_ARGS = ("reproduce", "--quick", "--set", "seeds=1")
+
+
+def pinned_numbers(out: Path) -> dict[str, dict[str, float]]:
+    """The final errors of every run of ``weightnorm reproduce --quick --set seeds=1``."""
+    runs = (json.loads(p.read_text())["record"] for p in sorted((out / "runs").glob("*.json")))
+    return {f"{r['spec']['method']}-{r['spec']['optimizer']}": r["final"] for r in runs}
+
+
 def test_reproduce_quick_writes_report(tmp_path: Path) -> None:
     out = tmp_path / "report"
-    proc = cli("reproduce", "--quick", "--out", str(out), "--set", "seeds=1")
+    proc = cli(*PINNED_ARGS, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
+    # the numbers committed beside docs/ (regenerate: python tests/test_experiments.py): the same
+    # configuration gives the same numbers on a fresh machine (rtol: other CPUs may round
+    # differently; on this project's machine they are equal)
+    pinned = json.loads(PINNED.read_text())
+    got = pinned_numbers(out)
+    assert set(got) == set(pinned)
+    for name, final in pinned.items():
+        assert got[name] == pytest.approx(final, rel=1e-6, abs=1e-9), name
     assert "report:" in proc.stdout
     assert "[1/14]" in proc.stderr  # plain progress lines when not on a terminal
     for name in ("report.md", "results.json", "results.csv", "curves_adam.png", "curves_sgd.png",
@@ -482,3 +500,14 @@ def test_reproduce_under_torchrun(tmp_path: Path) -> None:
     assert len(runs) == 2
     assert all(r["world_size"] == 2 for r in runs)
     assert (out / "report.md").is_file()
+
+
+if __name__ == "__main__":  # regenerate docs/pinned-quick.json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        done = cli(*PINNED_ARGS, "--out", folder, "--no-progress")
+        if done.returncode:
+            raise SystemExit(done.stderr)
+        PINNED.write_text(json.dumps(pinned_numbers(Path(folder)), indent=1, sort_keys=True) + "\n")
+        print(f"wrote {PINNED}")
