@@ -259,6 +259,25 @@ def test_with_an_lr_scheduler() -> None:
         assert torch.equal(a, b)
 
 
+def test_a_step_skipped_by_grad_scaler_is_not_renormalized() -> None:
+    model = net()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    wn.force_weight_norm(model, opt)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(loss_of(model)).backward()
+    model[0].weight_v.grad[0, 0, 0] = math.inf  # (an overflow: the scaler skips the step)
+    before = model[0].weight_v.detach().clone()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(model[0].weight_v.detach(), before)
+    opt.zero_grad()
+    scaler.scale(loss_of(model)).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert not torch.equal(model[0].weight_v.detach(), before)
+    assert_norms(model, SQRT_FAN_IN, 1e-6)
+
+
 def _save(*objects: object) -> bytes:
     buffer = io.BytesIO()
     torch.save([o.state_dict() for o in objects], buffer)  # type: ignore[attr-defined]
@@ -494,6 +513,23 @@ def test_edm2_magnitude_preserving_layer() -> None:
         torch.testing.assert_close(layer.weight_v.detach().norm(dim=1), torch.full((64,), 16.0))
         torch.testing.assert_close(layer.weight.detach().norm(dim=1), torch.ones(64))
     assert 0.9 < float(layer(x).detach().var()) < 1.1
+
+
+@pytest.mark.parametrize("fan_in", [16, 1024])
+def test_sqrt_fan_in_makes_adams_angular_step_about_lr(fan_in: int) -> None:
+    """The reason for EDM2's norm (docs of force_weight_norm): Adam moves every element by about
+    lr, so a unit of norm sqrt(fan_in) turns by about lr radians whatever its fan-in."""
+    torch.manual_seed(0)
+    layer = wn.WNLinear(fan_in, 32, bias=False, gain=1.0)
+    opt = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    wn.force_weight_norm(layer, opt)
+    tracker = wn.AngularStepTracker(layer, opt)
+    x, target = torch.randn(64, fan_in), torch.randn(64, 32)
+    for _ in range(5):
+        opt.zero_grad()
+        (layer(x) - target).pow(2).mean().backward()
+        opt.step()
+        assert 0.5e-3 < tracker.last()["weight"].mean < 1.5e-3
 
 
 # --- the optimizer-level mode -----------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Beyond the paper: forced weight normalization, and the quantities of training dynamics.
 
-Under weight normalization the gradient of ``v`` is orthogonal to ``v`` (paper eq. 3), so
-``||v||`` only grows and the angle by which a step turns each unit shrinks as ``1/||v||``
-(paper section 2.1): the norm of ``v`` sets the effective learning rate. EDM2 (Karras et al.,
+Under weight normalization the gradient of ``v`` is orthogonal to ``v`` (paper eq. 3), so a
+gradient step only lengthens ``v`` (paper section 2.1), and the angle by which a step turns each
+unit shrinks as ``||v||`` grows: as ``1/||v||^2`` under SGD (the gradient itself scales as
+``1/||v||``), as ``1/||v||`` under Adam (whose steps do not scale with the gradient). The norm
+of ``v`` sets the effective learning rate. EDM2 (Karras et al.,
 "Analyzing and Improving the Training Dynamics of Diffusion Models", CVPR 2024) removes that
 drift with *forced* weight normalization: after every step each unit of the stored weight is
 rescaled to a fixed norm, while the forward still normalizes (so the gradients stay the
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # (identity, not tensor, comparison)
 class _Target:
     """One weight-normalized weight: its ``v`` and ``g`` and how its units are laid out."""
 
@@ -222,8 +224,9 @@ def force_weight_norm(
     depend on ``||v||``); the forward still normalizes, so gradients stay the projected ones of
     the paper's eq. 3, and the angle each step turns a unit by no longer shrinks as ``||v||``
     grows. Works with any ``torch.optim`` optimizer (LBFGS with its closure: once per step), LR
-    schedulers, ``GradScaler`` (a skipped step is not followed by the hook), DDP (identical
-    parameters renormalize identically on every rank) and a ``torch.compile``\ d model.
+    schedulers, ``GradScaler`` (a step it skips is not followed by the hook), DDP (identical
+    parameters renormalize identically on every rank) and a model compiled with
+    ``torch.compile`` (the hook runs outside the graph; nothing recompiles).
 
     The norm ``c``: ``"sqrt_fan_in"`` (default) is EDM2's, ``sqrt`` of the number of elements of
     each unit (its ``normalize`` gives the stored weight elements of unit mean square): with
@@ -341,10 +344,10 @@ def _stats(t: _Target) -> WeightNormStats:
 def weight_norm_stats(source: nn.Module | WeightNormOptimizer) -> dict[str, WeightNormStats]:
     """``||v||`` and ``g`` per unit of every weight-normalized weight, by qualified name.
 
-    Under weight norm ``||v||`` only grows (the gradient is orthogonal to ``v``, paper eq. 3),
-    and the angle each step turns a unit by shrinks as ``1/||v||`` (paper section 2.1): its
-    growth is the effective learning-rate decay that forced weight normalization
-    (:func:`force_weight_norm`, EDM2) removes. Nothing is computed in a graph.
+    Under weight norm a gradient step only lengthens ``v`` (the gradient is orthogonal to
+    ``v``, paper eq. 3 and section 2.1), and the angle each step turns a unit by shrinks as
+    ``||v||`` grows: its growth is the effective learning-rate decay that forced weight
+    normalization (:func:`force_weight_norm`, EDM2) removes. Nothing is computed in a graph.
 
     Args:
         source (nn.Module or WeightNormOptimizer): a model carrying this library's weight norms,

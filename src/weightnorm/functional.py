@@ -322,9 +322,10 @@ def renormalize_(
     ``||v|| > eps``: below it the weight is ``g v/eps``). This is forced weight
     normalization (Karras et al., "Analyzing and Improving the Training Dynamics of Diffusion
     Models", CVPR 2024, eq. 66; ``MPConv`` in NVlabs/edm2): under weight norm the gradient is
-    orthogonal to ``v`` (paper eq. 3), so ``||v||`` only grows and the angle each step turns a
-    unit by shrinks as ``1/||v||`` (paper section 2.1); resetting ``||v||`` after every step
-    keeps that angle set by the learning rate alone. A zero unit stays zero.
+    orthogonal to ``v`` (paper eq. 3), so a gradient step only lengthens ``v`` and the angle
+    each step turns a unit by shrinks as ``||v||`` grows (paper section 2.1); resetting
+    ``||v||`` after every step keeps that angle set by the learning rate alone. A zero unit
+    stays zero.
 
     Norms are computed in float32 for float16/bfloat16 ``v`` (then ``||v|| = c`` only to that
     dtype's rounding).
