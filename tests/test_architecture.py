@@ -23,6 +23,7 @@ LIBRARY_LEVELS = [
     {"_reparam", "_torch_compat"},
     {"layers", "_model"},
     {"init", "batchnorm", "formats", "optim"},
+    {"dynamics"},  # forced weight norm and what to log: modules and the optimizer-level mode
     {"__init__"},
 ]
 LEVEL = {name: i for i, names in enumerate(LIBRARY_LEVELS) for name in names}

@@ -13,7 +13,7 @@ Example::
 
 from __future__ import annotations
 
-from . import functional, optim
+from . import dynamics, functional, optim
 from ._errors import WeightNormError
 from ._model import DEFAULT_LAYERS, apply_weight_norm, fold, replace_torch_weight_norm
 from ._reparam import (
@@ -29,6 +29,14 @@ from .batchnorm import (
     MeanOnlyBatchNorm2d,
     MeanOnlyBatchNorm3d,
     SyncMeanOnlyBatchNorm,
+)
+from .dynamics import (
+    AngularStep,
+    AngularStepTracker,
+    ForcedWeightNorm,
+    WeightNormStats,
+    force_weight_norm,
+    weight_norm_stats,
 )
 from .formats import convert_state_dict
 from .functional import HigherOrderGradientError, exact_gradients
@@ -46,7 +54,10 @@ from .layers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AngularStep",
+    "AngularStepTracker",
     "DEFAULT_LAYERS",
+    "ForcedWeightNorm",
     "MeanOnlyBatchNorm1d",
     "MeanOnlyBatchNorm2d",
     "MeanOnlyBatchNorm3d",
@@ -61,6 +72,7 @@ __all__ = [
     "HigherOrderGradientError",
     "WeightNormError",
     "WeightNormSpec",
+    "WeightNormStats",
     "__version__",
     "apply_weight_norm",
     "convert_state_dict",
@@ -68,7 +80,9 @@ __all__ = [
     "data_dependent_init_plain",
     "exact_gradients",
     "default_dim",
+    "dynamics",
     "fold",
+    "force_weight_norm",
     "functional",
     "is_weight_normed",
     "optim",
@@ -76,4 +90,5 @@ __all__ = [
     "replace_torch_weight_norm",
     "weight_norm",
     "weight_norm_specs",
+    "weight_norm_stats",
 ]

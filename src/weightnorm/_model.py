@@ -77,6 +77,7 @@ def apply_weight_norm(
     exclude: Iterable[str | type[nn.Module]] = (),
     dim: int | PerOutput | None = "output",
     eps: float = F.DEFAULT_EPS,
+    gain: float | None = None,
 ) -> M:
     """Weight-normalize every supported layer of ``model`` in place and return it.
 
@@ -97,7 +98,8 @@ def apply_weight_norm(
             Default: ``False``.
         exclude (iterable of str or type, optional): modules to skip, by qualified name
             (``fnmatch`` patterns such as ``"head.*"``) or by type. Default: none.
-        dim, eps: as in :func:`weightnorm.weight_norm`.
+        dim, eps, gain: as in :func:`weightnorm.weight_norm` (``gain=1.0``: a fixed gain, no
+            learned ``g``: EDM2's magnitude-preserving layers).
 
     Returns:
         The same model.
@@ -127,7 +129,7 @@ def apply_weight_norm(
                 f"{qualname or 'the model'}.{name} carries torch's weight norm; convert the model "
                 "with wn.replace_torch_weight_norm(model) first"
             )
-        weight_norm(module, name, dim=dim, eps=eps)
+        weight_norm(module, name, dim=dim, eps=eps, gain=gain)
     return model
 
 

@@ -9,6 +9,9 @@ step runs nothing but the math. The subclass is cached per original class and pi
 original class plus the list of normalized names, so ``copy.deepcopy``, ``pickle`` and
 ``torch.save(model)`` work. Removing the last weight norm restores the original class.
 
+With a fixed gain (``gain=c``) ``weight_g`` is a buffer filled with ``c`` instead of a
+parameter: saved, loaded, moved and copied with the module, never trained.
+
 The layer classes (``WNLinear`` ...) are this same mechanism with the property declared on the
 class; folding them gives back the plain ``torch.nn`` class.
 
@@ -23,6 +26,7 @@ assignment (``module.weight = t``) still sets ``g = ||t||``, ``v = t``.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import weakref
 from collections.abc import Callable
@@ -78,8 +82,9 @@ _SWAP_ORIG_LOCAL = "orig_tensor"
 
 @dataclass(frozen=True)
 class WeightNormSpec:
-    """How one parameter is normalized: the unit ``dim`` (non-negative or ``None``), ``eps``, and
-    ``groups`` (> 1 only for a grouped transposed convolution, see :mod:`weightnorm.functional`).
+    """How one parameter is normalized: the unit ``dim`` (non-negative or ``None``), ``eps``,
+    ``groups`` (> 1 only for a grouped transposed convolution, see :mod:`weightnorm.functional`)
+    and ``fixed_gain`` (``g`` a buffer, not a trained parameter: ``weight_norm(..., gain=c)``).
 
     ``ndim`` (the weight's rank) fixes the reduced dims and whether PyTorch's fused kernels fit
     the layout, computed once here rather than at every read of the weight."""
@@ -87,6 +92,7 @@ class WeightNormSpec:
     dim: int | None
     eps: float = F.DEFAULT_EPS
     groups: int = 1
+    fixed_gain: bool = False
     ndim: int = field(default=0, repr=False, compare=False)
     reduce_dims: tuple[int, ...] = field(init=False, repr=False, compare=False)
     layout_fusable: bool = field(init=False, repr=False, compare=False)
@@ -103,10 +109,14 @@ class WeightNormSpec:
 # --------------------------------------------------------------------------------------------
 
 
+def _gain(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
+    """``<name>_g``: a parameter, or with a fixed gain a buffer."""
+    return cast(Tensor, (module._buffers if spec.fixed_gain else module._parameters)[name + "_g"])
+
+
 def _compute(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
-    params = module._parameters
-    v = cast(Tensor, params[name + "_v"])
-    g = cast(Tensor, params[name + "_g"])
+    v = cast(Tensor, module._parameters[name + "_v"])
+    g = cast(Tensor, (module._buffers if spec.fixed_gain else module._parameters)[name + "_g"])
     if v.ndim != spec.ndim:  # replaced by a tensor of another rank: take the checked path
         return F.weight_norm(v, g, spec.dim, spec.eps, groups=spec.groups)
     return F._weight_norm_core(
@@ -159,9 +169,10 @@ def _sync(module: nn.Module) -> None:
 
 
 def _set_weight(module: nn.Module, name: str, spec: WeightNormSpec, value: Any) -> None:
-    """Make ``value`` the weight: ``g = ||value||``, ``v = value`` (in place: objects are kept)."""
+    """Make ``value`` the weight: ``g = ||value||``, ``v = value`` (in place: objects are kept).
+    With a fixed gain only its direction is taken: ``v = value``, ``g`` stays."""
     v = cast(nn.Parameter, module._parameters[name + "_v"])
-    g = cast(nn.Parameter, module._parameters[name + "_g"])
+    g = _gain(module, name, spec)
     if not isinstance(value, Tensor) or value.shape != v.shape:
         got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
         raise WeightNormError(
@@ -170,7 +181,8 @@ def _set_weight(module: nn.Module, name: str, spec: WeightNormSpec, value: Any) 
         )
     with torch.no_grad():
         src = value.detach()
-        g.copy_(F.norm_except_dim(src, spec.dim, groups=spec.groups).reshape(g.shape))
+        if not spec.fixed_gain:
+            g.copy_(F.norm_except_dim(src, spec.dim, groups=spec.groups).reshape(g.shape))
         v.copy_(src)
     module.__dict__.get(_LAST, {}).pop(name, None)
 
@@ -365,15 +377,19 @@ class _WeightNormMixin:
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
         module = cast(nn.Module, self)
         specs = weight_norm_specs(module)
-        before = {n: module._parameters[n + "_g"].detach() for n in specs}  # type: ignore[union-attr]
+        before = {n: _gain(module, n, s).detach() for n, s in specs.items()}
         out = super()._apply(fn, recurse)  # type: ignore[misc]
         kept_g = False
         for name, old_g in before.items():
-            g = cast(nn.Parameter, module._parameters[name + "_g"])
+            g = _gain(module, name, specs[name])
             v = cast(nn.Parameter, module._parameters[name + "_v"])
             if v.dtype in _LOW_PRECISION and g.dtype in _LOW_PRECISION:
                 # keep g in float32: a half-precision g cannot take small updates
-                g.data = old_g.to(device=g.device, dtype=torch.float32)
+                kept = old_g.to(device=g.device, dtype=torch.float32)
+                if specs[name].fixed_gain:  # (a buffer: replaced, as _apply does)
+                    module._buffers[name + "_g"] = kept
+                else:
+                    g.data = kept
                 kept_g = True
         module.__dict__.pop(_LAST, None)
         if kept_g:  # an RNN's cache was rebuilt from the half-precision g
@@ -386,7 +402,8 @@ class _WeightNormMixin:
         if not specs:
             return cast(str, base)
         parts = [
-            f"{n}(dim={s.dim}{', groups=' + str(s.groups) if s.groups > 1 else ''})"
+            f"{n}(dim={s.dim}{', groups=' + str(s.groups) if s.groups > 1 else ''}"
+            f"{', gain=fixed' if s.fixed_gain else ''})"
             for n, s in specs.items()
         ]
         return (
@@ -455,7 +472,7 @@ def weight_norm_specs(module: nn.Module) -> dict[str, WeightNormSpec]:
 
         >>> import torch, weightnorm as wn
         >>> wn.weight_norm_specs(wn.weight_norm(torch.nn.Linear(3, 2)))
-        {'weight': WeightNormSpec(dim=0, eps=1e-12, groups=1)}
+        {'weight': WeightNormSpec(dim=0, eps=1e-12, groups=1, fixed_gain=False)}
     """
     return dict(module.__dict__.get(_SPECS, _EMPTY))
 
@@ -490,7 +507,7 @@ def _accept_other_formats(
         else:
             return
     g, v = state_dict.get(kg), state_dict.get(kv)
-    own_g = module._parameters[name + "_g"]
+    own_g = (module._buffers if spec.fixed_gain else module._parameters).get(name + "_g")
     if not isinstance(g, Tensor) or not isinstance(v, Tensor) or own_g is None:
         return
     if g.shape == own_g.shape:
@@ -539,6 +556,8 @@ def weight_norm(
     name: str = "weight",
     dim: int | PerOutput | None = "output",
     eps: float = F.DEFAULT_EPS,
+    *,
+    gain: float | None = None,
 ) -> M:
     r"""Weight-normalize parameter ``name`` of ``module`` in place and return the module.
 
@@ -550,6 +569,16 @@ def weight_norm(
     ``<name>``). ``module.<name>`` stays readable at any time and is always current. Outputs are
     unchanged: ``g`` starts at ``||w||`` and ``v`` at ``w``.
 
+    With a fixed ``gain=c`` there is no learned magnitude: ``w = c v/||v||``, every unit of norm
+    ``c``, and ``<name>_g`` is a buffer holding ``c`` per unit (in the state dict, so the
+    checkpoint is an ordinary weight-norm one; loaded, moved and copied with the module, never
+    seen by an optimizer). Outputs change then: only the direction of ``w`` is kept, and
+    assigning the weight (``module.weight = t``, ``nn.init.*_``) sets its direction only. This
+    is EDM2's magnitude-preserving layer with ``c = 1`` (Karras et al., "Analyzing and
+    Improving the Training Dynamics of Diffusion Models", CVPR 2024, eq. 47: its ``MPConv``
+    divides a weight normalized to ``||v|| = sqrt(fan_in)`` by ``sqrt(fan_in)``, which is
+    ``v/||v||``); pair it with :func:`weightnorm.force_weight_norm`.
+
     Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2.
 
     Args:
@@ -560,13 +589,17 @@ def weight_norm(
             keeps PyTorch's meaning except that negative values count from the end; ``None``
             normalizes the whole tensor. Default: ``"output"``.
         eps (float, optional): lower bound on ``||v||``. Default: ``1e-12``.
+        gain (float, optional): a fixed gain ``c > 0`` instead of a learned ``g``. Default:
+            ``None`` (``g`` learned, the paper).
 
     Returns:
         The same module.
 
     Raises:
         WeightNormError: unknown, ``None``, non-floating or uninitialized (lazy) parameter, a
-            parameter already normalized (by us or by PyTorch), or ``dim`` out of range.
+            parameter already normalized (by us or by PyTorch), ``dim`` out of range, or a
+            ``gain`` that is not positive and finite.
+        TypeError: ``gain`` is not a real number.
 
     Example::
 
@@ -576,6 +609,11 @@ def weight_norm(
         ['bias', 'weight_g', 'weight_v']
         >>> conv.weight_g.shape
         torch.Size([8, 1, 1])
+        >>> mp = wn.weight_norm(torch.nn.Linear(4, 3), gain=1.0)  # fixed: every row of norm 1
+        >>> sorted(n for n, _ in mp.named_parameters()), [n for n, _ in mp.named_buffers()]
+        (['bias', 'weight_v'], ['weight_g'])
+        >>> bool(torch.allclose(mp.weight.norm(dim=1), torch.ones(3)))
+        True
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(module).__name__}")
@@ -612,6 +650,7 @@ def weight_norm(
             raise WeightNormError(f"{kind} already has an attribute {name + suffix!r}")
     if eps < 0:
         raise WeightNormError(f"eps must be >= 0, got {eps}")
+    _check_gain(gain)
     if dim == "output":
         unit_dim, groups = default_dim(module, name)
         if param.ndim == 0:
@@ -623,17 +662,38 @@ def weight_norm(
             raise WeightNormError(f"{kind}.{name} has shape {tuple(param.shape)}: {err}") from None
     else:
         raise WeightNormError(f"dim must be an int, None or 'output', got {dim!r}")
-    spec = WeightNormSpec(dim=unit_dim, eps=float(eps), groups=groups, ndim=param.ndim)
+    spec = WeightNormSpec(
+        dim=unit_dim, eps=float(eps), groups=groups, fixed_gain=gain is not None, ndim=param.ndim
+    )
 
     with torch.no_grad():
         norm = F.norm_except_dim(param.detach(), spec.dim, groups=spec.groups)
     g_dtype = torch.float32 if param.dtype in _LOW_PRECISION else param.dtype
-    g = nn.Parameter(norm.to(g_dtype), requires_grad=param.requires_grad)
-    _rename_parameter(module, name, {name + "_g": g, name + "_v": param})
+    if gain is None:
+        g = nn.Parameter(norm.to(g_dtype), requires_grad=param.requires_grad)
+        _rename_parameter(module, name, {name + "_g": g, name + "_v": param})
+    else:
+        _rename_parameter(module, name, {name + "_v": param})
+        module.register_buffer(name + "_g", torch.full_like(norm, float(gain), dtype=g_dtype))
     specs[name] = spec
     _set_specs(module, specs)
     refresh_rnn_weights(module)  # an RNN's cache of weights held the Parameter, now v
     return module
+
+
+def _check_gain(gain: object) -> None:
+    if gain is None:
+        return
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)):
+        raise TypeError(
+            f"gain must be None (a learned g) or a positive finite number (a fixed gain), got "
+            f"{type(gain).__name__} {gain!r}"
+        )
+    if not (math.isfinite(gain) and gain > 0):
+        raise WeightNormError(
+            f"gain must be None (a learned g) or a positive finite number (a fixed gain), got "
+            f"{gain!r}"
+        )
 
 
 def _rename_parameter(module: nn.Module, old: str, new: dict[str, nn.Parameter]) -> None:
@@ -690,8 +750,12 @@ def remove_weight_norm(module: M, name: str = "weight") -> M:
     with torch.no_grad():
         w = _compute(module, name, spec)
         v.copy_(w)
-    del module._parameters[name + "_v"]
-    _rename_parameter(module, name + "_g", {name: v})
+    if spec.fixed_gain:
+        del module._buffers[name + "_g"]
+        _rename_parameter(module, name + "_v", {name: v})
+    else:
+        del module._parameters[name + "_v"]
+        _rename_parameter(module, name + "_g", {name: v})
     _set_specs(module, specs)
     refresh_rnn_weights(module)  # an RNN's cache held the computed weight: the Parameter again
     return module

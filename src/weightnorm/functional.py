@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
 from collections.abc import Iterator
 from types import ModuleType
@@ -35,14 +36,21 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_EPS",
+    "FORCED_NORMS",
+    "ForcedNorm",
     "HigherOrderGradientError",
+    "angle_between",
+    "check_forced_norm",
     "closed_form_grads",
     "dim_of_g",
     "exact_gradients",
+    "forced_norm",
     "g_shape",
     "mean_only_batch_norm",
     "norm_except_dim",
     "normalize_dim",
+    "renormalize_",
+    "unit_size",
     "weight_norm",
 ]
 
@@ -204,6 +212,250 @@ def weight_norm(
     if groups == 1:
         dim = normalize_dim(dim, v.ndim)
     return _weight_norm_core(v, g, dim, eps, groups, tuple(_reduce_dims(v.ndim, dim, groups)))
+
+
+# --------------------------------------------------------------------------------------------
+# Beyond the paper: forced weight normalization, and the angle of a step
+# --------------------------------------------------------------------------------------------
+
+#: The fixed norm of forced weight normalization (:func:`renormalize_`): a positive finite
+#: number, or ``"sqrt_fan_in"``, the square root of the number of elements of each unit (EDM2's
+#: choice, see :func:`forced_norm`).
+ForcedNorm = float | Literal["sqrt_fan_in"]
+FORCED_NORMS: tuple[str, ...] = ("sqrt_fan_in",)
+
+
+def unit_size(shape: torch.Size | tuple[int, ...], dim: int | None = 0, *, groups: int = 1) -> int:
+    """The number of elements of each unit of a weight of ``shape`` normalized along ``dim``.
+
+    For an output unit of a Linear or Conv layer this is its fan-in (``in_features``,
+    ``in_channels / groups * kernel size``); ``dim=None`` makes the whole tensor one unit.
+
+    Example::
+
+        >>> unit_size((8, 3, 5), dim=0), unit_size((6, 4, 3), dim=1, groups=2)
+        (15, 9)
+        >>> unit_size((2, 3), None)
+        6
+    """
+    shape = tuple(shape)
+    total = int(torch.Size(shape).numel())
+    units = int(torch.Size(g_shape(shape, dim, groups)).numel())
+    return total // units if units else 0
+
+
+def check_forced_norm(norm: object) -> None:
+    """Raise unless ``norm`` is a valid :data:`ForcedNorm`.
+
+    Raises:
+        TypeError: ``norm`` is neither a real number nor a string.
+        ValueError: a number that is not positive and finite, or an unknown string.
+
+    Example::
+
+        >>> check_forced_norm("sqrt_fan_in"); check_forced_norm(1.0)
+        >>> check_forced_norm(0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: norm must be a positive finite number or one of ('sqrt_fan_in',), got 0.0
+    """
+    if isinstance(norm, str):
+        if norm not in FORCED_NORMS:
+            raise ValueError(
+                f"norm must be a positive finite number or one of {FORCED_NORMS}, got {norm!r}"
+            )
+        return
+    if isinstance(norm, bool) or not isinstance(norm, (int, float)):
+        raise TypeError(
+            f"norm must be a positive finite number or one of {FORCED_NORMS}, got "
+            f"{type(norm).__name__} {norm!r}"
+        )
+    if not (math.isfinite(norm) and norm > 0):
+        raise ValueError(
+            f"norm must be a positive finite number or one of {FORCED_NORMS}, got {norm!r}"
+        )
+
+
+def forced_norm(
+    norm: ForcedNorm, shape: torch.Size | tuple[int, ...], dim: int | None = 0, *, groups: int = 1
+) -> float:
+    """The norm every unit of a weight of ``shape`` is held at, as a number.
+
+    A number is returned as it is. ``"sqrt_fan_in"`` is ``sqrt(unit_size(shape, dim))``: the
+    norm of a unit whose elements have unit mean square. EDM2 (Karras et al., CVPR 2024) holds
+    each output unit of its stored weights there (its ``normalize`` divides by
+    ``||v|| / sqrt(fan_in)``): with Adam, whose updates have about the same size ``lr`` for every
+    element, the angle a step turns a unit of that norm by is then about ``lr`` whatever the
+    unit's fan-in; at norm 1 it would grow as ``lr * sqrt(fan_in)``.
+
+    Raises:
+        TypeError, ValueError: ``norm`` is not a :data:`ForcedNorm` (see
+            :func:`check_forced_norm`).
+
+    Example::
+
+        >>> forced_norm("sqrt_fan_in", (4, 3, 3), dim=0), forced_norm(1.0, (4, 3, 3))
+        (3.0, 1.0)
+    """
+    check_forced_norm(norm)
+    if isinstance(norm, str):  # "sqrt_fan_in"
+        return math.sqrt(unit_size(shape, dim, groups=groups))
+    return float(norm)
+
+
+def renormalize_(
+    v: Tensor,
+    norm: ForcedNorm = 1.0,
+    dim: int | None = 0,
+    *,
+    groups: int = 1,
+    eps: float = DEFAULT_EPS,
+    rtol: float = 0.0,
+) -> Tensor:
+    r"""Scale every unit of ``v`` in place to a fixed norm; return ``v``.
+
+    .. math::
+        \mathbf{v} \leftarrow \frac{c}{\max(\|\mathbf{v}\|, \epsilon)}\,\mathbf{v}
+
+    one scale per unit, computed under ``torch.no_grad()`` (outside any autograd graph). The
+    direction of each unit, and so ``weight_norm(v, g)``, is unchanged (for units with
+    ``||v|| > eps``: below it the weight is ``g v/eps``). This is forced weight
+    normalization (Karras et al., "Analyzing and Improving the Training Dynamics of Diffusion
+    Models", CVPR 2024, eq. 66; ``MPConv`` in NVlabs/edm2): under weight norm the gradient is
+    orthogonal to ``v`` (paper eq. 3), so a gradient step only lengthens ``v`` and the angle
+    each step turns a unit by shrinks as ``||v||`` grows (paper section 2.1); resetting
+    ``||v||`` after every step keeps that angle set by the learning rate alone. A zero unit
+    stays zero.
+
+    Norms are computed in float32 for float16/bfloat16 ``v`` (then ``||v|| = c`` only to that
+    dtype's rounding).
+
+    Args:
+        v (Tensor): the direction tensor, changed in place.
+        norm (float or "sqrt_fan_in", optional): the norm ``c`` of every unit (see
+            :func:`forced_norm`). Default: ``1.0``.
+        dim (int or None, optional): the unit dimension (see the module docstring). Default: ``0``.
+        groups (int, optional): groups of a grouped transposed convolution. Default: ``1``.
+        eps (float, optional): lower bound on ``||v||`` in the division. Default: ``1e-12``.
+        rtol (float, optional): units whose norm is already within ``rtol * c`` of ``c`` are
+            left bit for bit as they are (``0``: every unit is rescaled). Rescaling a unit that
+            is at ``c`` already moves its elements by rounding; a tolerance makes a second call
+            change nothing. Default: ``0.0``.
+
+    Returns:
+        ``v``.
+
+    Raises:
+        TypeError, ValueError: a bad ``norm`` (see :func:`check_forced_norm`); ``eps`` or
+            ``rtol`` negative.
+
+    Example::
+
+        >>> v = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
+        >>> renormalize_(v, 10.0)
+        tensor([[ 6.,  8.],
+                [ 0., 10.]])
+    """
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not rtol >= 0:
+        raise ValueError(f"rtol must be >= 0, got {rtol}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if groups == 1:
+        dim = normalize_dim(dim, v.ndim)
+    target = forced_norm(norm, v.shape, dim, groups=groups)
+    _renormalize(v, target, tuple(_reduce_dims(v.ndim, dim, groups)), groups, eps, rtol)
+    return v
+
+
+def _renormalize(
+    v: Tensor, target: float, dims: tuple[int, ...], groups: int, eps: float, rtol: float
+) -> None:
+    """:func:`renormalize_` after validation: ``target`` a number, ``dims`` the reduced dims."""
+    with torch.no_grad():
+        x = _grouped_view(v, groups) if groups > 1 else v
+        current = _norm(x, dims)  # (float32 for half v)
+        # (a floor above 0 even for eps=0: a zero unit times c/0 would be NaN, not zero)
+        scale = torch.div(target, current.clamp_min(max(eps, torch.finfo(current.dtype).tiny)))
+        if rtol > 0:  # units already at the target keep their bits
+            settled = (current - target).abs() <= rtol * target
+            scale = torch.where(settled, torch.ones_like(scale), scale)
+        if groups == 1:
+            v.mul_(scale)
+        else:  # (the grouped view may be a copy)
+            v.copy_((x * scale).reshape(v.shape))
+
+
+def _settled_rtol(dtype: torch.dtype) -> float:
+    """How close to its fixed norm a unit of ``dtype`` counts as already there when forcing
+    starts: well above the rounding one renormalization leaves (measured here up to ~9 float32
+    ulps for units of 1e5 elements), so that starting to force weights loaded from a forced run
+    leaves them bit for bit, and a resumed run continues exactly. (After each step every unit
+    is rescaled, without a tolerance.)"""
+    if dtype == torch.float64:
+        return 1e-12
+    if dtype in _LOW_PRECISION:
+        return 1e-2
+    return 1e-5
+
+
+def angle_between(
+    a: Tensor, b: Tensor, dim: int | None = 0, *, groups: int = 1, eps: float = DEFAULT_EPS
+) -> Tensor:
+    r"""The angle, in radians, between each unit of ``a`` and the same unit of ``b``.
+
+    .. math::
+        \theta = 2 \operatorname{atan2}\big(\|\hat a - \hat b\|, \|\hat a + \hat b\|\big),
+        \qquad \hat a = \frac{a}{\max(\|a\|, \epsilon)}
+
+    (Kahan's formula: accurate for small and for nearly opposite angles alike, where
+    ``acos(a.b / (|a||b|))`` loses half the digits: a step that turns a unit by 1e-4 rad gives
+    a cosine within 5e-9 of 1). The angle of an update of a weight-normalized ``v`` is the angle
+    its ``w`` turns by (for ``g > 0``). Computed in float32 for float16/bfloat16 inputs, else
+    in their dtype; the rounding of the inputs bounds what it resolves (about 1e-7 rad in
+    float32, 1e-16 in float64). A zero unit has no direction: its angle to a nonzero one is
+    reported as ``pi/2``, to a zero one as ``0``.
+
+    Args:
+        a, b (Tensor): tensors of one shape.
+        dim (int or None, optional): the unit dimension (see the module docstring). Default: ``0``.
+        groups (int, optional): groups of a grouped transposed convolution. Default: ``1``.
+        eps (float, optional): lower bound on the norms. Default: ``1e-12``.
+
+    Returns:
+        The angles in ``[0, pi]``, of shape :func:`g_shape` ``(a.shape, dim, groups)``.
+
+    Raises:
+        ValueError: ``a`` and ``b`` differ in shape.
+
+    Example::
+
+        >>> a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+        >>> b = torch.tensor([[0.0, 2.0], [-3.0, 0.0], [3.0, 3.0]])
+        >>> [round(x, 6) for x in angle_between(a, b).flatten().tolist()]  # pi/2, pi, 0
+        [1.570796, 3.141593, 0.0]
+    """
+    if a.shape != b.shape:
+        raise ValueError(
+            f"angle_between needs two tensors of one shape, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if groups == 1:
+        dim = normalize_dim(dim, a.ndim)
+    dims = _reduce_dims(a.ndim, dim, groups)
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    if dtype in _LOW_PRECISION:
+        dtype = torch.float32
+    with torch.no_grad():
+        xa = (_grouped_view(a, groups) if groups > 1 else a).to(dtype)
+        xb = (_grouped_view(b, groups) if groups > 1 else b).to(dtype)
+        floor = max(eps, torch.finfo(dtype).tiny)  # (a zero unit: 0/0 would be NaN)
+        ua = xa / _norm(xa, dims).clamp_min(floor)
+        ub = xb / _norm(xb, dims).clamp_min(floor)
+        return 2 * torch.atan2(_norm(ua - ub, dims), _norm(ua + ub, dims))
 
 
 # --------------------------------------------------------------------------------------------

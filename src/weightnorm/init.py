@@ -93,6 +93,12 @@ def _init_targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
             continue
         if not isinstance(module, DEFAULT_LAYERS):
             continue  # recurrent and embedding weights keep their standard init (paper, sec. 3)
+        if spec.fixed_gain:
+            raise WeightNormError(
+                f"data-dependent init sets g, and {qualname or 'the model'} has a fixed gain "
+                "(weight_norm(..., gain=c)); expected a learned g on every weight-normalized "
+                "layer (exclude the fixed-gain ones when applying weight norm, or skip this init)"
+            )
         per_output = (spec.dim, spec.groups) == default_dim(module)
         if not per_output:
             raise WeightNormError(
@@ -203,7 +209,8 @@ def data_dependent_init(
     Raises:
         WeightNormError: no weight-normalized layer, a batch of one sample, NaN/Inf in the
             inputs or statistics, a layer normalized along a dim other than its output units,
-            or a non-positive ``init_scale``.
+            a layer with a fixed gain (``gain=c``: there is no g to set), or a non-positive
+            ``init_scale``.
 
     Example::
 

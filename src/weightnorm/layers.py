@@ -1,7 +1,9 @@
 """Weight-normalized layers: ``torch.nn`` layers with ``wn.weight_norm`` applied at construction.
 
 Each class takes exactly the constructor arguments of its ``torch.nn`` counterpart (``device`` and
-``dtype`` included), plus the keyword-only ``dim`` and ``eps`` of :func:`weightnorm.weight_norm`.
+``dtype`` included), plus the keyword-only ``dim``, ``eps`` and ``gain`` of
+:func:`weightnorm.weight_norm` (``gain=1.0``: EDM2's magnitude-preserving layer, a fixed gain and
+no learned ``g``).
 They are the same mechanism as ``wn.weight_norm(nn.Conv1d(...))``, not a second implementation:
 the parameters are ``weight_g`` and ``weight_v``, ``layer.weight`` is always current, and
 ``wn.remove_weight_norm(layer)`` turns the layer into the plain ``torch.nn`` class.
@@ -42,10 +44,11 @@ class _WNLayer(_WeightNormMixin):
         *args: Any,
         dim: int | PerOutput | None = "output",
         eps: float = DEFAULT_EPS,
+        gain: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        weight_norm(self, "weight", dim=dim, eps=eps)  # type: ignore[type-var]
+        weight_norm(self, "weight", dim=dim, eps=eps, gain=gain)  # type: ignore[type-var]
 
 
 class WNLinear(_WNLayer, nn.Linear):

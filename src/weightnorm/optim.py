@@ -29,7 +29,15 @@ from torch import Tensor, nn
 from . import functional as F
 from ._errors import WeightNormError
 from ._model import DEFAULT_LAYERS, fold
-from ._reparam import PerOutput, WeightNormSpec, _sync, default_dim, weight_norm_specs
+from ._reparam import (
+    PerOutput,
+    WeightNormSpec,
+    _check_gain,
+    _gain,
+    _sync,
+    default_dim,
+    weight_norm_specs,
+)
 from ._torch_compat import find_torch_weight_norms
 
 __all__ = ["WeightNormOptimizer"]
@@ -45,6 +53,16 @@ _ELEMENTWISE: tuple[type[torch.optim.Optimizer], ...] = (
     torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta,
     torch.optim.ASGD, torch.optim.Rprop,
 )  # fmt: skip
+
+
+def _check_forced(forced: object) -> None:
+    if forced is not None:
+        try:
+            F.check_forced_norm(forced)
+        except ValueError as err:
+            raise WeightNormError(f"forced: {err}") from None
+        except TypeError as err:
+            raise TypeError(f"forced: {err}") from None
 
 
 def _is_elementwise(factory: Callable[..., Any]) -> bool:
@@ -64,7 +82,8 @@ class _Entry:
 
     Without ``g``/``v``, they start at ``g = ||w||``, ``v = w``. Given (a weight norm taken over
     from a model), they are copied as they are: ``v`` keeps its own norm, ``g`` its dtype, and
-    the weight is rewritten as ``g v/||v||``.
+    the weight is rewritten as ``g v/||v||``. With ``learn_g=False`` (a fixed gain) ``g`` is a
+    plain tensor that the wrapped optimizer never sees.
     """
 
     def __init__(
@@ -76,8 +95,10 @@ class _Entry:
         eps: float,
         g: Tensor | None = None,
         v: Tensor | None = None,
+        learn_g: bool = True,
     ) -> None:
         self.name, self.w, self.dim, self.groups, self.eps = name, w, dim, groups, eps
+        self.learn_g = learn_g
         self.local = _local_rows(name, w, dim, groups)  # this rank's rows of an FSDP2 weight
         with torch.no_grad():
             if self.local is not None:
@@ -103,7 +124,8 @@ class _Entry:
                     )
                 g = g.detach().reshape(shape)  # torch's whole-tensor g is 0-d
         # copies: the optimizer owns g and v, never the model's tensors
-        self.g: Tensor = nn.Parameter(g.detach().clone().to(w.device))
+        g = g.detach().clone().to(w.device)
+        self.g: Tensor = nn.Parameter(g) if learn_g else g
         self.v: Tensor = nn.Parameter(v.detach().clone().to(device=w.device, dtype=w.dtype))
         self.g_grad: Tensor | None = None
         self.v_grad: Tensor | None = None
@@ -112,6 +134,16 @@ class _Entry:
         self.fusable = F._torch_fusable(self.v, self.g, dim, groups)
         self.norms: Tensor | None = None  # from the last fused write, when every norm > eps
         self.write_weight()
+
+    def fix_gain(self, gain: float) -> None:
+        """Make ``g`` the constant ``gain`` per unit, not trained (before any :class:`_Pack`)."""
+        self.g = torch.full_like(self.g.detach(), gain)
+        self.learn_g = False
+        self.write_weight()
+
+    def stepped(self) -> tuple[Tensor, ...]:
+        """The tensors the wrapped optimizer updates: ``g`` (when learned) and ``v``."""
+        return (self.g, self.v) if self.learn_g else (self.v,)
 
     def to_g_v_grads(self, copies: tuple[list[Tensor], list[Tensor]] | None = None) -> None:
         """grad_g = grad_w . v/||v||; grad_v = g/||v|| (grad_w - (grad_w . v)/||v||^2 v).
@@ -123,7 +155,8 @@ class _Entry:
             grad_w = cast(Any, grad_w).to_local()  # (a DTensor, as the weight)
         if grad_w is None:
             # separate g, v: not stepped; flat ones take a zero-gradient step (see the class)
-            for t, view in ((self.g, self.g_grad), (self.v, self.v_grad)):
+            views = [(self.v, self.v_grad)] + ([(self.g, self.g_grad)] if self.learn_g else [])
+            for t, view in views:
                 if view is None:
                     t.grad = None
                 else:
@@ -141,7 +174,10 @@ class _Entry:
             grad_v, grad_g = grad_v.reshape(v.shape), grad_g.reshape(g.shape)
         if grad_g.dtype != self.g.dtype:
             grad_g = grad_g.to(self.g.dtype)
-        for t, view, grad in ((self.v, self.v_grad, grad_v), (self.g, self.g_grad, grad_g)):
+        grads = [(self.v, self.v_grad, grad_v)]
+        if self.learn_g:  # (a fixed g takes no step)
+            grads.append((self.g, self.g_grad, grad_g))
+        for t, view, grad in grads:
             if view is None:
                 t.grad = grad
             elif copies is None:
@@ -388,6 +424,11 @@ class WeightNormOptimizer(torch.optim.Optimizer):
     state dict). Use ``zero_grad`` as usual; the model's gradients are read at each step.
     :meth:`weight_norm_parameters`, :meth:`dims` and :meth:`specs` say what is normalized.
 
+    Beyond the paper: ``gain=c`` fixes every ``g`` (no learned magnitude) and ``forced=``
+    holds every unit of ``v`` at a fixed norm after each step (forced weight normalization,
+    EDM2), the optimizer-level forms of :func:`weightnorm.weight_norm`'s ``gain`` and
+    :func:`weightnorm.force_weight_norm`; :meth:`forced_norms` lists the norms.
+
     Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2-3.
 
     Args:
@@ -420,12 +461,22 @@ class WeightNormOptimizer(torch.optim.Optimizer):
             gets no gradient in a step still has its ``g`` and ``v`` stepped with a zero
             gradient (momentum carries them), as any flat-parameter optimizer does; pass
             ``False`` to skip them instead.
+        gain (float, optional): a fixed gain ``c > 0`` for every normalized weight instead of
+            a learned ``g``: ``w = c v/||v||`` (the weights are rewritten so at construction),
+            as :func:`weightnorm.weight_norm` with ``gain=c``. Default: ``None`` (learned).
+        forced (float or "sqrt_fan_in", optional): forced weight normalization: after every
+            step, and once at construction, each unit of every ``v`` is rescaled to this norm
+            (:func:`weightnorm.functional.renormalize_`), before the weights are written, as
+            :func:`weightnorm.force_weight_norm` does for modules. ``"sqrt_fan_in"`` is EDM2's
+            choice (see :func:`weightnorm.functional.forced_norm`). Default: ``None`` (off).
         **defaults: keyword arguments of ``optimizer`` (``lr=...``).
 
     Raises:
         WeightNormError: the model already carries weight norms, nothing to normalize, a
             ``params`` entry that matches nothing, a matched parameter that is not floating or
-            does not require grad, a dim out of range, or ``layers`` given with ``params``.
+            does not require grad, a dim out of range, ``layers`` given with ``params``, a
+            ``gain`` or ``forced`` norm that is not positive and finite.
+        TypeError: ``gain`` or ``forced`` of the wrong type.
 
     Example::
 
@@ -440,6 +491,9 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         >>> whole = wn.optim.WeightNormOptimizer(net, torch.optim.Adam, params={"*.weight": None})
         >>> whole.dims()
         {'0.weight': None, '2.weight': None}
+        >>> mp = wn.optim.WeightNormOptimizer(net, torch.optim.Adam, gain=1.0, forced="sqrt_fan_in")
+        >>> mp.forced_norms()
+        {'0.weight': 2.0, '2.weight': 2.8284271247461903}
     """
 
     def __init__(
@@ -451,10 +505,14 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         params: ParamSelection | None = None,
         eps: float = F.DEFAULT_EPS,
         flat: bool | None = None,
+        gain: float | None = None,
+        forced: F.ForcedNorm | None = None,
         **defaults: Any,
     ) -> None:
         if eps < 0:
             raise WeightNormError(f"eps must be >= 0, got {eps}")
+        _check_gain(gain)
+        _check_forced(forced)
         _refuse_normalized(model)
         if params is None:
             entries = _select_by_layers(model, tuple(layers), eps)
@@ -464,7 +522,10 @@ class WeightNormOptimizer(torch.optim.Optimizer):
                     "give layers or params, not both: params names the parameters itself"
                 )
             entries = _select_by_params(model, params, eps)
-        self._setup(model, entries, optimizer, flat, defaults)
+        if gain is not None:
+            for entry in entries:
+                entry.fix_gain(float(gain))
+        self._setup(model, entries, optimizer, flat, forced, defaults)
 
     @classmethod
     def from_model(
@@ -474,6 +535,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         *,
         eps: float | None = None,
         flat: bool | None = None,
+        forced: F.ForcedNorm | None = None,
         **defaults: Any,
     ) -> WeightNormOptimizer:
         r"""Take over the weight norms ``model`` carries, fold the model, and train it as before.
@@ -492,13 +554,14 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         model trained with ``optimizer`` over its parameters, up to float rounding.
 
         A weight norm whose ``g`` and ``v`` are both frozen (``requires_grad=False``) is
-        folded and stays frozen, not taken over.
+        folded and stays frozen, not taken over. A fixed gain (``weight_norm(..., gain=c)``)
+        stays fixed: its ``g`` is taken over and never stepped.
 
         Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2-3.
 
         Args:
             model (nn.Module): a model carrying weight norms; changed in place.
-            optimizer (callable), flat, **defaults: as in :class:`WeightNormOptimizer`.
+            optimizer (callable), flat, forced, **defaults: as in :class:`WeightNormOptimizer`.
             eps (float, optional): lower bound on ``||v||`` for every weight. Default ``None``:
                 this library's weight norms keep their own ``eps``, PyTorch's (which have
                 none) get ``1e-12``.
@@ -532,19 +595,20 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         """
         if eps is not None and eps < 0:
             raise WeightNormError(f"eps must be >= 0, got {eps}")
-        # (qualified name, module, parameter name, g, v, dim, groups, eps)
-        found: list[tuple[str, nn.Module, str, Tensor, Tensor, int | None, int, float]] = []
+        _check_forced(forced)
+        # (qualified name, module, parameter name, g, v, dim, groups, eps, learned g)
+        found: list[tuple[str, nn.Module, str, Tensor, Tensor, int | None, int, float, bool]] = []
         frozen = 0
         owners: dict[int, str] = {}
         for qualname, module in model.named_modules():
-            here: list[tuple[str, Tensor, Tensor, int | None, int, float]] = []
+            here: list[tuple[str, Tensor, Tensor, int | None, int, float, bool]] = []
             specs = weight_norm_specs(module)
             if specs:
                 _sync(module)  # an in-place change to a weight read earlier (nn.init) counts
             for name, spec in specs.items():
-                g = cast(Tensor, module._parameters[name + "_g"])
+                g = _gain(module, name, spec)
                 v = cast(Tensor, module._parameters[name + "_v"])
-                here.append((name, g, v, spec.dim, spec.groups, spec.eps))
+                here.append((name, g, v, spec.dim, spec.groups, spec.eps, not spec.fixed_gain))
             for theirs in find_torch_weight_norms(module):
                 name = theirs.name
                 if theirs.kind == "legacy":
@@ -559,10 +623,10 @@ class WeightNormOptimizer(torch.optim.Optimizer):
                         )
                     g, v = plist.original0, plist.original1
                 dim = None if theirs.dim is None else F.normalize_dim(theirs.dim, v.ndim)
-                here.append((name, g, v, dim, 1, F.DEFAULT_EPS))
-            for name, g, v, dim, groups, own_eps in here:
+                here.append((name, g, v, dim, 1, F.DEFAULT_EPS, True))
+            for name, g, v, dim, groups, own_eps, learned in here:
                 full = _qualified(qualname, name)
-                if g.requires_grad != v.requires_grad:
+                if learned and g.requires_grad != v.requires_grad:
                     raise WeightNormError(
                         f"{full}: g {'requires' if g.requires_grad else 'does not require'} grad "
                         f"and v {'does' if v.requires_grad else 'does not'}; expected both "
@@ -578,8 +642,11 @@ class WeightNormOptimizer(torch.optim.Optimizer):
                     frozen += 1
                     continue
                 found.append(
-                    (full, module, name, g, v, dim, groups, own_eps if eps is None else eps)
-                )
+                    (
+                        full, module, name, g, v, dim, groups,
+                        own_eps if eps is None else eps, learned,
+                    )
+                )  # fmt: skip
         if not found:
             raise WeightNormError(
                 "the model carries no trainable weight norm"
@@ -592,13 +659,15 @@ class WeightNormOptimizer(torch.optim.Optimizer):
             values = [(g.detach().clone(), v.detach().clone()) for _, _, _, g, v, *_ in found]
         fold(model)
         entries = []
-        for (full, module, name, _, _, dim, groups, e), (g, v) in zip(found, values, strict=True):
+        for (full, module, name, _, _, dim, groups, e, learned), (g, v) in zip(
+            found, values, strict=True
+        ):
             w = module._parameters[name]
             if not isinstance(w, nn.Parameter):  # fold leaves the v Parameter as the weight
                 raise WeightNormError(f"{full} is not a Parameter after folding, got {type(w)}")
-            entries.append(_Entry(full, w, dim, groups, e, g=g, v=v))
+            entries.append(_Entry(full, w, dim, groups, e, g=g, v=v, learn_g=learned))
         taken = cls.__new__(cls)
-        taken._setup(model, entries, optimizer, flat, defaults)
+        taken._setup(model, entries, optimizer, flat, forced, defaults)
         return taken
 
     def _setup(
@@ -607,6 +676,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         entries: list[_Entry],
         optimizer: Callable[..., torch.optim.Optimizer],
         flat: bool | None,
+        forced: F.ForcedNorm | None,
         defaults: dict[str, Any],
     ) -> None:
         self._entries = entries
@@ -616,14 +686,14 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         if flat:
             by_kind: dict[tuple[torch.dtype, torch.device], list[tuple[_Entry, str]]] = {}
             for e in entries:
-                for which in ("g", "v"):
+                for which in ("g", "v") if e.learn_g else ("v",):
                     t = getattr(e, which)
                     by_kind.setdefault((t.dtype, t.device), []).append((e, which))
             self._packs = [_Pack(tensors) for tensors in by_kind.values()]
             stepped = [pack.param for pack in self._packs]
         else:
             self._packs = []
-            stepped = [t for e in entries for t in (e.g, e.v)]
+            stepped = [t for e in entries for t in e.stepped()]
         normalized = {id(e.w) for e in entries}
         others = [p for p in model.parameters() if p.requires_grad and id(p) not in normalized]
         groups: list[dict[str, Any]] = [{"params": stepped}]
@@ -635,10 +705,28 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         self.param_groups = self.inner.param_groups
         self.state = self.inner.state
         self.defaults = self.inner.defaults
+        # forced weight normalization: the fixed norm of each entry's units
+        self._forced = (
+            []
+            if forced is None
+            else [F.forced_norm(forced, e.v.shape, e.dim, groups=e.groups) for e in entries]
+        )
+        if self._forced:  # (v already at its norm, as loaded from a forced run, keeps its bits)
+            self._renormalize(settled=True)
+            with torch.no_grad():
+                _write_weights(entries)
+
+    def _renormalize(self, settled: bool = False) -> None:
+        """Forced weight normalization: every unit of every ``v`` to its fixed norm, in place
+        (``settled``: except units within rounding of it, when forcing starts)."""
+        for e, norm in zip(self._entries, self._forced, strict=True):
+            rtol = F._settled_rtol(e.v.dtype) if settled else 0.0
+            F._renormalize(e.v, norm, e.dims, e.groups, e.eps, rtol)
 
     def weight_norm_parameters(self) -> dict[str, tuple[Tensor, Tensor]]:
         """``{weight name: (g, v)}`` for every normalized weight (with ``flat``, views into the
-        flat tensor the wrapped optimizer steps)."""
+        flat tensor the wrapped optimizer steps; a fixed gain's ``g`` is a plain tensor that it
+        does not step)."""
         return {e.name: (e.g, e.v) for e in self._entries}
 
     def dims(self) -> dict[str, int | None]:
@@ -651,11 +739,23 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         return {e.name: e.dim for e in self._entries}
 
     def specs(self) -> dict[str, WeightNormSpec]:
-        """``{weight name: WeightNormSpec(dim, eps, groups)}`` for every normalized weight."""
+        """``{weight name: WeightNormSpec(dim, eps, groups, fixed_gain)}`` for every normalized
+        weight."""
         return {
-            e.name: WeightNormSpec(dim=e.dim, eps=e.eps, groups=e.groups, ndim=e.w.ndim)
+            e.name: WeightNormSpec(
+                dim=e.dim, eps=e.eps, groups=e.groups, fixed_gain=not e.learn_g, ndim=e.w.ndim
+            )
             for e in self._entries
         }
+
+    def _weights(self) -> dict[str, Tensor]:
+        """``{weight name: the model's weight}`` (the tensors written at each step)."""
+        return {e.name: e.w for e in self._entries}
+
+    def forced_norms(self) -> dict[str, float]:
+        """``{weight name: norm}``: the norm every unit of each ``v`` is held at after every
+        step (``forced``); empty when forced weight normalization is off."""
+        return {e.name: n for e, n in zip(self._entries, self._forced, strict=False)}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -672,6 +772,8 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         if copies[0]:
             torch._foreach_copy_(*copies)  # into the flat gradients: one call for all
         self.inner.step()
+        if self._forced:  # before the write: the norms kept for the next backward are v's own
+            self._renormalize()
         _write_weights(self._entries)
         return loss
 
