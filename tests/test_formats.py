@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import warnings
@@ -350,8 +351,11 @@ def test_like_resplits_and_folds_normalized_pairs() -> None:
     template = plain_net(seed=5)
     wn.weight_norm(template[0], dim=None)  # the same norm as torch's dim=None, keep-dim g
     nn.utils.parametrizations.weight_norm(template[2], dim=1)  # per output channel; 3 is plain
-    out, counts = wn.formats._convert(sd, to="parametrize", like=template)
-    assert dict(counts) == {"renamed": 1, "resplit": 1, "folded": 1}
+    report = wn.formats.convert_with_report(sd, to="parametrize", like=template)
+    assert report == wn.formats.ConversionReport(
+        report.state_dict, renamed=1, kept=0, folded=1, normalized=0, resplit=1
+    )
+    out = report.state_dict
     g0 = out["0.parametrizations.weight.original0"]
     assert g0.shape == (1, 1, 1)  # torch's 0-d g, reshaped: a rename
     assert torch.equal(g0.flatten(), sd["0.weight_g"].flatten())
@@ -404,6 +408,113 @@ def test_include_pattern_that_normalizes_nothing_raises() -> None:
     normalized = ours().state_dict()
     out = wn.convert_state_dict(normalized, to="weightnorm", include=["0.weight"])
     assert out["0.weight_g"] is normalized["0.weight_g"]
+
+
+# --- what convert_state_dict refuses, before any work ---------------------------------------------
+
+
+@pytest.mark.parametrize("to", ["weightnorm", "parametrize", "plain"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool])
+@pytest.mark.parametrize("which", ["g", "v"])
+def test_integer_g_or_v_is_an_error_naming_key_and_dtype(
+    to: Format, dtype: torch.dtype, which: str
+) -> None:
+    """Integer g or v used to reach ``linalg.vector_norm`` (a raw RuntimeError) or pass."""
+    for source in ("weightnorm", "parametrize"):
+        sd = dict(wn.convert_state_dict(ours().state_dict(), to=source))  # type: ignore[arg-type]
+        key = (g_key if which == "g" else v_key)("2.weight", source)
+        sd[key] = sd[key].to(dtype)
+        name = str(dtype).removeprefix("torch.")
+        expected = rf"^{re.escape(key)}: expected a floating-point tensor \(the {which} of a "
+        with pytest.raises(wn.WeightNormError, match=expected + rf".*got dtype {name}$"):
+            wn.convert_state_dict(sd, to=to)
+
+
+def test_non_tensor_g_and_non_str_keys_are_errors() -> None:
+    with pytest.raises(
+        wn.WeightNormError, match=r"^w_g: expected a floating-point tensor .* got int"
+    ):
+        wn.convert_state_dict({"w_g": 1, "w_v": torch.ones(2, 3)}, to="plain")
+    with pytest.raises(
+        wn.WeightNormError, match="expected a state dict with str keys, got a key 0"
+    ):
+        wn.convert_state_dict({0: torch.ones(2)}, to="plain")  # type: ignore[dict-item]
+
+
+def test_integer_weight_chosen_to_normalize_is_an_error() -> None:
+    """A plain weight that include or like asks to normalize must be floating-point; what
+    include's patterns leave by design (fewer than 2 dims, like num_batches_tracked) stays."""
+    sd = dict(model().state_dict())
+    sd["2.weight"] = sd["2.weight"].to(torch.int32)
+    message = (
+        r"^2\.weight: expected a floating-point tensor \(a weight to normalize\), got dtype int32$"
+    )
+    with pytest.raises(wn.WeightNormError, match=message):
+        wn.convert_state_dict(sd, to="weightnorm", include=["*weight"])
+    with pytest.raises(wn.WeightNormError, match=message):
+        wn.convert_state_dict(sd, to="parametrize", like=ours())
+    out = wn.convert_state_dict(sd, to="weightnorm", include=["0.*"])  # bias: 1-D, skipped
+    assert set(wn.formats.detect_formats(out)) == {"0.weight"}
+    assert out["1.num_batches_tracked"] is sd["1.num_batches_tracked"]
+    sd["2.weight"] = "not a tensor"  # type: ignore[assignment]
+    with pytest.raises(wn.WeightNormError, match=r"^2\.weight: .* got str$"):
+        wn.convert_state_dict(sd, to="parametrize", like=ours())
+
+
+LONE = [
+    ("0.weight_g", "0.weight_v", "g", "v"),
+    ("0.weight_v", "0.weight_g", "v", "g"),
+    ("0.parametrizations.weight.original0", "0.parametrizations.weight.original1", "g", "v"),
+    ("0.parametrizations.weight.original1", "0.parametrizations.weight.original0", "v", "g"),
+]
+
+
+@pytest.mark.parametrize(("key", "partner", "role", "other"), LONE)
+@pytest.mark.parametrize("to", ["weightnorm", "parametrize", "plain"])
+def test_lone_g_or_v_is_an_error_naming_the_missing_partner(
+    key: str, partner: str, role: str, other: str, to: Format
+) -> None:
+    """A g without its v (or the reverse) used to pass through, even with ``to="plain"``."""
+    sd = dict(model().state_dict())
+    del sd["0.weight"]
+    sd[key] = torch.ones(4, 1, 1)
+    message = f"{key} is the {role} of a weight norm without its {other}: expected {partner}"
+    with pytest.raises(
+        wn.WeightNormError, match=f"^{re.escape(message)} beside it, got no such key$"
+    ):
+        wn.convert_state_dict(sd, to=to)
+    with pytest.raises(wn.WeightNormError, match=f"^like: {re.escape(message)}"):
+        wn.convert_state_dict(model().state_dict(), to="weightnorm", like=sd)
+
+
+def test_other_g_and_v_names_are_ordinary_parameters() -> None:
+    """Only ``weight...`` names are legacy weight-norm keys when alone: the relative-position
+    biases of Conformer attention (``pos_bias_u``, ``pos_bias_v``) are plain parameters."""
+    sd = {"attn.pos_bias_u": torch.ones(4, 8), "attn.pos_bias_v": torch.ones(4, 8)}
+    out = wn.convert_state_dict(sd, to="plain")
+    assert out["attn.pos_bias_v"] is sd["attn.pos_bias_v"]
+    rnn = wn.weight_norm(nn.GRU(3, 4), "weight_hh_l0").state_dict()
+    del rnn["weight_hh_l0_v"]
+    with pytest.raises(wn.WeightNormError, match="weight_hh_l0_g is the g of a weight norm"):
+        wn.convert_state_dict(rnn, to="plain")
+
+
+def test_convert_with_report_is_public_and_agrees_with_convert_state_dict() -> None:
+    assert "ConversionReport" in wn.formats.__all__
+    assert "convert_with_report" in wn.formats.__all__
+    sd = wn.convert_state_dict(ours().state_dict(), to="parametrize")
+    report = wn.formats.convert_with_report(sd, to="weightnorm")
+    assert (report.renamed, report.kept, report.folded, report.normalized, report.resplit) == (
+        2,
+        0,
+        0,
+        0,
+        0,
+    )
+    expected = wn.convert_state_dict(sd, to="weightnorm")
+    assert list(report.state_dict) == list(expected)
+    assert all(report.state_dict[k] is v for k, v in expected.items())
+    assert "state_dict" not in repr(report)  # the counts, not every tensor
 
 
 # --- command line ------------------------------------------------------------------------------

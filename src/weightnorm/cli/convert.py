@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..experiments._io import atomic_write_bytes
-    from ..formats import _convert as convert_counting
+    from ..formats import convert_with_report
 
     like: dict[str, Any] | None = None
     try:
@@ -102,11 +102,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             return fail(f"--like {args.like}: {err}")
     try:
-        converted, counts = convert_counting(
-            state_dict, to=args.to, include=args.include, like=like
-        )
+        report = convert_with_report(state_dict, to=args.to, include=args.include, like=like)
     except ValueError as err:
         return fail(f"{args.input}: {err}")
+    converted = report.state_dict
     result: Any = converted if key is None else {**obj, key: converted}
     buffer = io.BytesIO()
     torch.save(result, buffer)
@@ -115,12 +114,11 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         return fail(f"cannot write {args.output}: {err.strerror or err}")
     where = f" (under {key!r})" if key else ""
-    summary = f"{counts['renamed']} renamed, {counts['folded']} folded, "
-    summary += f"{counts['normalized']} normalized"
-    if counts["resplit"]:
-        summary += f", {counts['resplit']} re-split along --like's dim"
-    if counts["kept"]:
-        summary += f", {counts['kept']} already {args.to}"
+    summary = f"{report.renamed} renamed, {report.folded} folded, {report.normalized} normalized"
+    if report.resplit:
+        summary += f", {report.resplit} re-split along --like's dim"
+    if report.kept:
+        summary += f", {report.kept} already {args.to}"
     print(
         f"wrote {args.output}: {len(converted)} entries in the {args.to} format{where}; "
         f"parameters: {summary}"
