@@ -531,21 +531,30 @@ def test_cli_converts_nested_checkpoint(tmp_path: Path) -> None:
     torch.save({"generator": ours().state_dict(), "steps": 1000}, src)
     proc = cli(str(src), str(dst), "--to", "parametrize")
     assert proc.returncode == 0, proc.stderr
-    assert "under 'generator'" in proc.stdout
+    assert "(parametrize format): generator: 2 renamed, 0 folded, 0 normalized" in proc.stdout
     saved = torch.load(dst, weights_only=True)
     assert saved["steps"] == 1000
     assert "0.parametrizations.weight.original0" in saved["generator"]
 
 
 def test_cli_key_flag(tmp_path: Path) -> None:
+    """Every state dict converts; --key converts one and copies the others unchanged."""
     src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
     torch.save({"a": ours().state_dict(), "b": ours().state_dict()}, src)
     proc = cli(str(src), str(dst), "--to", "plain")
-    assert proc.returncode == 2
-    assert "several state dicts (a, b); choose one with --key" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "a: 0 renamed, 2 folded, 0 normalized; b: 0 renamed, 2 folded" in proc.stdout
+    saved = torch.load(dst, weights_only=True)
+    assert "0.weight" in saved["a"]
+    assert "0.weight" in saved["b"]
     proc = cli(str(src), str(dst), "--to", "plain", "--key", "b")
     assert proc.returncode == 0, proc.stderr
-    assert "0.weight" in torch.load(dst, weights_only=True)["b"]
+    assert proc.stdout.strip().endswith(
+        "b: 0 renamed, 2 folded, 0 normalized; copied unchanged: a (not --key)"
+    )
+    saved = torch.load(dst, weights_only=True)
+    assert "0.weight" in saved["b"]
+    assert "0.weight_g" in saved["a"]
 
 
 class Custom:
@@ -558,12 +567,12 @@ class Custom:
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        ("missing", ["--to", "plain"], "cannot read"),
+        ("missing", ["--to", "plain"], "in.pt does not exist"),
         ("text", ["--to", "plain"], "is not a PyTorch checkpoint"),
         ("tensor", ["--to", "plain"], "expected a state dict"),
         ("object", ["--to", "plain"], "--unsafe-load"),
         ("ok", ["--to", "onnx"], "invalid choice: 'onnx'"),
-        ("ok-unwritable", ["--to", "plain"], "cannot write"),
+        ("ok-unwritable", ["--to", "plain"], "is a file, not a folder"),
     ],
 )
 def test_cli_errors_are_clear(tmp_path: Path, setup: str, args: list[str], message: str) -> None:
@@ -598,7 +607,7 @@ def test_cli_default_renames_only(tmp_path: Path, capsys: pytest.CaptureFixture[
         kept = ", 1 already weightnorm" if to == "weightnorm" else ""
         renamed = 0 if to == "weightnorm" else 1
         assert stdout.strip().endswith(
-            f"(under 'generator'); parameters: {renamed} renamed, 0 folded, 0 normalized{kept}"
+            f"({to} format): generator: {renamed} renamed, 0 folded, 0 normalized{kept}"
         )
         assert len(stdout.strip().splitlines()) == 1
         sd = torch.load(dst, weights_only=True)["generator"]
@@ -636,8 +645,8 @@ def test_cli_like_and_include(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--include", "nope.*"], "in.pt: include pattern 'nope.*' matches no key"),
-        (["--like", "missing.pt"], "cannot read"),
+        (["--include", "nope.*"], "in.pt['model']: include pattern 'nope.*' matches no key"),
+        (["--like", "missing.pt"], "missing.pt does not exist"),
         (["--like", "text.txt"], "text.txt is not a PyTorch checkpoint"),
         (["--like", "flat.pt", "--key", "model"], "--like"),
     ],
