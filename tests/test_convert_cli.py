@@ -450,3 +450,30 @@ def test_every_convert_argument_has_help() -> None:
     assert text.count("default:") == text.count("(default:") <= 1
     assert "several state dicts" in text
     assert "optimizer states" in text
+
+
+# --- layering -------------------------------------------------------------------------------------
+
+
+def test_convert_uses_only_the_public_library_api() -> None:
+    """``weightnorm convert`` is a user of the library: public modules, names in their
+    ``__all__`` (it used to import ``formats._convert``)."""
+    import ast
+    import importlib
+
+    import weightnorm.cli.convert as command
+
+    tree = ast.parse(Path(command.__file__).read_text())
+    seen = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom) or node.level < 2:
+            continue  # not weightnorm's library (stdlib, torch, the CLI's own ._common)
+        module = "weightnorm" + (f".{node.module}" if node.module else "")
+        if module.startswith("weightnorm.experiments"):
+            continue  # the layer beside the CLI (its atomic file writes)
+        public = importlib.import_module(module).__all__
+        for alias in node.names:
+            assert not any(part.startswith("_") for part in module.split(".")), module
+            assert alias.name in public, f"{module}.{alias.name} is not public"
+            seen.append(f"{module}.{alias.name}")
+    assert "weightnorm.formats.convert_with_report" in seen
