@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import warnings
@@ -350,8 +351,11 @@ def test_like_resplits_and_folds_normalized_pairs() -> None:
     template = plain_net(seed=5)
     wn.weight_norm(template[0], dim=None)  # the same norm as torch's dim=None, keep-dim g
     nn.utils.parametrizations.weight_norm(template[2], dim=1)  # per output channel; 3 is plain
-    out, counts = wn.formats._convert(sd, to="parametrize", like=template)
-    assert dict(counts) == {"renamed": 1, "resplit": 1, "folded": 1}
+    report = wn.formats.convert_with_report(sd, to="parametrize", like=template)
+    assert report == wn.formats.ConversionReport(
+        report.state_dict, renamed=1, kept=0, folded=1, normalized=0, resplit=1
+    )
+    out = report.state_dict
     g0 = out["0.parametrizations.weight.original0"]
     assert g0.shape == (1, 1, 1)  # torch's 0-d g, reshaped: a rename
     assert torch.equal(g0.flatten(), sd["0.weight_g"].flatten())
@@ -406,6 +410,113 @@ def test_include_pattern_that_normalizes_nothing_raises() -> None:
     assert out["0.weight_g"] is normalized["0.weight_g"]
 
 
+# --- what convert_state_dict refuses, before any work ---------------------------------------------
+
+
+@pytest.mark.parametrize("to", ["weightnorm", "parametrize", "plain"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool])
+@pytest.mark.parametrize("which", ["g", "v"])
+def test_integer_g_or_v_is_an_error_naming_key_and_dtype(
+    to: Format, dtype: torch.dtype, which: str
+) -> None:
+    """Integer g or v used to reach ``linalg.vector_norm`` (a raw RuntimeError) or pass."""
+    for source in ("weightnorm", "parametrize"):
+        sd = dict(wn.convert_state_dict(ours().state_dict(), to=source))  # type: ignore[arg-type]
+        key = (g_key if which == "g" else v_key)("2.weight", source)
+        sd[key] = sd[key].to(dtype)
+        name = str(dtype).removeprefix("torch.")
+        expected = rf"^{re.escape(key)}: expected a floating-point tensor \(the {which} of a "
+        with pytest.raises(wn.WeightNormError, match=expected + rf".*got dtype {name}$"):
+            wn.convert_state_dict(sd, to=to)
+
+
+def test_non_tensor_g_and_non_str_keys_are_errors() -> None:
+    with pytest.raises(
+        wn.WeightNormError, match=r"^w_g: expected a floating-point tensor .* got int"
+    ):
+        wn.convert_state_dict({"w_g": 1, "w_v": torch.ones(2, 3)}, to="plain")
+    with pytest.raises(
+        wn.WeightNormError, match="expected a state dict with str keys, got a key 0"
+    ):
+        wn.convert_state_dict({0: torch.ones(2)}, to="plain")  # type: ignore[dict-item]
+
+
+def test_integer_weight_chosen_to_normalize_is_an_error() -> None:
+    """A plain weight that include or like asks to normalize must be floating-point; what
+    include's patterns leave by design (fewer than 2 dims, like num_batches_tracked) stays."""
+    sd = dict(model().state_dict())
+    sd["2.weight"] = sd["2.weight"].to(torch.int32)
+    message = (
+        r"^2\.weight: expected a floating-point tensor \(a weight to normalize\), got dtype int32$"
+    )
+    with pytest.raises(wn.WeightNormError, match=message):
+        wn.convert_state_dict(sd, to="weightnorm", include=["*weight"])
+    with pytest.raises(wn.WeightNormError, match=message):
+        wn.convert_state_dict(sd, to="parametrize", like=ours())
+    out = wn.convert_state_dict(sd, to="weightnorm", include=["0.*"])  # bias: 1-D, skipped
+    assert set(wn.formats.detect_formats(out)) == {"0.weight"}
+    assert out["1.num_batches_tracked"] is sd["1.num_batches_tracked"]
+    sd["2.weight"] = "not a tensor"  # type: ignore[assignment]
+    with pytest.raises(wn.WeightNormError, match=r"^2\.weight: .* got str$"):
+        wn.convert_state_dict(sd, to="parametrize", like=ours())
+
+
+LONE = [
+    ("0.weight_g", "0.weight_v", "g", "v"),
+    ("0.weight_v", "0.weight_g", "v", "g"),
+    ("0.parametrizations.weight.original0", "0.parametrizations.weight.original1", "g", "v"),
+    ("0.parametrizations.weight.original1", "0.parametrizations.weight.original0", "v", "g"),
+]
+
+
+@pytest.mark.parametrize(("key", "partner", "role", "other"), LONE)
+@pytest.mark.parametrize("to", ["weightnorm", "parametrize", "plain"])
+def test_lone_g_or_v_is_an_error_naming_the_missing_partner(
+    key: str, partner: str, role: str, other: str, to: Format
+) -> None:
+    """A g without its v (or the reverse) used to pass through, even with ``to="plain"``."""
+    sd = dict(model().state_dict())
+    del sd["0.weight"]
+    sd[key] = torch.ones(4, 1, 1)
+    message = f"{key} is the {role} of a weight norm without its {other}: expected {partner}"
+    with pytest.raises(
+        wn.WeightNormError, match=f"^{re.escape(message)} beside it, got no such key$"
+    ):
+        wn.convert_state_dict(sd, to=to)
+    with pytest.raises(wn.WeightNormError, match=f"^like: {re.escape(message)}"):
+        wn.convert_state_dict(model().state_dict(), to="weightnorm", like=sd)
+
+
+def test_other_g_and_v_names_are_ordinary_parameters() -> None:
+    """Only ``weight...`` names are legacy weight-norm keys when alone: the relative-position
+    biases of Conformer attention (``pos_bias_u``, ``pos_bias_v``) are plain parameters."""
+    sd = {"attn.pos_bias_u": torch.ones(4, 8), "attn.pos_bias_v": torch.ones(4, 8)}
+    out = wn.convert_state_dict(sd, to="plain")
+    assert out["attn.pos_bias_v"] is sd["attn.pos_bias_v"]
+    rnn = wn.weight_norm(nn.GRU(3, 4), "weight_hh_l0").state_dict()
+    del rnn["weight_hh_l0_v"]
+    with pytest.raises(wn.WeightNormError, match="weight_hh_l0_g is the g of a weight norm"):
+        wn.convert_state_dict(rnn, to="plain")
+
+
+def test_convert_with_report_is_public_and_agrees_with_convert_state_dict() -> None:
+    assert "ConversionReport" in wn.formats.__all__
+    assert "convert_with_report" in wn.formats.__all__
+    sd = wn.convert_state_dict(ours().state_dict(), to="parametrize")
+    report = wn.formats.convert_with_report(sd, to="weightnorm")
+    assert (report.renamed, report.kept, report.folded, report.normalized, report.resplit) == (
+        2,
+        0,
+        0,
+        0,
+        0,
+    )
+    expected = wn.convert_state_dict(sd, to="weightnorm")
+    assert list(report.state_dict) == list(expected)
+    assert all(report.state_dict[k] is v for k, v in expected.items())
+    assert "state_dict" not in repr(report)  # the counts, not every tensor
+
+
 # --- command line ------------------------------------------------------------------------------
 
 
@@ -420,21 +531,30 @@ def test_cli_converts_nested_checkpoint(tmp_path: Path) -> None:
     torch.save({"generator": ours().state_dict(), "steps": 1000}, src)
     proc = cli(str(src), str(dst), "--to", "parametrize")
     assert proc.returncode == 0, proc.stderr
-    assert "under 'generator'" in proc.stdout
+    assert "(parametrize format): generator: 2 renamed, 0 folded, 0 normalized" in proc.stdout
     saved = torch.load(dst, weights_only=True)
     assert saved["steps"] == 1000
     assert "0.parametrizations.weight.original0" in saved["generator"]
 
 
 def test_cli_key_flag(tmp_path: Path) -> None:
+    """Every state dict converts; --key converts one and copies the others unchanged."""
     src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
     torch.save({"a": ours().state_dict(), "b": ours().state_dict()}, src)
     proc = cli(str(src), str(dst), "--to", "plain")
-    assert proc.returncode == 2
-    assert "several state dicts (a, b); choose one with --key" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "a: 0 renamed, 2 folded, 0 normalized; b: 0 renamed, 2 folded" in proc.stdout
+    saved = torch.load(dst, weights_only=True)
+    assert "0.weight" in saved["a"]
+    assert "0.weight" in saved["b"]
     proc = cli(str(src), str(dst), "--to", "plain", "--key", "b")
     assert proc.returncode == 0, proc.stderr
-    assert "0.weight" in torch.load(dst, weights_only=True)["b"]
+    assert proc.stdout.strip().endswith(
+        "b: 0 renamed, 2 folded, 0 normalized; copied unchanged: a (not --key)"
+    )
+    saved = torch.load(dst, weights_only=True)
+    assert "0.weight" in saved["b"]
+    assert "0.weight_g" in saved["a"]
 
 
 class Custom:
@@ -447,12 +567,12 @@ class Custom:
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        ("missing", ["--to", "plain"], "cannot read"),
+        ("missing", ["--to", "plain"], "in.pt does not exist"),
         ("text", ["--to", "plain"], "is not a PyTorch checkpoint"),
         ("tensor", ["--to", "plain"], "expected a state dict"),
         ("object", ["--to", "plain"], "--unsafe-load"),
         ("ok", ["--to", "onnx"], "invalid choice: 'onnx'"),
-        ("ok-unwritable", ["--to", "plain"], "cannot write"),
+        ("ok-unwritable", ["--to", "plain"], "is a file, not a folder"),
     ],
 )
 def test_cli_errors_are_clear(tmp_path: Path, setup: str, args: list[str], message: str) -> None:
@@ -487,7 +607,7 @@ def test_cli_default_renames_only(tmp_path: Path, capsys: pytest.CaptureFixture[
         kept = ", 1 already weightnorm" if to == "weightnorm" else ""
         renamed = 0 if to == "weightnorm" else 1
         assert stdout.strip().endswith(
-            f"(under 'generator'); parameters: {renamed} renamed, 0 folded, 0 normalized{kept}"
+            f"({to} format): generator: {renamed} renamed, 0 folded, 0 normalized{kept}"
         )
         assert len(stdout.strip().splitlines()) == 1
         sd = torch.load(dst, weights_only=True)["generator"]
@@ -525,8 +645,8 @@ def test_cli_like_and_include(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--include", "nope.*"], "in.pt: include pattern 'nope.*' matches no key"),
-        (["--like", "missing.pt"], "cannot read"),
+        (["--include", "nope.*"], "in.pt['model']: include pattern 'nope.*' matches no key"),
+        (["--like", "missing.pt"], "missing.pt does not exist"),
         (["--like", "text.txt"], "text.txt is not a PyTorch checkpoint"),
         (["--like", "flat.pt", "--key", "model"], "--like"),
     ],

@@ -13,7 +13,8 @@ Three formats are in the wild, per parameter ``<name>`` of a module at ``<prefix
 
 :func:`convert_state_dict` reads any mix of them and writes one, keeping the set of normalized
 parameters unless told otherwise (``include``, ``like``), so a converted checkpoint still loads
-into the model it came from. Loading needs no conversion: a module normalized by this library
+into the model it came from; :func:`convert_with_report` also says what it did to them (a
+:class:`ConversionReport`). Loading needs no conversion: a module normalized by this library
 loads all three directly with ``load_state_dict``.
 """
 
@@ -23,7 +24,7 @@ import fnmatch
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -34,7 +35,14 @@ from ._errors import WeightNormError
 from ._reparam import weight_norm_specs
 from ._torch_compat import find_torch_weight_norms
 
-__all__ = ["FORMATS", "Format", "convert_state_dict", "detect_formats"]
+__all__ = [
+    "FORMATS",
+    "ConversionReport",
+    "Format",
+    "convert_state_dict",
+    "convert_with_report",
+    "detect_formats",
+]
 
 Format = Literal["weightnorm", "parametrize", "plain"]
 FORMATS: tuple[Format, ...] = ("weightnorm", "parametrize", "plain")
@@ -57,6 +65,49 @@ def _pairs(state_dict: Mapping[str, Any]) -> dict[str, tuple[str, str, Format]]:
         elif key.endswith("_g") and key[:-2] + "_v" in state_dict:
             found[key[:-2]] = (key, key[:-2] + "_v", "weightnorm")
     return found
+
+
+#: Where a lone legacy key is an error: ``<name>_g``/``<name>_v`` for a ``<name>`` starting with
+#: ``weight`` (``weight``, ``weight_hh_l0``, ...). Other ``_g``/``_v`` names are ordinary
+#: parameters when their partner is absent (Conformer attention's ``pos_bias_v``, for one).
+_LEGACY_LONE = re.compile(r"(?:^|\.)weight\w*_[gv]$")
+
+
+def _check_keys(state_dict: Mapping[str, Any], where: str) -> None:
+    """Every key a str; every weight-norm key with its partner (g with v, v with g)."""
+    for key in state_dict:
+        if not isinstance(key, str):
+            raise WeightNormError(
+                f"{where}expected a state dict with str keys, got a key {key!r} of type "
+                f"{type(key).__name__}"
+            )
+    for key in state_dict:
+        match = _PARAMETRIZE.match(key)
+        if match:
+            partner = key[:-1] + ("1" if match["i"] == "0" else "0")
+        elif _LEGACY_LONE.search(key):
+            partner = key[:-1] + ("v" if key.endswith("_g") else "g")
+        else:
+            continue
+        if partner not in state_dict:
+            role, other = ("g", "v") if key.endswith(("_g", "0")) else ("v", "g")
+            raise WeightNormError(
+                f"{where}{key} is the {role} of a weight norm without its {other}: expected "
+                f"{partner} beside it, got no such key"
+            )
+
+
+def _check_floating(key: str, value: object, what: str) -> None:
+    """A WeightNormError unless ``value`` is a floating-point tensor."""
+    if not isinstance(value, Tensor):
+        raise WeightNormError(
+            f"{key}: expected a floating-point tensor ({what}), got {_describe(value)}"
+        )
+    if not value.is_floating_point():
+        raise WeightNormError(
+            f"{key}: expected a floating-point tensor ({what}), got dtype "
+            f"{str(value.dtype).removeprefix('torch.')}"
+        )
 
 
 def detect_formats(state_dict: Mapping[str, Any]) -> dict[str, Format]:
@@ -112,12 +163,7 @@ def _read_like(like: object) -> tuple[dict[str, _Target], set[str]]:
                 shape = tuple(sd[pairs[base][0]].shape) if base in pairs else None
                 targets[base] = _Target(unit_dim, groups, shape)
     elif isinstance(like, Mapping):
-        bad = next((k for k in like if not isinstance(k, str)), None)
-        if bad is not None:
-            raise WeightNormError(
-                f"like: expected a state dict with str keys, got a key {bad!r} of type "
-                f"{type(bad).__name__}"
-            )
+        _check_keys(like, "like: ")
         sd = like
         pairs = _pairs(sd)
         targets = {}
@@ -187,10 +233,10 @@ def convert_state_dict(
       (``"weightnorm"`` for ``torch.nn.utils.weight_norm``, ``"parametrize"`` for
       ``torch.nn.utils.parametrizations.weight_norm``, which also reads ``"weightnorm"``).
     - ``include``, ``fnmatch`` patterns of plain keys, normalized along ``dim`` (or
-      ``dims[key]``): only floating-point tensors of at least 2 dims are, other matches are
-      skipped (``"*weight"`` leaves a 1-D norm-layer weight alone). A state dict does not say
-      which layers are ConvTranspose (per output unit: ``dim=1``): pass ``dims`` for those, or
-      use ``like``.
+      ``dims[key]``): tensors of at least 2 dims are, matches of fewer dims and non-tensors
+      are skipped (``"*weight"`` leaves a 1-D norm-layer weight alone). A state dict does not
+      say which layers are ConvTranspose (per output unit: ``dim=1``): pass ``dims`` for those,
+      or use ``like``.
 
     ``to="plain"`` folds every pair (``like`` then changes nothing: this library's modules load
     plain weights).
@@ -209,10 +255,14 @@ def convert_state_dict(
         A new ``OrderedDict`` (with the input's ``_metadata`` if it had one).
 
     Raises:
-        WeightNormError: an unknown format; a g whose shape fits no dim of its v; an ``include``
-            pattern that selects no key it can normalize, or ``include`` with ``to="plain"``; a
-            ``dims`` key ``include`` does not select; a ``like`` that is neither a module nor a
-            state dict.
+        WeightNormError: an unknown format; a key that is not a str; a g whose shape fits no dim
+            of its v; a g or v that is not a floating-point tensor, or one without its partner
+            (``<name>_g`` without ``<name>_v`` for a ``<name>`` starting with ``weight``, or the
+            reverse; ``original0`` without ``original1``, or the reverse); a weight to
+            normalize (chosen by ``include`` or ``like``) that is not a floating-point tensor;
+            an ``include`` pattern that selects no key it can normalize, or ``include`` with
+            ``to="plain"``; a ``dims`` key ``include`` does not select; a ``like`` that is
+            neither a module nor a state dict.
 
     Example::
 
@@ -232,21 +282,58 @@ def convert_state_dict(
         >>> torch.allclose(theirs[0].weight, plain[0].weight)
         True
     """
-    out, _ = _convert(state_dict, to, include=include, dim=dim, dims=dims, like=like)
-    return out
+    report = convert_with_report(state_dict, to, include=include, dim=dim, dims=dims, like=like)
+    return report.state_dict
 
 
-def _convert(
+@dataclass(frozen=True)
+class ConversionReport:
+    """What :func:`convert_with_report` made of a state dict: the result, and how many
+    normalized parameters it wrote each way (a parameter is a ``g``/``v`` pair or a plain weight).
+
+    Attributes:
+        state_dict (OrderedDict[str, Any]): the converted state dict, as
+            :func:`convert_state_dict` returns it (left out of the ``repr``).
+        renamed (int): pairs written under the ``to`` format's keys, the same tensors.
+        kept (int): pairs already in the ``to`` format (their g possibly reshaped to ``like``'s).
+        folded (int): pairs folded into a plain weight ``w = g v / ||v||``.
+        normalized (int): plain weights split into ``g = ||w||`` and ``v = w``.
+        resplit (int): pairs re-split along ``like``'s unit dim (the same weight).
+    """
+
+    state_dict: OrderedDict[str, Any] = field(repr=False)
+    renamed: int = 0
+    kept: int = 0
+    folded: int = 0
+    normalized: int = 0
+    resplit: int = 0
+
+
+def convert_with_report(
     state_dict: Mapping[str, Any],
     to: Format,
     *,
     include: Iterable[str] = (),
     dim: int | None = 0,
     dims: Mapping[str, int | None] | None = None,
-    like: object = None,
-) -> tuple[OrderedDict[str, Any], Counter[str]]:
-    """:func:`convert_state_dict`, and how many parameters were ``"renamed"``, ``"kept"`` (a
-    pair already in the ``to`` format), ``"folded"``, ``"normalized"`` and ``"resplit"``."""
+    like: nn.Module | Mapping[str, Any] | None = None,
+) -> ConversionReport:
+    """:func:`convert_state_dict`, with what it did to each normalized parameter.
+
+    The arguments, the result (:attr:`ConversionReport.state_dict`) and the errors are those of
+    :func:`convert_state_dict`.
+
+    Example::
+
+        >>> import torch, weightnorm as wn
+        >>> from torch import nn
+        >>> net = nn.Sequential(wn.WNLinear(3, 4), nn.Linear(4, 2))
+        >>> report = wn.formats.convert_with_report(net.state_dict(), to="plain")
+        >>> report
+        ConversionReport(renamed=0, kept=0, folded=1, normalized=0, resplit=0)
+        >>> list(report.state_dict)
+        ['0.weight', '0.bias', '1.weight', '1.bias']
+    """
     if to not in FORMATS:
         raise WeightNormError(f"to must be one of {', '.join(FORMATS)}, got {to!r}")
     patterns = [include] if isinstance(include, str) else list(include)
@@ -259,7 +346,11 @@ def _convert(
             "got to='plain'"
         )
     targets, like_plain = _read_like(like) if like is not None else ({}, set())
+    _check_keys(state_dict, "")
     pairs = _pairs(state_dict)
+    for g_key, v_key, _ in pairs.values():  # before any work: no norm of an integer tensor
+        _check_floating(g_key, state_dict[g_key], "the g of a weight norm")
+        _check_floating(v_key, state_dict[v_key], "the v of a weight norm")
     g_keys = {g: base for base, (g, _, _) in pairs.items()}
     v_keys = {v for _, v, _ in pairs.values()}
     per_key = dict(dims or {})
@@ -296,13 +387,15 @@ def _convert(
         for p in selected:
             matched[p].append(key)
         target = targets.get(key) if to != "plain" else None
-        floating = isinstance(value, Tensor) and value.is_floating_point()
-        if target is not None and floating:  # like's unit dim wins over dim and dims
+        wanted = bool(selected) and isinstance(value, Tensor) and value.ndim >= 2
+        if target is not None or wanted:
+            _check_floating(key, value, "a weight to normalize")
+        if target is not None:  # like's unit dim wins over dim and dims
             g = _split(value, key, target.dim, target.groups, target.g_shape)
             _write_pair(out, key, g, value, to)
             counts["normalized"] += 1
             done.update(selected)
-        elif selected and floating and value.ndim >= 2:
+        elif wanted:
             g = _split(value, key, per_key.get(key, dim), 1, None)
             _write_pair(out, key, g, value, to)
             counts["normalized"] += 1
@@ -330,7 +423,14 @@ def _convert(
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
         out._metadata = metadata  # type: ignore[attr-defined]
-    return out, counts
+    return ConversionReport(
+        out,
+        renamed=counts["renamed"],
+        kept=counts["kept"],
+        folded=counts["folded"],
+        normalized=counts["normalized"],
+        resplit=counts["resplit"],
+    )
 
 
 def _describe(value: object) -> str:

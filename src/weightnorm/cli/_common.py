@@ -93,6 +93,8 @@ def check_writable_file(path: str, what: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"{what} {path} is a folder; expected a file path")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{what} {path}: {folder} is a file, not a folder")
     if not os.path.isdir(folder):
         raise UsageError(f"{what} {path}: the folder {folder} does not exist")
     if not _can_create_in(folder) or (os.path.exists(path) and not os.access(path, os.W_OK)):

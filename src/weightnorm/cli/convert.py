@@ -1,130 +1,340 @@
-"""``weightnorm convert``: rewrite a checkpoint between weight-norm formats (needs only torch)."""
+"""``weightnorm convert``: rewrite a checkpoint between weight-norm formats (needs only torch).
+
+Everything that can be wrong with the input is found before anything is written: the output's
+folder, the files (each unreadable kind named), the checkpoint's layout and every state dict in
+it are checked and converted in memory, then the result is written atomically (the output may
+be the input).
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from ._common import fail
+from ._common import UsageError, check_writable_file, fail
+
+if TYPE_CHECKING:
+    from ..formats import ConversionReport
 
 __all__ = ["add_parser", "run"]
 
 
-_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "generator", "net", "module")
+# --- reading a checkpoint -------------------------------------------------------------------------
+
+#: How torch's legacy (pre-zip) format starts: its magic number, pickled as a LONG1.
+_LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 
-def _find_state_dict(obj: Any, key: str | None) -> tuple[dict[str, Any], str | None]:
-    """The state dict inside a checkpoint, and the key it sits under (None: the top level)."""
-    import torch
-
-    def is_state_dict(value: Any) -> bool:
-        return (
-            isinstance(value, dict)
-            and bool(value)
-            and all(isinstance(k, str) for k in value)
-            and any(isinstance(v, torch.Tensor) for v in value.values())
-        )
-
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a state dict (a dict of tensors), got {type(obj).__name__}")
-    if key is not None:
-        if key not in obj:
-            raise ValueError(
-                f"no key {key!r} in the checkpoint; its keys: {', '.join(map(str, obj))}"
-            )
-        if not is_state_dict(obj[key]):
-            raise ValueError(f"checkpoint[{key!r}] is not a state dict (a dict of tensors)")
-        return obj[key], key
-    if is_state_dict(obj) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj, None
-    nested = [k for k in _NESTED_KEYS if is_state_dict(obj.get(k))]
-    if not nested:
-        nested = [k for k, v in obj.items() if is_state_dict(v)]
-    if len(nested) == 1:
-        return obj[nested[0]], nested[0]
-    if is_state_dict(obj):
-        return obj, None
-    if nested:
-        raise ValueError(
-            f"the checkpoint holds several state dicts ({', '.join(nested)}); choose one with --key"
-        )
-    raise ValueError("the file holds no state dict (no dict of tensors found)")
-
-
-def _read_checkpoint(path: str, unsafe_load: bool) -> Any:
-    """The object in a checkpoint file; a ValueError with a one-line message if it cannot be."""
+def _read_checkpoint(path: str, unsafe_load: bool, what: str) -> Any:
+    """The object in the checkpoint at ``path``, or a one-line :class:`UsageError` that says
+    what the file is instead (``what`` names the file's role: ``""`` or ``"--like "``)."""
     import io
-    import pickle
+    import os
+    import warnings
 
     import torch
 
+    if not os.path.exists(path):
+        raise UsageError(f"{what}{path} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{what}{path} is a folder; expected a checkpoint file")
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
     except OSError as err:
-        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+        raise UsageError(f"cannot read {what}{path}: {err.strerror or err}") from None
     try:
-        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=not unsafe_load)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
-        hint = (
-            ""
-            if unsafe_load
-            else ("; it may hold arbitrary Python objects: if you trust it, pass --unsafe-load")
-        )
-        raise ValueError(f"{path} is not a loadable checkpoint ({first}){hint}") from None
+        with warnings.catch_warnings():  # torch's warnings on odd files would add lines
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=not unsafe_load)
     except Exception as err:
-        raise ValueError(f"{path} is not a PyTorch checkpoint: {err}") from None
+        raise UsageError(_why_unreadable(f"{what}{path}", raw, err, unsafe_load)) from None
 
 
-def run(args: argparse.Namespace) -> int:
+def _why_unreadable(name: str, raw: bytes, err: Exception, unsafe_load: bool) -> str:
+    """One line: what the file ``raw`` that torch.load refused holds, and what to do."""
+    import io
+    import zipfile
+
+    not_ours = f"{name} is not a PyTorch checkpoint"
+    if not raw:
+        return f"{not_ours}: empty file"
+    if raw.startswith(b"PK\x03\x04"):
+        try:
+            names = zipfile.ZipFile(io.BytesIO(raw)).namelist()
+        except zipfile.BadZipFile:
+            return f"{not_ours}: a damaged or truncated zip archive"
+        if any(n.endswith("/constants.pkl") for n in names):
+            return (
+                f"{not_ours} but a TorchScript archive (torch.jit.save): load it with "
+                "torch.jit.load and torch.save its state_dict()"
+            )
+        if not any(n.endswith("/data.pkl") for n in names):
+            return f"{not_ours}: a zip archive that torch.save did not write (no data.pkl in it)"
+        refused = [] if unsafe_load else _refused_globals_zip(raw)
+    elif raw.startswith(b"\x80"):
+        if _LEGACY_MAGIC not in raw[:32]:
+            if not _whole_pickles(raw, 1):
+                return f"{not_ours}: unrecognized content (a damaged pickle?)"
+            return f"{not_ours} but a Python pickle (torch.save did not write it)"
+        if not _whole_pickles(raw, 4):
+            return f"{name} is a damaged or truncated PyTorch checkpoint (legacy format)"
+        refused = [] if unsafe_load else _refused_globals_legacy(err)
+    elif _is_safetensors(raw):
+        return (
+            f"{not_ours} but a safetensors file: read it with safetensors.torch.load_file and "
+            "torch.save the state dict"
+        )
+    elif _is_text(raw):
+        return f"{not_ours}: it holds text"
+    else:
+        return f"{not_ours}: unrecognized content (neither a torch.save zip archive nor a pickle)"
+    if refused:
+        return _refused_message(name, refused)
+    return f"{name}: torch.load failed: {_reason(err)}"
+
+
+def _refused_message(name: str, refused: list[str]) -> str:
+    more = f" and {len(refused) - 3} more" if len(refused) > 3 else ""
+    shown = ", ".join(sorted(refused)[:3]) + more
+    trust = "if you trust the file, pass --unsafe-load (loading it runs code from it)"
+    if any(g.startswith("torch.nn.modules.") for g in refused):
+        return (
+            f"{name} holds a pickled module ({shown}), not a state dict: save model.state_dict() "
+            f"instead, or, {trust}"
+        )
+    return (
+        f"{name} holds pickled Python objects that weights-only loading refuses ({shown}): "
+        f"{trust}; for a model saved with torch.save(model), save model.state_dict() instead"
+    )
+
+
+def _refused_globals_zip(raw: bytes) -> list[str]:
+    """The classes and functions pickled in a torch.save zip file that weights-only loading
+    refuses (none known on a torch without the function that lists them)."""
     import io
 
     import torch
 
-    from ..experiments._io import atomic_write_bytes
-    from ..formats import _convert as convert_counting
+    find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if find is None:
+        return []
+    try:
+        return [str(name) for name in find(io.BytesIO(raw))]
+    except Exception:  # a pickle too damaged to list
+        return []
 
-    like: dict[str, Any] | None = None
+
+def _whole_pickles(raw: bytes, count: int) -> bool:
+    """Whether ``raw`` starts with ``count`` whole pickles (read, not run). The legacy format
+    starts with four (magic number, protocol version, system info, the object); in a cut-off
+    one, a cut-off name reads to torch as a refused global."""
+    import io
+    import pickletools
+
+    stream = io.BytesIO(raw)
     try:
-        obj = _read_checkpoint(args.input, args.unsafe_load)
-        if args.like is not None:
-            like_obj = _read_checkpoint(args.like, args.unsafe_load)
-    except ValueError as err:
-        return fail(str(err))
+        for _ in range(count):
+            for _ in pickletools.genops(stream):
+                pass
+    except Exception:  # whatever a damaged pickle raises
+        return False
+    return True
+
+
+def _refused_globals_legacy(err: Exception) -> list[str]:
+    """The global torch's weights-only unpickler names in its error (the legacy format)."""
+    import re
+
+    return re.findall(r"GLOBAL (\S+) was not an allowed global", str(err))
+
+
+def _is_safetensors(raw: bytes) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    if len(raw) < 10:
+        return False
+    size = int.from_bytes(raw[:8], "little")
+    return 0 < size <= len(raw) - 8 and raw[8:9] == b"{"
+
+
+def _is_text(raw: bytes) -> bool:
+    import codecs
+
+    sample = raw[:1024]
     try:
-        state_dict, key = _find_state_dict(obj, args.key)
-    except ValueError as err:
-        return fail(f"{args.input}: {err}")
-    if args.like is not None:
-        try:
-            like, _ = _find_state_dict(like_obj, args.key)
-        except ValueError as err:
-            return fail(f"--like {args.like}: {err}")
-    try:
-        converted, counts = convert_counting(
-            state_dict, to=args.to, include=args.include, like=like
+        text = codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+    except UnicodeDecodeError:
+        return False
+    return "\x00" not in text and all(c.isprintable() or c.isspace() for c in text)
+
+
+def _reason(err: Exception) -> str:
+    """torch's error as one short line: its formatting (ANSI escapes) and advice dropped."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err))
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    text = text.split("Check the documentation of torch.load", 1)[0]
+    text = " ".join(text.split())
+    if not text:
+        return "unexpected end of file" if isinstance(err, EOFError) else type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --- finding the state dicts ----------------------------------------------------------------------
+
+
+def _is_optimizer_state(value: object) -> bool:
+    return isinstance(value, dict) and "state" in value and "param_groups" in value
+
+
+def _is_state_dict(value: object) -> bool:
+    """A model's state dict: a dict of str keys holding at least one tensor."""
+    import torch
+
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and not _is_optimizer_state(value)
+        and all(isinstance(k, str) for k in value)
+        and any(isinstance(v, torch.Tensor) for v in value.values())
+    )
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a checkpoint's state dicts are: ``chosen`` to convert (``None``: the top level is
+    one), the ``others`` that ``--key`` leaves, and the optimizer states (never converted)."""
+
+    chosen: list[str | None]
+    others: list[str]
+    optimizers: list[str]
+
+
+def _layout(obj: object, key: str | None) -> _Layout:
+    """The state dicts of the checkpoint ``obj``; a ValueError if it holds none (or not ``key``)."""
+    from torch import Tensor, nn
+
+    from ..formats import detect_formats
+
+    if isinstance(obj, nn.Module):
+        raise ValueError(
+            f"expected a state dict, got a pickled {type(obj).__name__} module: save "
+            "model.state_dict() and convert that"
         )
+    if not isinstance(obj, dict):
+        raise ValueError(
+            f"expected a state dict (a dict of tensors) or a dict of them, got {type(obj).__name__}"
+        )
+    nested = [k for k, v in obj.items() if isinstance(k, str) and _is_state_dict(v)]
+    optimizers = [str(k) for k, v in obj.items() if _is_optimizer_state(v)]
+    flat = not nested and _is_state_dict(obj)
+    if key is not None:
+        if key in nested:
+            return _Layout([key], [k for k in nested if k != key], optimizers)
+        if key in optimizers:
+            raise ValueError(f"--key {key}: an optimizer state, not a model's state dict")
+        if flat:
+            raise ValueError(f"--key {key}: the checkpoint is one state dict, not a dict of them")
+        if key in obj:
+            raise ValueError(f"--key {key}: not a state dict (a dict of tensors)")
+        have = f"its state dicts: {', '.join(nested)}" if nested else "it holds no state dict"
+        raise ValueError(f"--key {key}: no such entry in the checkpoint; {have}")
+    if flat:
+        return _Layout([None], [], [])
+    if not nested:
+        raise ValueError("the file holds no state dict (no dict of tensors found)")
+    top = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
+    normalized = sorted(detect_formats(top))
+    if normalized:
+        raise ValueError(
+            f"weight-normalized tensors at the top level ({', '.join(normalized[:3])}) beside "
+            f"state dicts under {', '.join(nested)}: expected one or the other"
+        )
+    return _Layout(list(nested), [], optimizers)
+
+
+def _template(path: str, unsafe_load: bool, key: str | None) -> dict[str, Any]:
+    """The state dict of the ``--like`` checkpoint: its only one, or the one under ``key``."""
+    obj = _read_checkpoint(path, unsafe_load, "--like ")
+    try:
+        layout = _layout(obj, key)
     except ValueError as err:
-        return fail(f"{args.input}: {err}")
-    result: Any = converted if key is None else {**obj, key: converted}
+        raise UsageError(f"--like {path}: {err}") from None
+    if len(layout.chosen) > 1:
+        raise UsageError(
+            f"--like {path} holds several state dicts ({', '.join(map(str, layout.chosen))}): "
+            "choose one with --key"
+        )
+    (where,) = layout.chosen
+    state_dict: dict[str, Any] = obj if where is None else obj[where]
+    return state_dict
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def _counts(report: ConversionReport, to: str) -> str:
+    text = f"{report.renamed} renamed, {report.folded} folded, {report.normalized} normalized"
+    if report.resplit:
+        text += f", {report.resplit} re-split along --like's dim"
+    if report.kept:
+        text += f", {report.kept} already {to}"
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    import copy
+    import io
+
+    import torch
+
+    from .. import WeightNormError
+    from ..experiments._io import atomic_write_bytes
+    from ..formats import convert_with_report
+
+    check_writable_file(args.output, "output")
+    obj = _read_checkpoint(args.input, args.unsafe_load, "")
+    try:
+        layout = _layout(obj, args.key)
+    except ValueError as err:
+        raise UsageError(f"{args.input}: {err}") from None
+    if len(layout.chosen) > 1 and (args.like is not None or args.include):
+        raise UsageError(
+            f"{args.input} holds several state dicts ({', '.join(map(str, layout.chosen))}): "
+            "--like and --include describe one model; choose its state dict with --key"
+        )
+    like = None if args.like is None else _template(args.like, args.unsafe_load, args.key)
+    reports: dict[str | None, ConversionReport] = {}
+    for where in layout.chosen:
+        state_dict = obj if where is None else obj[where]
+        try:
+            reports[where] = convert_with_report(
+                state_dict, to=args.to, include=args.include, like=like
+            )
+        except WeightNormError as err:
+            inside = "" if where is None else f"[{where!r}]"
+            raise UsageError(f"{args.input}{inside}: {err}") from None
+    result: Any = reports[None].state_dict if None in reports else copy.copy(obj)
+    for where, report in reports.items():
+        if where is not None:
+            result[where] = report.state_dict
     buffer = io.BytesIO()
     torch.save(result, buffer)
     try:
         atomic_write_bytes(args.output, buffer.getvalue())
     except OSError as err:
         return fail(f"cannot write {args.output}: {err.strerror or err}")
-    where = f" (under {key!r})" if key else ""
-    summary = f"{counts['renamed']} renamed, {counts['folded']} folded, "
-    summary += f"{counts['normalized']} normalized"
-    if counts["resplit"]:
-        summary += f", {counts['resplit']} re-split along --like's dim"
-    if counts["kept"]:
-        summary += f", {counts['kept']} already {args.to}"
-    print(
-        f"wrote {args.output}: {len(converted)} entries in the {args.to} format{where}; "
-        f"parameters: {summary}"
-    )
+    parts = [
+        _counts(report, args.to) if where is None else f"{where}: {_counts(report, args.to)}"
+        for where, report in reports.items()
+    ]
+    unchanged = [f"{k} (not --key)" for k in layout.others]
+    unchanged += [f"{k} (optimizer state)" for k in layout.optimizers]
+    if unchanged:
+        parts.append(f"copied unchanged: {', '.join(unchanged)}")
+    print(f"wrote {args.output} ({args.to} format): {'; '.join(parts)}")
     return 0
 
 
@@ -140,18 +350,20 @@ def add_parser(sub: Any) -> None:
         "By default only parameters that are already normalized are renamed (or folded, "
         "--to plain): plain weights stay plain, so the result loads into the model the "
         "checkpoint came from. --like and --include normalize plain weights. "
+        "A checkpoint holding several state dicts (e.g. generator and discriminator) has "
+        "each converted; optimizer states and other entries are copied unchanged. "
         "Checkpoints are loaded with torch.load(weights_only=True): arbitrary pickled "
-        "objects are refused unless --unsafe-load is given.",
+        "objects are refused unless --unsafe-load is given. Nothing is written unless the "
+        "whole checkpoint converts.",
     )
-    c.add_argument("input", help="checkpoint to read")
-    c.add_argument("output", help="where to write the converted checkpoint")
-    c.add_argument("--to", required=True, choices=list(FORMATS), help="target format")
+    c.add_argument("input", help="the checkpoint to read")
+    c.add_argument("output", help="where to write the converted checkpoint (its folder must exist)")
+    c.add_argument("--to", required=True, choices=list(FORMATS), help="the format to write")
     c.add_argument(
         "--like",
         metavar="TEMPLATE",
         help="a checkpoint of the target model: its normalized parameters are "
-        "normalized in the output (with its unit dims), its plain ones "
-        "folded",
+        "normalized in the output (with its unit dims), its plain ones folded",
     )
     c.add_argument(
         "--include",
@@ -163,9 +375,9 @@ def add_parser(sub: Any) -> None:
     )
     c.add_argument(
         "--key",
-        help="the entry holding the state dict in a nested checkpoint, "
-        "in the input and the --like TEMPLATE (default: detected; tried: "
-        f"{', '.join(_NESTED_KEYS)})",
+        help="convert only the state dict under this entry of the checkpoint (the others "
+        "are copied unchanged); with --like, the template's state dict is also taken "
+        "from this entry. Without it, every state dict is converted",
     )
     c.add_argument(
         "--unsafe-load",
