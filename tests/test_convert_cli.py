@@ -25,6 +25,13 @@ from weightnorm.cli import build_parser, main
 # --- helpers --------------------------------------------------------------------------------------
 
 
+def stderr_lines(text: str) -> list[str]:
+    """stderr's lines, without the warning torch itself prints where numpy is not installed
+    (the bare-install check runs there)."""
+    torch_noise = ("Failed to initialize NumPy", "_conversion_method_template")
+    return [line for line in text.strip().splitlines() if not any(n in line for n in torch_noise)]
+
+
 def generator() -> nn.Sequential:
     """A vocoder-like generator normalized by torch's legacy weight norm (HiFi-GAN's)."""
     torch.manual_seed(0)
@@ -385,7 +392,7 @@ def test_errors_are_one_line_without_traceback_in_a_fresh_process(tmp_path: Path
             [sys.executable, "-m", "weightnorm", *command], capture_output=True, text=True
         )
         assert proc.returncode == 2
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert len(stderr_lines(proc.stderr)) == 1, proc.stderr
         assert "Traceback" not in proc.stderr
         assert "\x1b" not in proc.stderr
         assert not (tmp_path / "x.pt").exists()

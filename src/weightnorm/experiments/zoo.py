@@ -286,7 +286,7 @@ ZOO: dict[str, ZooModel] = {
 
 def missing_packages(names: list[str] | None = None) -> list[str]:
     """The PyPI packages the zoo models ``names`` (default: all) need and that are not installed."""
-    need = {ZOO[n].package: ZOO[n].module for n in (names or list(ZOO))}
+    need = {ZOO[n].package: ZOO[n].module for n in (list(ZOO) if names is None else names)}
     return sorted(p for p, mod in need.items() if importlib.util.find_spec(mod) is None)
 
 
