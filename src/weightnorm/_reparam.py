@@ -116,7 +116,7 @@ def _gain(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
 
 def _compute(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
     v = cast(Tensor, module._parameters[name + "_v"])
-    g = cast(Tensor, (module._buffers if spec.fixed_gain else module._parameters)[name + "_g"])
+    g = _gain(module, name, spec)
     if v.ndim != spec.ndim:  # replaced by a tensor of another rank: take the checked path
         return F.weight_norm(v, g, spec.dim, spec.eps, groups=spec.groups)
     return F._weight_norm_core(
@@ -507,7 +507,7 @@ def _accept_other_formats(
         else:
             return
     g, v = state_dict.get(kg), state_dict.get(kv)
-    own_g = (module._buffers if spec.fixed_gain else module._parameters).get(name + "_g")
+    own_g: Tensor | None = _gain(module, name, spec)
     if not isinstance(g, Tensor) or not isinstance(v, Tensor) or own_g is None:
         return
     if g.shape == own_g.shape:
