@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .functional import g_shape
+from .functional import _accumulator, g_shape
 
 try:
     import triton
@@ -237,10 +237,6 @@ def _blocks(units: int, n: int, inner: int, contiguous: bool) -> tuple[int, int]
         return max(1, min(np2(units), _MAX_TILE // block_r)), block_r
     block_u = min(np2(units), 64)  # units along the last dim: neighbouring units are adjacent
     return block_u, max(1, min(np2(max(n, 1)), _MAX_TILE // block_u))
-
-
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _unit_stride(t: Tensor) -> int | None:
