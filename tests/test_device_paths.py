@@ -33,7 +33,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import weightnorm as wn
-from test_functional import direction_and_magnitude  # the same hypothesis strategy
+from test_functional import (  # the same hypothesis strategy and float64 formula
+    direction_and_magnitude,
+    reference_weight_norm,
+)
 from weightnorm import functional as F
 
 HAS_CUDA = torch.cuda.is_available()
@@ -113,23 +116,19 @@ def forced(
 
 
 def reference(v: np.ndarray, g: np.ndarray, dim: int | None, groups: int = 1) -> np.ndarray:
-    """w = g v / ||v|| unit by unit in float64 numpy, independent of torch's reductions."""
-    if groups > 1:  # units are (group k, column j) of (groups, in/groups, out/groups, ...)
-        x = v.reshape(groups, v.shape[0] // groups, *v.shape[1:])
-        out = np.empty_like(x)
-        gg = g.reshape(groups, -1)
-        for k in range(groups):
-            for j in range(x.shape[2]):
-                unit = x[k, :, j]
-                out[k, :, j] = gg[k, j] * unit / np.sqrt((unit**2).sum())
-        return out.reshape(v.shape)
-    if dim is None:
-        return g.reshape(()) * v / np.sqrt((v**2).sum())
-    moved = np.moveaxis(v, dim, 0)
-    out = np.empty_like(moved)
-    for i in range(moved.shape[0]):
-        out[i] = g.reshape(-1)[i] * moved[i] / np.sqrt((moved[i] ** 2).sum())
-    return np.moveaxis(out, 0, dim)
+    """w = g v / ||v|| unit by unit in float64 numpy, independent of torch's reductions
+    (test_functional's formula; here also for grouped layouts)."""
+    if groups == 1:
+        return reference_weight_norm(v, g, dim)
+    # units are (group k, column j) of (groups, in/groups, out/groups, ...)
+    x = v.reshape(groups, v.shape[0] // groups, *v.shape[1:])
+    out = np.empty_like(x)
+    gg = g.reshape(groups, -1)
+    for k in range(groups):
+        for j in range(x.shape[2]):
+            unit = x[k, :, j]
+            out[k, :, j] = gg[k, j] * unit / np.sqrt((unit**2).sum())
+    return out.reshape(v.shape)
 
 
 def inputs(
