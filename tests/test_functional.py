@@ -275,4 +275,4 @@ def test_one_fusable_test_for_functional_modules_and_optimizer(
     assert F._torch_fusable(v, g, dim, groups, spec.layout_fusable) == decided
     assert F._path(v, g, dim, groups) == ("cpu-fused" if decided else "composite")
     entry = _Entry("w", nn.Parameter(v.clone()), dim, groups, F.DEFAULT_EPS)
-    assert entry.fusable == F._torch_fusable(v, None, dim, groups)
+    assert entry.fusable == decided

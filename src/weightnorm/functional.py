@@ -525,24 +525,23 @@ def _fused_layout(ndim: int, dim: int | None, groups: int = 1) -> bool:
 
 def _torch_fusable(
     v: Tensor,
-    g: Tensor | None,
+    g: Tensor,
     dim: int | None,
     groups: int = 1,
     layout_fusable: bool | None = None,
 ) -> bool:
     """Whether PyTorch's fused CPU kernels compute this weight norm: :func:`_fused_layout`, a
-    keep-dim ``g`` of ``v``'s dtype (not checked when ``g`` is None), ``v`` a non-empty float32
-    or float64 CPU tensor. ``layout_fusable``, when given, stands for the layout and g-shape
-    checks (modules fix both when weight norm is applied)."""
+    keep-dim ``g`` of ``v``'s dtype, ``v`` a non-empty float32 or float64 CPU tensor.
+    ``layout_fusable``, when given, stands for the layout (rank included) and g-shape checks
+    (modules fix both when weight norm is applied)."""
     if layout_fusable is None:
-        layout_fusable = _fused_layout(v.ndim, dim, groups) and (
-            g is None or tuple(g.shape) == g_shape(v.shape, dim)
+        layout_fusable = _fused_layout(v.ndim, dim, groups) and tuple(g.shape) == g_shape(
+            v.shape, dim
         )
     return (
         layout_fusable
-        and v.ndim > 1
         and v.dtype in _FUSED_DTYPES
-        and (g is None or g.dtype is v.dtype)
+        and g.dtype is v.dtype
         and v.device.type == "cpu"
         and v.numel() > 0  # torch's fused kernel dies of SIGFPE on an empty tensor
     )
