@@ -172,10 +172,10 @@ class _Entry:
                 gw, x, g, F._norm(x, self.dims), self.dims, self.eps
             )
             grad_v, grad_g = grad_v.reshape(v.shape), grad_g.reshape(g.shape)
-        if grad_g.dtype != self.g.dtype:
-            grad_g = grad_g.to(self.g.dtype)
         grads = [(self.v, self.v_grad, grad_v)]
         if self.learn_g:  # (a fixed g takes no step)
+            if grad_g.dtype != self.g.dtype:
+                grad_g = grad_g.to(self.g.dtype)
             grads.append((self.g, self.g_grad, grad_g))
         for t, view, grad in grads:
             if view is None:
@@ -192,7 +192,7 @@ class _Entry:
         self.norms = None
         w = self.w if self.local is None else self.local
         if self.fusable:
-            # the kernel of the modules' forward and of _write_weights: the same bits either way
+            # the kernel of the modules' forward and of _Writer: the same bits either way
             w_new, norms = torch._weight_norm_interface(self.v, self.g, cast(int, self.dim))
             if norms.min().item() > self.eps:
                 w.copy_(w_new)
@@ -221,28 +221,35 @@ def _local_rows(name: str, w: Tensor, dim: int | None, groups: int) -> Tensor | 
     return w.to_local()
 
 
-def _write_weights(entries: list[_Entry]) -> None:
+class _Writer:
     """:meth:`_Entry.write_weight` for every entry, the fused ones batched: one fused kernel
-    each, then a single eps check (no host read per weight) and a single copy for all of them."""
-    fused = [e for e in entries if e.fusable]
-    if len(fused) < 2:  # (batching pays from two weights on)
-        fused = []
-    for e in entries:
-        if not (fused and e.fusable):
+    each, then a single eps check (no host read per weight) and a single copy for all of them.
+    Which entries are batched, and where they are written, is fixed when it is built."""
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        fused = [e for e in entries if e.fusable]
+        if len(fused) < 2:  # (batching pays from two weights on)
+            fused = []
+        self.fused = fused
+        self.others = [e for e in entries if not (fused and e.fusable)]
+        self.targets = [e.w if e.local is None else e.local for e in fused]
+        self.eps = max((e.eps for e in fused), default=0.0)
+
+    def __call__(self) -> None:
+        for e in self.others:
             e.write_weight()
-    if not fused:
-        return
-    outs = [torch._weight_norm_interface(e.v, e.g, cast(int, e.dim)) for e in fused]
-    norms = [n for _, n in outs]
-    largest_inverse = torch.stack(torch._foreach_norm(torch._foreach_reciprocal(norms), inf))
-    if largest_inverse.max().item() * max(e.eps for e in fused) < 1.0:  # every norm > eps
-        targets = [e.w if e.local is None else e.local for e in fused]
-        torch._foreach_copy_(targets, [w for w, _ in outs])
-        for e, n in zip(fused, norms, strict=True):
-            e.norms = n
-    else:  # a unit at (or below) eps: each weight through the eps-safe path
-        for e in fused:
-            e.write_weight()
+        if not self.fused:
+            return
+        outs = [torch._weight_norm_interface(e.v, e.g, cast(int, e.dim)) for e in self.fused]
+        norms = [n for _, n in outs]
+        largest_inverse = torch.stack(torch._foreach_norm(torch._foreach_reciprocal(norms), inf))
+        if largest_inverse.max().item() * self.eps < 1.0:  # every norm > eps
+            torch._foreach_copy_(self.targets, [w for w, _ in outs])
+            for e, n in zip(self.fused, norms, strict=True):
+                e.norms = n
+        else:  # a unit at (or below) eps: each weight through the eps-safe path
+            for e in self.fused:
+                e.write_weight()
 
 
 class _Pack:
@@ -694,6 +701,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         else:
             self._packs = []
             stepped = [t for e in entries for t in e.stepped()]
+        self._write_weights = _Writer(entries)
         normalized = {id(e.w) for e in entries}
         others = [p for p in model.parameters() if p.requires_grad and id(p) not in normalized]
         groups: list[dict[str, Any]] = [{"params": stepped}]
@@ -714,7 +722,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         if self._forced:  # (v already at its norm, as loaded from a forced run, keeps its bits)
             self._renormalize(settled=True)
             with torch.no_grad():
-                _write_weights(entries)
+                self._write_weights()
 
     def _renormalize(self, settled: bool = False) -> None:
         """Forced weight normalization: every unit of every ``v`` to its fixed norm, in place
@@ -774,7 +782,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         self.inner.step()
         if self._forced:  # before the write: the norms kept for the next backward are v's own
             self._renormalize()
-        _write_weights(self._entries)
+        self._write_weights()
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
