@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import weightnorm as wn
 
@@ -480,3 +482,41 @@ def test_a_zero_unit_stays_finite(flat: bool) -> None:
         assert torch.isfinite(plain[i].weight).all()
         torch.testing.assert_close(plain[i].weight, expected)
     assert torch.equal(plain[2].weight[1], torch.zeros(4))
+
+
+class _NormCounter(TorchDispatchMode):
+    """Counts the per-unit norms (``aten.linalg_vector_norm``) dispatched while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norms = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.norms += func.overloadpacket is torch.ops.aten.linalg_vector_norm
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_a_step_computes_each_norm_of_v_once(flat: bool) -> None:
+    """Weights off the fused kernels (ConvTranspose per output channel: a middle dim; a grouped
+    one; a whole-tensor norm) keep the norms of v from the weight write for the next gradient
+    conversion: one norm per weight and step, and the written weight is weight_norm's, bit for
+    bit."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.ConvTranspose1d(4, 6, 3), nn.Tanh(), nn.ConvTranspose1d(6, 4, 3, groups=2),
+        nn.Tanh(), nn.Conv1d(4, 2, 3),
+    )  # fmt: skip
+    dims = {"0.weight": "output", "2.weight": "output", "4.weight": None}
+    opt = wn.optim.WeightNormOptimizer(model, torch.optim.SGD, params=dims, flat=flat, lr=0.1)
+    x = torch.randn(2, 4, 7)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).pow(2).sum().backward()
+        with _NormCounter() as counter:
+            opt.step()
+        assert counter.norms == 3
+        for name, (g, v) in opt.weight_norm_parameters().items():
+            spec = opt.specs()[name]
+            expected = wn.functional.weight_norm(v, g, spec.dim, groups=spec.groups)
+            assert torch.equal(model[int(name[0])].weight, expected), name

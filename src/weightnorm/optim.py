@@ -77,8 +77,10 @@ class _Entry:
     ``g`` and ``v`` are Parameters of their own, or views into the flat Parameter of a
     :class:`_Pack` (then ``g_grad``/``v_grad`` are the matching views of its gradient). On
     the CPU in float32/float64 with one g per first or last dim, the gradient conversion and the
-    weight write use PyTorch's fused weight-norm kernels; the norms come from the last write, so
-    they are not computed twice. Elsewhere the closed form is evaluated.
+    weight write use PyTorch's fused weight-norm kernels. Elsewhere the closed form is evaluated,
+    and the weight written by the composite form, or on a GPU by this library's kernels. Either
+    way the norms of ``v`` come from the last write (``v`` does not change between a write and
+    the next conversion), so they are not computed twice; only a write by the kernels keeps none.
 
     Without ``g``/``v``, they start at ``g = ||w||``, ``v = w``. Given (a weight norm taken over
     from a model), they are copied as they are: ``v`` keeps its own norm, ``g`` its dtype, and
@@ -132,7 +134,12 @@ class _Entry:
         self.dims = tuple(F._reduce_dims(w.ndim, dim, groups))
         # torch's fused kernels compute g v/||v|| here (functional's one test of it)
         self.fusable = F._torch_fusable(self.v, self.g, dim, groups)
+        # otherwise weight_norm's composite form does, unless its Triton kernels run here
+        self.composite = self.v.device.type == "cpu" or not F._kernel_fits(
+            self.v, self.g, dim, groups
+        )
         self.norms: Tensor | None = None  # from the last fused write, when every norm > eps
+        self.unit_norms: Tensor | None = None  # ||v|| per unit, from the last composite write
         self.write_weight()
 
     def fix_gain(self, gain: float) -> None:
@@ -168,9 +175,8 @@ class _Entry:
         else:
             x = F._grouped_view(v, self.groups) if self.groups > 1 else v
             gw = F._grouped_view(grad_w, self.groups) if self.groups > 1 else grad_w
-            grad_v, grad_g = F.closed_form_grads(
-                gw, x, g, F._norm(x, self.dims), self.dims, self.eps
-            )
+            norm = self.unit_norms if self.unit_norms is not None else F._norm(x, self.dims)
+            grad_v, grad_g = F.closed_form_grads(gw, x, g, norm, self.dims, self.eps)
             grad_v, grad_g = grad_v.reshape(v.shape), grad_g.reshape(g.shape)
         grads = [(self.v, self.v_grad, grad_v)]
         if self.learn_g:  # (a fixed g takes no step)
@@ -188,8 +194,9 @@ class _Entry:
 
     @torch.no_grad()
     def write_weight(self) -> None:
-        """``w = g v/||v||`` into the model's weight (in place: the same Parameter)."""
-        self.norms = None
+        """``w = g v/||v||`` into the model's weight (in place: the same Parameter), and the
+        norms of ``v`` for the next :meth:`to_g_v_grads`."""
+        self.norms = self.unit_norms = None
         w = self.w if self.local is None else self.local
         if self.fusable:
             # the kernel of the modules' forward and of _Writer: the same bits either way
@@ -198,7 +205,12 @@ class _Entry:
                 w.copy_(w_new)
                 self.norms = norms
                 return
-        w.copy_(F.weight_norm(self.v, self.g, self.dim, self.eps, groups=self.groups))
+        if self.composite:  # what weight_norm computes here (its composite form), bit for bit
+            x = F._grouped_view(self.v, self.groups) if self.groups > 1 else self.v
+            self.unit_norms = F._norm(x, self.dims)
+            w.copy_(F._scaled(x, self.g, self.unit_norms, self.eps).reshape(w.shape))
+        else:
+            w.copy_(F.weight_norm(self.v, self.g, self.dim, self.eps, groups=self.groups))
 
 
 def _local_rows(name: str, w: Tensor, dim: int | None, groups: int) -> Tensor | None:
@@ -246,7 +258,7 @@ class _Writer:
         if largest_inverse.max().item() * self.eps < 1.0:  # every norm > eps
             torch._foreach_copy_(self.targets, [w for w, _ in outs])
             for e, n in zip(self.fused, norms, strict=True):
-                e.norms = n
+                e.norms, e.unit_norms = n, None
         else:  # a unit at (or below) eps: each weight through the eps-safe path
             for e in self.fused:
                 e.write_weight()
