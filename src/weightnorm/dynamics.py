@@ -486,10 +486,8 @@ class AngularStepTracker:
         before, self._before = self._before, None
         if before is None:
             return
-        self._last = {
-            t.name: AngularStep(
-                F.angle_between(b, t.v.detach(), t.dim, groups=t.groups, eps=t.eps).reshape(-1)
-            )
+        self._last = {  # (the layout of each target was checked once, when it was found)
+            t.name: AngularStep(F._angle(b, t.v.detach(), t.dims, t.groups, t.eps).reshape(-1))
             for t, b in zip(self._targets, before, strict=True)
         }
 

@@ -445,7 +445,11 @@ def angle_between(
         raise ValueError(f"eps must be >= 0, got {eps}")
     if groups == 1:
         dim = normalize_dim(dim, a.ndim)
-    dims = _reduce_dims(a.ndim, dim, groups)
+    return _angle(a, b, tuple(_reduce_dims(a.ndim, dim, groups)), groups, eps)
+
+
+def _angle(a: Tensor, b: Tensor, dims: tuple[int, ...], groups: int, eps: float) -> Tensor:
+    """:func:`angle_between` after validation: ``dims`` the reduced dims."""
     dtype = torch.promote_types(a.dtype, b.dtype)
     if dtype in _LOW_PRECISION:
         dtype = torch.float32
