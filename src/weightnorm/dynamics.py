@@ -166,6 +166,10 @@ class ForcedWeightNorm:
     ) -> None:
         self._targets = targets
         self._norms = norms
+        # the modules carrying them, each once: their weights read earlier are written back
+        # (_sync) before every renormalization
+        modules = {id(t.module): t.module for t in targets if t.module is not None}
+        self._modules = list(modules.values())
         self._optimizer = weakref.ref(optimizer)
         self._handle: RemovableHandle | None = None
 
@@ -189,11 +193,9 @@ class ForcedWeightNorm:
                 del _FORCING[id(t.v)]
 
     def _renormalize(self, settled: bool = False) -> None:
-        synced: set[int] = set()
+        for module in self._modules:
+            _sync(module)  # an in-place change to a weight read earlier is applied first
         for t, norm in zip(self._targets, self._norms, strict=True):
-            if t.module is not None and id(t.module) not in synced:
-                _sync(t.module)  # an in-place change to a weight read earlier is applied first
-                synced.add(id(t.module))
             rtol = F._settled_rtol(t.v.dtype) if settled else 0.0
             F._renormalize(t.v, norm, t.dims, t.groups, t.eps, rtol)
 
