@@ -376,8 +376,7 @@ def weight_norm_stats(source: nn.Module | WeightNormOptimizer) -> dict[str, Weig
         targets = _optimizer_targets(source)
     elif isinstance(source, nn.Module):
         for module in source.modules():
-            if weight_norm_specs(module):
-                _sync(module)  # an in-place change to a weight read earlier counts
+            _sync(module)  # an in-place change to a weight read earlier counts
         targets = _module_targets(source)
         if not targets:
             raise _no_weight_norm(source, "weight_norm_stats")
