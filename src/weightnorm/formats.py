@@ -374,35 +374,29 @@ def convert_with_report(
                 counts["folded"] += 1
                 continue
             target = targets.get(base)
+            resplit = False
             if target is not None:
                 g, v, resplit = _fit(g, v, base, target)
-                if resplit:
-                    _write_pair(out, base, g, v, to)
-                    counts["resplit"] += 1
-                    continue
             _write_pair(out, base, g, v, to)
-            counts["kept" if fmt == to else "renamed"] += 1
+            counts["resplit" if resplit else "kept" if fmt == to else "renamed"] += 1
             continue
         selected = [p for p in patterns if fnmatch.fnmatchcase(key, p)]
         for p in selected:
             matched[p].append(key)
         target = targets.get(key) if to != "plain" else None
         wanted = bool(selected) and isinstance(value, Tensor) and value.ndim >= 2
-        if target is not None or wanted:
-            _check_floating(key, value, "a weight to normalize")
+        if target is None and not wanted:
+            out[key] = value
+            continue
+        _check_floating(key, value, "a weight to normalize")
         if target is not None:  # like's unit dim wins over dim and dims
             g = _split(value, key, target.dim, target.groups, target.g_shape)
-            _write_pair(out, key, g, value, to)
-            counts["normalized"] += 1
-            done.update(selected)
-        elif wanted:
-            g = _split(value, key, per_key.get(key, dim), 1, None)
-            _write_pair(out, key, g, value, to)
-            counts["normalized"] += 1
-            done.update(selected)
-            split_by_include.add(key)
         else:
-            out[key] = value
+            g = _split(value, key, per_key.get(key, dim), 1, None)
+            split_by_include.add(key)
+        _write_pair(out, key, g, value, to)
+        counts["normalized"] += 1
+        done.update(selected)
     for p in patterns:
         if p in done:
             continue
