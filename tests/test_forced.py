@@ -663,6 +663,10 @@ def test_weight_norm_stats_against_independent_values() -> None:
     norms = unit_norms(model[5], model[5].weight_v.detach()).double()
     assert summary["v_norm_max"] == pytest.approx(float(norms.max()))
     assert summary["v_norm_mean"] == pytest.approx(float(norms.mean()))
+    assert summary["v_norm_min"] == pytest.approx(float(norms.min()))
+    g = model[5].weight_g.detach().double()
+    for key, value in (("g_min", g.min()), ("g_mean", g.mean()), ("g_max", g.max())):
+        assert summary[key] == pytest.approx(float(value)), key
     assert not wn.weight_norm_stats(mp_net())["0.weight"].learned_gain
 
 
@@ -729,6 +733,7 @@ def test_tracker_reports_zero_when_the_optimizer_changes_nothing() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     tracker = wn.AngularStepTracker(model, opt)
     train_step(model, opt)
+    assert list(tracker.last()) == ["0.weight", "2.weight", "5.weight"]  # (all() of nothing)
     assert all(bool((s.per_unit == 0).all()) for s in tracker.last().values())
 
 
@@ -773,6 +778,21 @@ def test_renormalize_sets_every_unit_and_keeps_directions(
     v, dim = data
     w = F.weight_norm(v, torch.ones(F.g_shape(v.shape, dim), dtype=v.dtype), dim)
     out = F.renormalize_(v.clone(), c, dim)
+    # the units written out independently of the library's layout code: rows of dim moved first
+    rows = out.reshape(1, -1) if dim is None else out.movedim(dim, 0).reshape(v.shape[dim], -1)
+    before = v.reshape(1, -1) if dim is None else v.movedim(dim, 0).reshape(v.shape[dim], -1)
+    nonzero_rows = before.norm(dim=1) > 1e-6
+    torch.testing.assert_close(
+        rows[nonzero_rows].norm(dim=1),
+        torch.full_like(rows[nonzero_rows][:, 0], c),
+        rtol=1e-12,
+        atol=0,
+    )
+    assert bool((rows[~nonzero_rows] == 0).all())
+    kept = before[nonzero_rows]  # and each direction is kept
+    torch.testing.assert_close(
+        rows[nonzero_rows] / c, kept / kept.norm(dim=1, keepdim=True), rtol=1e-12, atol=1e-12
+    )
     norms = F.norm_except_dim(v, dim)
     after = F.norm_except_dim(out, dim)
     nonzero = norms > 1e-6
