@@ -212,7 +212,8 @@ def test_forced_path_is_the_one_taken(path: str) -> None:
     device = device_of(path)
     v = torch.randn(4, 3, device=device, requires_grad=True)
     g = torch.ones(4, 1, device=device, requires_grad=True)
-    name = forced(path, v, g, 0).grad_fn.name()  # type: ignore[union-attr]
+    w = forced(path, v, g, 0)
+    name = w.grad_fn.name()  # type: ignore[union-attr]
     expected = {
         "cpu-fused": "WeightNormInterfaceBackward0",
         "kernel": "GeneratedBackwardFor_weightnorm_weight_norm_defaultBackward",
@@ -220,6 +221,15 @@ def test_forced_path_is_the_one_taken(path: str) -> None:
     }
     if path == "traced":
         assert name not in expected.values()
+        # plain differentiable ops: g * v / max(||v||, eps), each with its own backward node
+        nodes, todo = set(), [w.grad_fn]
+        while todo:
+            node = todo.pop()
+            if node is not None and node.name() not in nodes:
+                nodes.add(node.name())
+                todo.extend(n for n, _ in node.next_functions)
+        assert {"LinalgVectorNormBackward0", "ClampMinBackward0", "MulBackward0"} <= nodes
+        assert not nodes & set(expected.values())
     else:
         assert name == expected[path]
 
