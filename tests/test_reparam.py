@@ -448,7 +448,7 @@ def test_forward_keeps_its_signature_and_recovers_from_errors() -> None:
     layer = wn.weight_norm(nn.Conv1d(2, 3, 3))
     assert inspect.signature(layer.forward) == inspect.signature(nn.Conv1d(2, 3, 3).forward)
     layer(torch.randn(2, 2, 7)).sum().backward()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"expected input.* to have 2 channels"):
         layer(torch.randn(2, 5, 7))  # wrong channel count
     nn.init.constant_(layer.weight, 1.0)  # outside forward again: written back
     torch.testing.assert_close(layer.state_dict()["weight_v"], torch.ones(3, 2, 3))
@@ -669,6 +669,8 @@ def test_functional_call_relies_on_torchs_swap_tensor() -> None:
     assert _reparam._SWAP_ORIG_LOCAL in swap_tensor.__code__.co_varnames
     assert "setattr" in swap_tensor.__code__.co_names  # how a non-parameter name is swapped
     assert _named_member_accessor.NamedMemberAccessor.swap_tensor is not None
+    # (the accessor functional_call uses swaps each name through that module-level function)
+    assert "swap_tensor" in _named_member_accessor.NamedMemberAccessor.swap_tensor.__code__.co_names
     assert "swap_tensors_dict" in stateless._reparametrize_module.__code__.co_names or (
         "swap_tensors_dict" in inspect.getsource(stateless._reparametrize_module)
     )
