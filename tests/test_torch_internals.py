@@ -58,6 +58,15 @@ def test_torch_weight_norm_kernel_and_rnn_cache() -> None:
     w2, norms = torch._weight_norm_interface(v, g, 0)
     torch.testing.assert_close(w2, w)
     assert norms.shape == (4, 1)
+    # the unclamped per-unit norms (functional's eps check, optim's cached norms)
+    torch.testing.assert_close(norms, v.norm(dim=1, keepdim=True))
+    # and its backward, which optim calls directly with those norms: paper eq. 3
+    grad_w = torch.randn(4, 3)
+    grad_v, grad_g = torch.ops.aten._weight_norm_interface_backward.default(grad_w, v, g, norms, 0)
+    v_ref, g_ref = v.clone().requires_grad_(True), g.clone().requires_grad_(True)
+    (g_ref * v_ref / v_ref.norm(dim=1, keepdim=True)).backward(grad_w)
+    torch.testing.assert_close(grad_v, v_ref.grad)
+    torch.testing.assert_close(grad_g, g_ref.grad)
     lstm = nn.LSTM(2, 3)
     assert "_flat_weights_names" in lstm.__dict__
     assert callable(lstm._init_flat_weights)
