@@ -93,13 +93,11 @@ def _module_targets(model: nn.Module) -> list[_Target]:
 
 
 def _optimizer_targets(optimizer: WeightNormOptimizer) -> list[_Target]:
-    """The ``g`` and ``v`` a :class:`WeightNormOptimizer` owns."""
-    specs = optimizer.specs()
+    """The ``g`` and ``v`` a :class:`WeightNormOptimizer` owns (its entries, read directly)."""
     return [
-        _Target(name, v, g, specs[name].dim, specs[name].groups, specs[name].eps,
-                not specs[name].fixed_gain, None)
-        for name, (g, v) in optimizer.weight_norm_parameters().items()
-    ]  # fmt: skip
+        _Target(e.name, e.v, e.g, e.dim, e.groups, e.eps, e.learn_g, None)
+        for e in optimizer._entries
+    ]
 
 
 def _no_weight_norm(model: nn.Module, what: str) -> WeightNormError:
