@@ -83,9 +83,10 @@ class _Entry:
     the next conversion), so they are not computed twice; only a write by the kernels keeps none.
 
     Without ``g``/``v``, they start at ``g = ||w||``, ``v = w``. Given (a weight norm taken over
-    from a model), they are copied as they are: ``v`` keeps its own norm, ``g`` its dtype, and
-    the weight is rewritten as ``g v/||v||``. With ``learn_g=False`` (a fixed gain) ``g`` is a
-    plain tensor that the wrapped optimizer never sees.
+    from a model), they are copied as they are: ``v`` keeps its own norm, ``g`` its dtype. With
+    ``learn_g=False`` (a fixed gain) ``g`` is a plain tensor that the wrapped optimizer never
+    sees. The weight is first rewritten as ``g v/||v||`` by the optimizer's setup, once every
+    entry has its final ``g`` and ``v`` (a fixed gain, forcing, packing).
     """
 
     def __init__(
@@ -140,13 +141,11 @@ class _Entry:
         )
         self.norms: Tensor | None = None  # from the last fused write, when every norm > eps
         self.unit_norms: Tensor | None = None  # ||v|| per unit, from the last composite write
-        self.write_weight()
 
     def fix_gain(self, gain: float) -> None:
         """Make ``g`` the constant ``gain`` per unit, not trained (before any :class:`_Pack`)."""
         self.g = torch.full_like(self.g.detach(), gain)
         self.learn_g = False
-        self.write_weight()
 
     def stepped(self) -> tuple[Tensor, ...]:
         """The tensors the wrapped optimizer updates: ``g`` (when learned) and ``v``."""
@@ -733,8 +732,8 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         )
         if self._forced:  # (v already at its norm, as loaded from a forced run, keeps its bits)
             self._renormalize(settled=True)
-            with torch.no_grad():
-                self._write_weights()
+        with torch.no_grad():  # the weights from g and v, once every entry has its final g and v
+            self._write_weights()
 
     def _renormalize(self, settled: bool = False) -> None:
         """Forced weight normalization: every unit of every ``v`` to its fixed norm, in place
