@@ -686,10 +686,11 @@ def _weight_norm_core(
         path = "composite"  # a norm at or below eps: the eps-safe form
     if path == "kernel":
         return cast(Tensor, _weight_norm_op(v, g, dim, eps)[0])
-    if path == "traced":
-        return _weight_norm_composite(v, g, dim, eps, groups)
     x = _grouped_view(v, groups) if groups > 1 else v
-    w = cast(Tensor, _WeightNormFunction.apply(x, g, dims, eps))  # type: ignore[no-untyped-call]
+    if path == "traced":  # plain differentiable operations: what graphs and transforms take
+        w = _scaled(x, g, _norm(x, dims), eps)
+    else:
+        w = cast(Tensor, _WeightNormFunction.apply(x, g, dims, eps))  # type: ignore[no-untyped-call]
     return w if groups == 1 else w.reshape(v.shape)
 
 
@@ -942,15 +943,6 @@ def _jit_tracing() -> bool:
 def _functorch_active() -> bool:
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(active()) if active is not None else False
-
-
-def _weight_norm_composite(
-    v: Tensor, g: Tensor, dim: int | None, eps: float, groups: int
-) -> Tensor:
-    if groups == 1:
-        return _scaled(v, g, norm_except_dim(v, dim), eps)
-    x = _grouped_view(v, groups)
-    return _scaled(x, g, norm_except_dim(v, dim, groups=groups), eps).reshape(v.shape)
 
 
 def mean_only_batch_norm(
