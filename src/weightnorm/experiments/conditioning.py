@@ -27,7 +27,8 @@ from torch.func import functional_call, hessian, vmap
 
 import weightnorm as wn
 
-from .curves import Curve, mean_std, write_curves_report
+from ._stats import mean_std
+from .curves import Curve, write_curves_report
 from .data import Dataset, digits
 from .jobs import MethodSeed, Progress, run_method_seeds
 from .plotting import png, pyplot

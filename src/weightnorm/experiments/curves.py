@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +13,11 @@ from typing import Any
 
 from ._env import environment
 from ._io import atomic_write_bytes, atomic_write_text
+from ._stats import finite, nanmean
 from .plotting import png, pyplot
 from .records import CurveRecord, to_json
 
-__all__ = ["Curve", "mean_std", "write_curves_report"]
+__all__ = ["Curve", "write_curves_report"]
 
 
 @dataclass(frozen=True)
@@ -29,28 +29,14 @@ class Curve:
     log: bool = False
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation of the finite values (NaN if none).
-
-    Example::
-
-        >>> mean_std([1.0, 3.0, float("nan")])
-        (2.0, 1.4142135623730951)
-    """
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan
-    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else 0.0)
-
-
 def _band(curves: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
     n = max(len(c) for c in curves)
     mean, lo, hi = [], [], []
     for i in range(n):
-        column = [c[i] for c in curves if i < len(c) and math.isfinite(c[i])]
-        mean.append(statistics.fmean(column) if column else math.nan)
-        lo.append(min(column) if column else math.nan)
-        hi.append(max(column) if column else math.nan)
+        column = finite(c[i] for c in curves if i < len(c))
+        mean.append(nanmean(column))
+        lo.append(min(column, default=math.nan))
+        hi.append(max(column, default=math.nan))
     return mean, lo, hi
 
 

@@ -23,10 +23,11 @@ from typing import Any
 
 from ._env import environment
 from ._io import atomic_write_bytes, atomic_write_text
+from ._stats import finite, nanmean
 from .methods import METHODS
 from .plotting import png, pyplot
 from .records import to_json
-from .runner import ComparisonResult, RunRecord
+from .runner import CURVES, ComparisonResult, RunRecord
 
 __all__ = ["MethodSummary", "Verdict", "compare", "epochs_to", "summarize", "write_report"]
 
@@ -59,14 +60,9 @@ class MethodSummary:
         return [r.curves["train_error"][epoch - 1] for r in runs]
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return statistics.fmean(finite) if finite else math.nan
-
-
 def _mean_curve(runs: Sequence[RunRecord], key: str) -> list[float]:
     curves = [r.curves[key] for r in runs]
-    return [_nanmean([c[i] for c in curves]) for i in range(len(curves[0]))]
+    return [nanmean([c[i] for c in curves]) for i in range(len(curves[0]))]
 
 
 def epochs_to(curve: Sequence[float], target: float) -> float:
@@ -89,8 +85,9 @@ def epochs_to(curve: Sequence[float], target: float) -> float:
     return math.inf
 
 
-def _bad_as_inf(values: Sequence[float]) -> list[float]:
-    return [v if math.isfinite(v) else math.inf for v in values]
+def _bad(value: float) -> float:
+    """A non-finite value (a diverged run's NaN) as the worst one, ``inf``."""
+    return value if math.isfinite(value) else math.inf
 
 
 @dataclass(frozen=True)
@@ -114,7 +111,7 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Verdict:
         >>> compare([5.0], [3.0, 4.0]).word
         'did not hold'
     """
-    fa, fb = _bad_as_inf(a), _bad_as_inf(b)
+    fa, fb = [_bad(v) for v in a], [_bad(v) for v in b]
     if max(fa) < min(fb):
         word = "held"
     elif max(fb) < min(fa):
@@ -132,8 +129,8 @@ def _target(result: ComparisonResult) -> float:
         for o in result.config.optimizers
         for m in result.config.methods
     ]
-    finite = [v for v in last if math.isfinite(v)]
-    return statistics.median(finite) if finite else 0.5
+    reached = finite(last)
+    return statistics.median(reached) if reached else 0.5
 
 
 def summarize(result: ComparisonResult) -> tuple[list[MethodSummary], float]:
@@ -145,7 +142,7 @@ def summarize(result: ComparisonResult) -> tuple[list[MethodSummary], float]:
             runs = result.runs_of(opt, method)
             every = [r for r in result.runs if r.spec.optimizer == opt and r.spec.method == method]
             tests = [r.final["test_error"] for r in runs]
-            finite = [t for t in tests if math.isfinite(t)]
+            finished = finite(tests)
             train_curve = _mean_curve(runs, "train_error")
             summaries.append(
                 MethodSummary(
@@ -157,8 +154,8 @@ def summarize(result: ComparisonResult) -> tuple[list[MethodSummary], float]:
                     sweep_runs=len(every),
                     sweep_diverged=sum(r.diverged for r in every),
                     test_errors=tests,
-                    test_error_mean=statistics.fmean(finite) if finite else math.nan,
-                    test_error_std=statistics.stdev(finite) if len(finite) > 1 else 0.0,
+                    test_error_mean=nanmean(tests),
+                    test_error_std=statistics.stdev(finished) if len(finished) > 1 else 0.0,
                     train_error_final=train_curve[-1],
                     epochs_to_target=[epochs_to(r.curves["train_error"], target) for r in runs],
                     step_time=result.step_time_ratios.get(opt, {}).get(method, []),
@@ -174,7 +171,7 @@ def summarize(result: ComparisonResult) -> tuple[list[MethodSummary], float]:
 
 def _range(values: Sequence[float], fmt: str) -> str:
     """``median [min-max]`` of per-seed values in ``fmt``; ``never``/``diverged`` spelled out."""
-    shown = [v for v in values if math.isfinite(v)]
+    shown = finite(values)
     bad = len(values) - len(shown)
     if not shown:
         return "never" if all(v == math.inf for v in values) else "diverged"
@@ -258,11 +255,11 @@ def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: fl
                 if all(v.word == "held" for v in against.values())
                 else ("did not hold" if losses else "inconclusive")
             )
-            lowest = min(by, key=lambda m: _bad(_nanmean(at[m])))
+            lowest = min(by, key=lambda m: _bad(nanmean(at[m])))
             say(
                 f"- **{opt}: batch norm has the lowest training error early** (epoch {early}): "
                 f"**{word}**. Batch norm {_range(at['bn'], '.2%')}; lowest mean there: {lowest} "
-                f"({_nanmean(at[lowest]):.2%})"
+                f"({nanmean(at[lowest]):.2%})"
                 + (f"; beaten on every seed by {', '.join(losses)}." if losses else ".")
             )
         if "wn-init" in by and by["wn-init"].step_time:
@@ -275,10 +272,6 @@ def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: fl
                 f"{q2:.2f}x [quartiles {q1:.2f}-{q3:.2f}]. Timings vary from run to run."
             )
     return lines
-
-
-def _bad(value: float) -> float:
-    return value if math.isfinite(value) else math.inf
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -399,15 +392,14 @@ def _plot_curves(summaries: list[MethodSummary], result: ComparisonResult, out: 
 def _csv(result: ComparisonResult) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    keys = ["train_loss", "train_error", "val_error", "test_error", "epoch_time_s"]
-    writer.writerow(["optimizer", "method", "lr", "seed", "chosen_lr", "epoch", *keys])
+    writer.writerow(["optimizer", "method", "lr", "seed", "chosen_lr", "epoch", *CURVES])
     for run in result.runs:
         spec = run.spec
         chosen = spec.lr == result.chosen_lr[spec.optimizer][spec.method]
         for epoch in range(len(run.curves["train_error"])):
             writer.writerow(
                 [spec.optimizer, spec.method, spec.lr, spec.seed, chosen, epoch + 1,
-                 *(run.curves[k][epoch] for k in keys)]
+                 *(run.curves[k][epoch] for k in CURVES)]
             )  # fmt: skip
     return buffer.getvalue()
 

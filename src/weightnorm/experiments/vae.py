@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 import weightnorm as wn
 
-from .curves import Curve, mean_std, write_curves_report
+from ._stats import mean_std
+from .curves import Curve, write_curves_report
 from .jobs import MethodSeed, Progress, run_method_seeds
 from .records import CurveRecord
 
