@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ._env import environment
 from ._io import atomic_write_bytes, atomic_write_text
@@ -55,10 +55,6 @@ class MethodSummary:
     train_error_curve: list[float]  # mean over seeds, per epoch
     test_error_curve: list[float]
 
-    def train_error_at(self, epoch: int, runs: Sequence[RunRecord]) -> list[float]:
-        """Per-seed training error at ``epoch`` (1-based); NaN for a diverged run."""
-        return [r.curves["train_error"][epoch - 1] for r in runs]
-
 
 def _mean_curve(runs: Sequence[RunRecord], key: str) -> list[float]:
     curves = [r.curves[key] for r in runs]
@@ -90,13 +86,8 @@ def _bad(value: float) -> float:
     return value if math.isfinite(value) else math.inf
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """A comparison of per-seed values (lower is better) of ``a`` against ``b``."""
-
-    word: str  # "held", "did not hold", "inconclusive"
-    a: list[float]
-    b: list[float]
+#: The outcome of a claim "A beats B" on per-seed values (:func:`compare`).
+Verdict = Literal["held", "did not hold", "inconclusive"]
 
 
 def compare(a: Sequence[float], b: Sequence[float]) -> Verdict:
@@ -104,21 +95,27 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Verdict:
 
     Example::
 
-        >>> compare([1.0, 2.0], [3.0, 4.0]).word
+        >>> compare([1.0, 2.0], [3.0, 4.0])
         'held'
-        >>> compare([1.0, 3.5], [3.0, 4.0]).word
+        >>> compare([1.0, 3.5], [3.0, 4.0])
         'inconclusive'
-        >>> compare([5.0], [3.0, 4.0]).word
+        >>> compare([5.0], [3.0, 4.0])
         'did not hold'
     """
     fa, fb = [_bad(v) for v in a], [_bad(v) for v in b]
     if max(fa) < min(fb):
-        word = "held"
-    elif max(fb) < min(fa):
-        word = "did not hold"
-    else:
-        word = "inconclusive"
-    return Verdict(word, list(a), list(b))
+        return "held"
+    if max(fb) < min(fa):
+        return "did not hold"
+    return "inconclusive"
+
+
+def _beats_all(verdicts: Sequence[Verdict]) -> Verdict:
+    """ "A beats every other method" from A's verdict against each: held if each held, did not
+    hold if some other method beat it, inconclusive otherwise."""
+    if all(v == "held" for v in verdicts):
+        return "held"
+    return "did not hold" if "did not hold" in verdicts else "inconclusive"
 
 
 def _target(result: ComparisonResult) -> float:
@@ -206,14 +203,14 @@ def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: fl
             v = compare(by["wn-init"].epochs_to_target, by["normal-init"].epochs_to_target)
             say(
                 f"- **{opt}: weight norm speeds up convergence** (both with data init; epochs "
-                f"to {target:.1%} training error, median [min-max] over seeds): **{v.word}**. "
+                f"to {target:.1%} training error, median [min-max] over seeds): **{v}**. "
                 f"WN {ett('wn-init')}, normal parameterization {ett('normal-init')}."
             )
         if "wn" in by and "wn-init" in by:
             v = compare(by["wn-init"].epochs_to_target, by["wn"].epochs_to_target)
             say(
                 f"- **{opt}: data-dependent init speeds up weight norm** (epochs to "
-                f"{target:.1%}): **{v.word}**. With init {ett('wn-init')}, without "
+                f"{target:.1%}): **{v}**. With init {ett('wn-init')}, without "
                 f"{ett('wn')}; test error {_range(by['wn-init'].test_errors, '.2%')} vs "
                 f"{_range(by['wn'].test_errors, '.2%')}."
             )
@@ -221,13 +218,9 @@ def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: fl
             others = [s for m, s in by.items() if m != "wn-mobn"]
             verdicts = [compare(by["wn-mobn"].test_errors, s.test_errors) for s in others]
             beaten = [
-                s.method for s, v in zip(others, verdicts, strict=True) if v.word == "did not hold"
+                s.method for s, v in zip(others, verdicts, strict=True) if v == "did not hold"
             ]
-            word = (
-                "held"
-                if all(v.word == "held" for v in verdicts)
-                else ("did not hold" if beaten else "inconclusive")
-            )
+            word = _beats_all(verdicts)
             best = min(by.values(), key=lambda s: _bad(s.test_error_mean))
             detail = (
                 f"beaten on every seed by {', '.join(beaten)}"
@@ -235,9 +228,7 @@ def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: fl
                 else "separated from every other method on every seed"
                 if word == "held"
                 else "the seeds' ranges overlap with "
-                + ", ".join(
-                    s.method for s, v in zip(others, verdicts, strict=True) if v.word != "held"
-                )
+                + ", ".join(s.method for s, v in zip(others, verdicts, strict=True) if v != "held")
             )
             say(
                 f"- **{opt}: WN + mean-only BN gives the best test error** (paper: 7.31% vs "
@@ -247,14 +238,10 @@ def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: fl
             )
         if "bn" in by and len(by) > 1:
             runs = {m: result.runs_of(opt, m) for m in by}
-            at = {m: by[m].train_error_at(early, runs[m]) for m in by}
+            at = {m: [r.curves["train_error"][early - 1] for r in runs[m]] for m in by}
             against = {m: compare(at["bn"], at[m]) for m in by if m != "bn"}
-            losses = [m for m, v in against.items() if v.word == "did not hold"]
-            word = (
-                "held"
-                if all(v.word == "held" for v in against.values())
-                else ("did not hold" if losses else "inconclusive")
-            )
+            losses = [m for m, v in against.items() if v == "did not hold"]
+            word = _beats_all(list(against.values()))
             lowest = min(by, key=lambda m: _bad(nanmean(at[m])))
             say(
                 f"- **{opt}: batch norm has the lowest training error early** (epoch {early}): "
