@@ -25,8 +25,17 @@ from ._stats import finite, mean_std, nanmean
 from .jobs import Progress, run_method_seeds
 from .plotting import png, pyplot
 from .records import CurveRecord, to_json
+from .report import Verdict, compare
 
-__all__ = ["Curve", "CurvesReport", "over_seeds", "run_experiment", "write_curves_report"]
+__all__ = [
+    "Curve",
+    "CurvesReport",
+    "beats",
+    "over_seeds",
+    "per_seed",
+    "run_experiment",
+    "write_curves_report",
+]
 
 R = TypeVar("R", bound=CurveRecord)
 
@@ -57,11 +66,32 @@ class CurvesReport:
     extra_plots: dict[str, bytes] = field(default_factory=dict)
 
 
-def over_seeds(
+def per_seed(
     records: Mapping[str, Sequence[R]], value: Callable[[R], float]
-) -> dict[str, tuple[float, float]]:
-    """Per method, the mean and standard deviation over its seeds of ``value(record)``."""
-    return {m: mean_std([value(r) for r in runs]) for m, runs in records.items()}
+) -> dict[str, list[float]]:
+    """Per method, ``value(record)`` of each of its seeds."""
+    return {m: [value(r) for r in runs] for m, runs in records.items()}
+
+
+def over_seeds(values: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, float]]:
+    """Per method, the mean and standard deviation of its per-seed ``values``."""
+    return {m: mean_std(v) for m, v in values.items()}
+
+
+def beats(a: Sequence[float], b: Sequence[float], *, higher_is_better: bool = False) -> Verdict:
+    """Whether the method with per-seed values ``a`` beats the one with ``b``: the main job's
+    rule (:func:`~weightnorm.experiments.report.compare`: *held* when every seed of ``a`` beats
+    every seed of ``b``, *did not hold* when the reverse is true, *inconclusive* otherwise; NaN
+    counts as the worst value).
+
+    Example::
+
+        >>> beats([-19.3, -19.2], [-19.5, -19.4], higher_is_better=True)
+        'held'
+    """
+    if higher_is_better:
+        return compare([-v for v in a], [-v for v in b])
+    return compare(a, b)
 
 
 def _band(curves: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
@@ -144,9 +174,14 @@ def write_curves_report(
     images = "\n".join(f"![{p}]({p})" for p in plots)
     body = "\n".join(content.table)
     held = "\n".join(content.claims) or "- (nothing to check)"
+    rule = (
+        "A claim that one method beats another *held* when every seed of the one beats every "
+        "seed of the other, *did not hold* when the reverse is true, and is *inconclusive* when "
+        "the seeds' ranges overlap."
+    )
     report = (
         f"# {content.title}\n\n{content.intro}\n\n{body}\n\n"
-        f"## What held and what did not\n\n{held}\n\n"
+        f"## What held and what did not\n\n{rule}\n\n{held}\n\n"
         f"## Plots\n\n{images}\n\nMachine: {env['machine']}, {env['cpus']} CPUs, torch "
         f"{env['torch']}; wall time {wall_time_s / 60:.1f} min. Settings and every curve: "
         "`results.json`, `results.csv`.\n"

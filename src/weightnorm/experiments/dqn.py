@@ -16,7 +16,7 @@ from torch import nn
 
 import weightnorm as wn
 
-from .curves import Curve, CurvesReport, over_seeds, run_experiment
+from .curves import Curve, CurvesReport, beats, over_seeds, per_seed, run_experiment
 from .jobs import MethodSeed, Progress
 from .records import CurveRecord
 
@@ -169,8 +169,9 @@ def run_dqn(
 
 
 def _report(records: dict[str, list[CurveRecord]], settings: DQNSettings) -> CurvesReport:
-    best = over_seeds(records, lambda r: max(r.curves["eval_return"]))
-    final = over_seeds(records, lambda r: r.final("eval_return"))
+    best_seeds = per_seed(records, lambda r: max(r.curves["eval_return"]))
+    best = over_seeds(best_seeds)
+    final = over_seeds(per_seed(records, lambda r: r.final("eval_return")))
     table = [
         "| method | Adamax lr | best evaluation return (mean +- std) | final evaluation return |",
         "|---|---|---|---|",
@@ -180,14 +181,16 @@ def _report(records: dict[str, list[CurveRecord]], settings: DQNSettings) -> Cur
             for m in records
         ),
     ]
-    wn_ok = best["wn"][0] >= best["normal"][0]
+    better = beats(best_seeds["wn"], best_seeds["normal"], higher_is_better=True)
+    rival = max(("wn", "normal"), key=lambda m: best[m][0])  # the better of the two others
+    struggles = beats(best_seeds[rival], best_seeds["bn"], higher_is_better=True)
     claims = [
-        f"- **weight norm does at least as well as the normal parameterization** (paper: better "
-        f"on 3 of 4 Atari games): {'held' if wn_ok else 'did not hold'}: best return "
-        f"{best['wn'][0]:.1f} vs {best['normal'][0]:.1f} (CartPole's maximum is 500).",
-        f"- **batch norm struggles in DQN** (the paper could not make it work): "
-        f"{'held' if best['bn'][0] < max(best['wn'][0], best['normal'][0]) else 'did not hold'}"
-        f": best return {best['bn'][0]:.1f}.",
+        f"- **weight norm does better than the normal parameterization** (paper: better on 3 of "
+        f"4 Atari games): {better}: best return {best['wn'][0]:.1f} vs {best['normal'][0]:.1f} "
+        "(CartPole's maximum is 500).",
+        f"- **batch norm struggles in DQN** (the paper could not make it work; beaten by the "
+        f"better of the other two): {struggles}: best return {best['bn'][0]:.1f} vs "
+        f"{rival}'s {best[rival][0]:.1f}.",
     ]
     return CurvesReport(
         title="DQN on CartPole-v1",
