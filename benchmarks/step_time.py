@@ -1,7 +1,7 @@
 """Training-step cost of weight norm, ours against PyTorch's, as ratios to the plain model.
 
-    python benchmarks/step_time.py                 # every model, eager
-    python benchmarks/step_time.py --compile       # every model under torch.compile
+    python benchmarks/step_time.py                 # the CPU models (bench.CPU_MODELS), eager
+    python benchmarks/step_time.py --compile       # the same under torch.compile
     python benchmarks/step_time.py --json out.json
     python benchmarks/step_time.py --threads 1 --rounds 30 --steps 20 --models mlp-b16 mlp-b128
 
@@ -27,7 +27,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--models", nargs="+", help=f"default: all of {', '.join(bench.MODELS)}")
+    parser.add_argument("--models", nargs="+", help=f"default: {', '.join(bench.CPU_MODELS)}")
     parser.add_argument("--implementations", nargs="+", help="default: all")
     parser.add_argument("--default-allocator", dest="stable_allocator", action="store_false")
     parser.add_argument("--json")

@@ -1,7 +1,9 @@
 """Copy the default run's table and verdicts from docs/mnist1d-report.md into README.md.
 
-Run after regenerating docs/ with the commands in docs/README.md; the README section between the
-``main-job`` markers is then exactly what that run printed (never edited by hand).
+Run after regenerating docs/ from one default run (``weightnorm reproduce --out results/mnist1d``
+on a fresh clone; its ``report.md`` copied to ``docs/mnist1d-report.md`` and its PNG plots into
+``docs/``): the README section between the ``main-job`` markers is then exactly what that run
+printed (never edited by hand).
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ LEVEL = {name: i for i, names in enumerate(LIBRARY_LEVELS) for name in names}
 
 
 def imports(path: Path, package: str) -> list[tuple[str, list[str]]]:
-    """``(absolute module, names imported from it)`` for every import in the file."""
+    """``(absolute module, names imported from it)`` for every import in the file, a module of
+    ``package`` (``from .x`` is ``package.x``, ``from ..x`` is one package up)."""
     tree = ast.parse(path.read_text())
     found = []
     for node in ast.walk(tree):
@@ -77,7 +78,7 @@ def upper_modules() -> list[Path]:
 
 @pytest.mark.parametrize("path", upper_modules(), ids=lambda p: p.stem)
 def test_the_reproduction_uses_only_the_public_api(path: Path) -> None:
-    for module, names in imports(path, "weightnorm.experiments.x"):
+    for module, names in imports(path, "weightnorm.experiments"):
         if not module.startswith("weightnorm"):
             continue
         if module.startswith("weightnorm.experiments"):
@@ -101,9 +102,28 @@ def test_the_reproduction_uses_only_the_public_api(path: Path) -> None:
 
 
 def test_the_command_line_is_on_top() -> None:
-    for path in [*library_modules(), *upper_modules()]:
-        for module, _ in imports(path, "weightnorm.experiments.x"):
+    for path, package in [
+        *((p, "weightnorm") for p in library_modules()),
+        *((p, "weightnorm.experiments") for p in upper_modules()),
+    ]:
+        for module, names in imports(path, package):
             assert not module.startswith("weightnorm.cli"), f"{path} imports the command line"
+            assert not (module == "weightnorm" and "cli" in names), f"{path} imports weightnorm.cli"
+
+
+def test_relative_imports_resolve_to_the_module_they_name(tmp_path: Path) -> None:
+    """Regression: an experiments module was read as a module of ``weightnorm.experiments.x``,
+    so ``from .._reparam import ...`` passed as one of its own modules, unchecked."""
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from .._reparam import weight_norm\nfrom .jobs import Jobs\nfrom .. import cli\n"
+    )
+    assert imports(source, "weightnorm.experiments") == [
+        ("weightnorm._reparam", ["weight_norm"]),
+        ("weightnorm.experiments.jobs", ["Jobs"]),
+        ("weightnorm", ["cli"]),
+    ]
+    assert imports(source, "weightnorm")[1] == ("weightnorm.jobs", ["Jobs"])
 
 
 def test_importing_the_library_imports_no_optional_dependency() -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from weightnorm.experiments import bench
 
@@ -108,6 +109,10 @@ def test_cli_writes_json(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert {r["implementation"] for r in data["results"]} >= {"plain", "weightnorm"}
     assert data["environment"]["torch"]
+    assert data["environment"]["torch"] == torch.__version__
+    assert data["settings"]["models"] == ["mlp-b16"]
+    assert {r["model"] for r in data["results"]} == {"mlp-b16"}
+    assert data["extras"] == []  # --no-extras
     assert data["settings"]["stable_allocator"] is True
     assert data["settings"]["rounds"] == 2
 

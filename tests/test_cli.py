@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from weightnorm.cli import build_parser, main
+from weightnorm.cli._common import missing_modules
+from weightnorm.cli.reproduce import default_experiment
+from weightnorm.experiments import bench, zoo
 from weightnorm.experiments.settings import apply_overrides, flatten
 
 
@@ -55,12 +59,15 @@ def test_every_option_has_help_and_one_default(name: str, parser: argparse.Argum
 
 
 def test_bench_help_names_its_models_and_implementations() -> None:
-    text = build_parser().parse_known_args  # (the parser is built once per call below)
-    del text
     proc = cli("bench", "--help")
     assert proc.returncode == 0
     for name in ("mlp-b16", "speecht5-hifigan", "weightnorm-optim", "parametrize"):
         assert name in proc.stdout, name
+    # every name, each whole (argparse wraps lines after hyphens: joined again here)
+    text = re.sub(r"-\s+", "-", " ".join(proc.stdout.split()))
+    names = [*bench.MODELS, *zoo.ZOO, *bench.IMPLEMENTATIONS, *bench.ZOO_IMPLEMENTATIONS]
+    for name in names:
+        assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), name
 
 
 @pytest.mark.parametrize(
@@ -95,14 +102,26 @@ def test_bench_json_is_checked_before_the_benchmark(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr
 
 
-def test_reproduce_is_the_comparison_by_default() -> None:
+def test_reproduce_is_the_comparison_by_default(capsys: pytest.CaptureFixture[str]) -> None:
     args = build_parser().parse_args(["reproduce", "comparison", "--quick"])
     assert args.experiment == "comparison"
+    for given in (["reproduce"], ["reproduce", "--quick"], ["reproduce", "--set", "seeds=1"]):
+        assert default_experiment(given) == ["reproduce", "comparison", *given[1:]]
+        assert build_parser().parse_args(default_experiment(given)).experiment == "comparison"
+    for kept in (["reproduce", "vae", "--quick"], ["reproduce", "--help"], ["bench", "--quick"]):
+        assert default_experiment(kept) == kept
     proc = cli("reproduce", "--help")
     assert proc.returncode == 0
     for name in ("comparison", "conditioning", "vae", "recurrent", "dqn"):
         assert name in proc.stdout
+    capsys.readouterr()
     assert main(["reproduce", "--set", "x"]) == 2  # parsed as the comparison's --set
+    err = stderr_lines(capsys.readouterr().err)
+    if missing_modules("numpy", "mnist1d", "sklearn", "matplotlib", "tqdm"):  # a bare install
+        assert len(err) == 1, err
+        assert "weightnorm reproduce needs the 'experiments' extra" in err[0]
+    else:
+        assert err == ["weightnorm: error: --set: expected KEY=VALUE, got 'x'"]
 
 
 @dataclasses.dataclass(frozen=True)

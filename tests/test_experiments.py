@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -197,6 +198,7 @@ def test_comparison_resumes_and_never_reuses_stale_results(
         progress=lambda d, t, m: d and messages.append(m),
     )
     assert all(m.endswith("(cached)") for m in messages)
+    assert len(messages) == 6  # (not vacuously: every run reported, each from its record)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again.runs == result.runs  # read back from the records, exactly
 
@@ -206,6 +208,7 @@ def test_comparison_resumes_and_never_reuses_stale_results(
         progress=lambda d, t, m: d and messages.append(m),
     )  # fmt: skip
     assert not any(m.endswith("(cached)") for m in messages)
+    assert len(messages) == 6
 
 
 def test_interrupted_comparison_keeps_finished_runs(
@@ -236,8 +239,14 @@ def test_report_files(tmp_path: Path, digits_data: data.Dataset) -> None:
     report = (tmp_path / "report.md").read_text()
     claims = report.split("## What held and what did not")[1].split("## Timing")[0]
     assert any(w in claims for w in ("**held**", "**did not hold**", "**inconclusive**"))
+    # wn-init and normal under Adam: of the paper's claims only the timing one applies
+    (claim,) = [line for line in claims.splitlines() if line.startswith("- ")]
+    assert claim.startswith("- **adam: weight norm is not noticeably slower**")
+    assert re.search(r"\*\*(held|did not hold|inconclusive)\*\*, median", claim), claim
     assert "| adam | wn-init |" in report
     assert "| adam | normal |" in report
+    for method, lr in result.chosen_lr["adam"].items():
+        assert f"| adam | {method} | {lr:g} |" in report, method
     assert "## What held and what did not" in report
     for png in ("curves_adam.png", "lr_sweep.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

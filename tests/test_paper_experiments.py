@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,19 @@ from torch import nn
 import weightnorm as wn
 from weightnorm.experiments import conditioning, dqn, recurrent, vae
 from weightnorm.experiments.conditioning import _gradient_alignment, _spectrum
+from weightnorm.experiments.curves import beats
+
+#: A claim's bullet with its verdict: "- **claim** (source): held: ..." and the like.
+VERDICT = re.compile(r"^- \*\*.+?\*\*.*?: (held|did not hold|inconclusive)\b")
 
 
-def assert_report(out: Path, plots: list[str]) -> dict:  # type: ignore[type-arg]
+def assert_report(out: Path, plots: list[str], verdicts: int) -> dict:  # type: ignore[type-arg]
+    """The report's files; ``verdicts``: how many of its claims state one."""
     report = (out / "report.md").read_text()
     assert "## What held and what did not" in report
+    claims = report.split("## What held and what did not")[1].split("## Plots")[0]
+    found = [line for line in claims.splitlines() if VERDICT.match(line)]
+    assert len(found) == verdicts, claims
     for name in plots:
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
     assert (out / "results.csv").read_text().startswith("method,seed,")
@@ -63,7 +72,7 @@ def test_conditioning_report(tmp_path: Path) -> None:
     )
     summary = conditioning.run_conditioning(tmp_path, settings)
     assert set(summary) == {"normal@0", "normal@5", "wn@0", "wn@5"}
-    saved = assert_report(tmp_path, ["top.png", "cond10.png", "spectra.png"])
+    saved = assert_report(tmp_path, ["top.png", "cond10.png", "spectra.png"], verdicts=2)
     run = saved["runs"]["wn"][0]
     # 64*4+4+4*10+10 parameters, plus 4+10 g's under weight norm
     assert len(run["spectra"][0]) == 310 + 14
@@ -75,13 +84,13 @@ def test_vae_report(tmp_path: Path) -> None:
     summary = vae.run_vae(tmp_path, settings)
     assert set(summary["test_elbo"]) == {"normal", "wn"}
     assert all(v[0] < 0 for v in summary["test_elbo"].values())  # an ELBO in nats is negative
-    assert_report(tmp_path, ["train_elbo.png", "test_elbo.png"])
+    assert_report(tmp_path, ["train_elbo.png", "test_elbo.png"], verdicts=2)
 
 
 def test_recurrent_report(tmp_path: Path) -> None:
     settings = recurrent.RecurrentSettings(epochs=1, hidden=4, samples=300, seeds=1)
     recurrent.run_recurrent(tmp_path, settings)
-    saved = assert_report(tmp_path, ["train_error.png", "test_error.png"])
+    saved = assert_report(tmp_path, ["train_error.png", "test_error.png"], verdicts=2)
     assert saved["settings"]["hidden"] == 4
 
 
@@ -92,7 +101,20 @@ def test_dqn_report(tmp_path: Path) -> None:
     summary = dqn.run_dqn(tmp_path, settings)
     assert set(summary["best_return"]) == {"normal", "wn", "bn"}
     assert all(v[0] >= 8 for v in summary["best_return"].values())  # CartPole pays 1 a step
-    assert_report(tmp_path, ["eval_return.png"])
+    assert_report(tmp_path, ["eval_return.png"], verdicts=2)
+
+
+def test_verdicts_compare_every_seed_with_every_seed() -> None:
+    """The main job's rule, for lower- and higher-is-better values; NaN (diverged) is worst."""
+    assert beats([1.0, 2.0], [3.0, 4.0]) == "held"
+    assert beats([3.0, 4.0], [1.0, 2.0]) == "did not hold"
+    assert beats([1.0, 3.5], [3.0, 4.0]) == "inconclusive"
+    assert beats([3.0, 4.0], [1.0, 2.0], higher_is_better=True) == "held"
+    assert beats([1.0, 2.0], [3.0, 4.0], higher_is_better=True) == "did not hold"
+    assert beats([1.0, float("nan")], [3.0, 4.0]) == "inconclusive"
+    assert beats([3.0, 4.0], [1.0, float("nan")], higher_is_better=True) == "held"
+    assert beats([5.0, float("nan")], [1.0, 2.0], higher_is_better=True) == "inconclusive"
+    assert beats([float("nan")], [1.0, 2.0], higher_is_better=True) == "did not hold"
 
 
 def test_cli_experiment_quick_and_resume(tmp_path: Path) -> None:

@@ -13,10 +13,8 @@ __all__ = [
     "check_writable_dir",
     "check_writable_file",
     "fail",
-    "fraction",
     "missing_modules",
     "positive",
-    "positive_float",
     "require_extra",
 ]
 
@@ -41,25 +39,6 @@ def fail(message: str) -> int:
     """Print ``weightnorm: error: <message>`` on stderr; the exit code 2."""
     print(f"weightnorm: error: {message}", file=sys.stderr)
     return 2
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number in (0, 1)."""
-    value = positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
-    return value
 
 
 def positive(text: str) -> int:

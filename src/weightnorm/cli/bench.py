@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import UsageError, check_writable_file, positive
+from ._common import UsageError, check_device, check_writable_file, positive
 
 __all__ = ["add_parser", "run"]
 
@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:  # checked before the benchmark, not after it
         check_writable_file(args.json, "--json")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: this torch build sees no CUDA GPU")
+    if args.device == "cuda":
+        check_device(args.device)
 
     def progress(msg: str) -> None:
         if args.progress:

@@ -27,28 +27,19 @@ from ._common import (
     require_extra,
 )
 
-__all__ = ["EXPERIMENTS", "add_parser", "default_experiment"]
+__all__ = ["add_parser", "default_experiment"]
 
 #: What the experiments import beyond torch (the ``experiments`` extra).
 _NEEDS = ("numpy", "mnist1d", "sklearn", "matplotlib", "tqdm")
 
-#: name -> (module under weightnorm.experiments, run function, settings class, one-line help)
-EXPERIMENTS: dict[str, tuple[str, str, str, str]] = {
-    "comparison": ("configs", "", "", "the main job: the paper's comparison of parameterizations"),
-    "conditioning": (
-        "conditioning",
-        "run_conditioning",
-        "ConditioningSettings",
-        "the loss Hessian's spectrum, normal vs weight norm",
-    ),
-    "vae": ("vae", "run_vae", "VAESettings", "a convolutional VAE on binarized digits"),
-    "recurrent": ("recurrent", "run_recurrent", "RecurrentSettings", "an LSTM over MNIST-1D"),
-    "dqn": (
-        "dqn",
-        "run_dqn",
-        "DQNSettings",
-        "DQN on CartPole-v1 (normal, weight norm, batch norm; needs gymnasium)",
-    ),
+#: name -> one-line help. Each further experiment is the module ``weightnorm.experiments.<name>``
+#: with ``run_<name>(out, settings, ...)``, its settings class and their ``QUICK`` budget.
+_EXPERIMENTS = {
+    "comparison": "the main job: the paper's comparison of parameterizations",
+    "conditioning": "the loss Hessian's spectrum, normal vs weight norm",
+    "vae": "a convolutional VAE on binarized digits",
+    "recurrent": "an LSTM over MNIST-1D",
+    "dqn": "DQN on CartPole-v1 (normal, weight norm, batch norm; needs gymnasium)",
 }
 
 
@@ -56,7 +47,7 @@ def default_experiment(argv: list[str]) -> list[str]:
     """``reproduce [options]`` means ``reproduce comparison [options]`` (the main job)."""
     if argv[:1] == ["reproduce"]:
         rest = argv[1:]
-        if not rest or (rest[0] not in EXPERIMENTS and rest[0] not in ("-h", "--help")):
+        if not rest or (rest[0] not in _EXPERIMENTS and rest[0] not in ("-h", "--help")):
             return ["reproduce", "comparison", *rest]
     return argv
 
@@ -107,10 +98,8 @@ def _overrides(base: Any, assignments: list[str]) -> Any:
 def _prepare(args: argparse.Namespace, needs: tuple[str, ...]) -> tuple[str, int]:
     """Checks shared by every experiment; the output folder and the worker count."""
     require_extra("experiments", needs, "weightnorm reproduce")
-    default = os.path.join("results", args.experiment + ("-quick" if args.quick else ""))
-    if args.experiment == "comparison":
-        default = os.path.join("results", args.config + ("-quick" if args.quick else ""))
-    out = args.out or default
+    name = args.config if args.experiment == "comparison" else args.experiment
+    out = args.out or os.path.join("results", name + ("-quick" if args.quick else ""))
     check_writable_dir(out, "--out")
     return out, args.workers or max(1, (os.cpu_count() or 1) // args.threads)
 
@@ -144,7 +133,12 @@ def _comparison(args: argparse.Namespace) -> int:
     if args.data_dir and named.name != "cifar10":
         raise UsageError("--data-dir applies to --config cifar10 only")
     out, workers = _prepare(args, _NEEDS)
-    device = check_device(args.device) if args.device else ("cuda" if _cuda() else "cpu")
+    if args.device:
+        device = check_device(args.device)
+    else:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     tree = _overrides(named.tree(args.quick), args.set)
     try:
         settings, network, data_args = named.split(tree)
@@ -208,13 +202,12 @@ def _comparison(args: argparse.Namespace) -> int:
 def _other(args: argparse.Namespace) -> int:
     import importlib
 
-    module_name, run_name, _, _ = EXPERIMENTS[args.experiment]
     needs = (*_NEEDS, "gymnasium") if args.experiment == "dqn" else _NEEDS
     out, workers = _prepare(args, needs)
-    module = importlib.import_module(f"weightnorm.experiments.{module_name}")
-    base = module.QUICK if args.quick else getattr(module, EXPERIMENTS[args.experiment][2])()
+    module = importlib.import_module(f"weightnorm.experiments.{args.experiment}")
+    base = module.QUICK if args.quick else type(module.QUICK)()
     settings = _overrides(base, args.set)
-    run: Callable[..., Any] = getattr(module, run_name)
+    run: Callable[..., Any] = getattr(module, f"run_{args.experiment}")
     progress = _Progress(args.progress)
     _save_resolved(
         out,
@@ -241,18 +234,14 @@ def _init_distributed(device: str) -> int | None:
     """Join the process group torchrun describes (gloo on CPU); the rank, or None if alone."""
     import torch
 
+    from ..experiments.jobs import distributed
+
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    dist = torch.distributed
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return int(dist.get_rank())
-
-
-def _cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    rank, _ = distributed()
+    return rank
 
 
 def _settings_help(defaults: Any) -> str:
@@ -302,7 +291,7 @@ def add_parser(sub: Any) -> None:
     common.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress lines on stderr"
     )
-    for name, (module_name, _, settings_name, summary) in EXPERIMENTS.items():
+    for name, summary in _EXPERIMENTS.items():
         if name == "comparison":
             defaults: Any = CONFIGS["mnist1d"].tree(quick=False)
             description = (
@@ -313,8 +302,8 @@ def add_parser(sub: Any) -> None:
                 "what held of the paper's claims, with the seeds' spread."
             )
         else:
-            module = importlib.import_module(f"weightnorm.experiments.{module_name}")
-            defaults = getattr(module, settings_name)()
+            module = importlib.import_module(f"weightnorm.experiments.{name}")
+            defaults = type(module.QUICK)()
             description = (module.__doc__ or summary).strip()
         p = experiments.add_parser(name, parents=[common], help=summary, description=description)
         p.add_argument(

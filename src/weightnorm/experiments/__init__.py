@@ -10,7 +10,8 @@ tqdm, gymnasium; the ``zoo`` extra: transformers, snac, bigvgan) only where they
   parameterizations (``weightnorm reproduce``), on the data of :mod:`.data` with the networks
   of :mod:`.models` and the methods of :mod:`.methods`;
 - :mod:`.conditioning`, :mod:`.vae`, :mod:`.recurrent`, :mod:`.dqn`: the paper's further
-  experiments (``weightnorm reproduce NAME``), one module each, reported by :mod:`.curves`;
+  experiments (``weightnorm reproduce NAME``), one module each, run and reported by
+  :mod:`.curves`;
 - :mod:`.jobs` and :mod:`.records`: resumable parallel runs with typed, validated records;
   :mod:`.settings`: ``--set KEY=VALUE`` overrides;
 - :mod:`.bench` and :mod:`.zoo`: ``weightnorm bench`` and the real models it and the tests use.

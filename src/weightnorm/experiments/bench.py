@@ -66,7 +66,7 @@ __all__ = [
 
 
 def mlp() -> nn.Module:
-    """The MLP 40-512-512-10 of DESIGN.md's measurements."""
+    """The MLP 40-512-512-10 of the README's measurements (``mlp-b16``, ``mlp-b128``)."""
     return nn.Sequential(
         nn.Linear(40, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
     )

@@ -16,8 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,9 +26,10 @@ from torch.func import functional_call, hessian, vmap
 
 import weightnorm as wn
 
-from .curves import Curve, mean_std, write_curves_report
+from ._stats import mean_std
+from .curves import Curve, CurvesReport, beats, run_experiment
 from .data import Dataset, digits
-from .jobs import MethodSeed, Progress, run_method_seeds
+from .jobs import MethodSeed, Progress
 from .plotting import png, pyplot
 from .records import CurveRecord
 
@@ -174,26 +174,25 @@ def run_conditioning(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the conditioning experiment and write its report into ``out``; returns the summary."""
-    settings = settings or ConditioningSettings()
-    start = time.perf_counter()
     data = digits()
-    run = functools.partial(_run, settings=settings, data=data)
-    context = {
-        "experiment": "conditioning",
-        "settings": asdict(settings),
-        "data": data.fingerprint(),
-    }
-    records = run_method_seeds(
+    return run_experiment(
         out,
-        run,
+        "conditioning",
+        settings or ConditioningSettings(),
+        functools.partial(_run, data=data),
         ConditioningRecord,
         METHODS,
-        settings.seeds,
-        context,
+        _report,
+        context={"data": data.fingerprint()},
         workers=workers,
         threads=threads,
         progress=progress,
     )
+
+
+def _report(
+    records: dict[str, list[ConditioningRecord]], settings: ConditioningSettings
+) -> CurvesReport:
     table = [
         "| step | method | top eigenvalue | lambda_1/lambda_10 | lambda_1/lambda_100 | "
         "gradient along w (x mean direction) |",
@@ -202,9 +201,10 @@ def run_conditioning(
     summary: dict[str, Any] = {}
     for i, step in enumerate(settings.steps):
         for method in METHODS:
-            row = {}
-            for key in ("top", "cond10", "cond100", "grad_along_w"):
-                row[key] = mean_std([r.curves[key][i] for r in records[method]])
+            row = {
+                key: mean_std([r.curves[key][i] for r in records[method]])
+                for key in ("top", "cond10", "cond100", "grad_along_w")
+            }
             summary[f"{method}@{step}"] = row
             table.append(
                 f"| {step} | {method} | {row['top'][0]:.3g} +- {row['top'][1]:.2g} | "
@@ -212,13 +212,14 @@ def run_conditioning(
                 f"{row['grad_along_w'][0]:.3g} |"
             )
     claims = []
-    for step in settings.steps:
+    for i, step in enumerate(settings.steps):
         n, w = summary[f"normal@{step}"], summary[f"wn@{step}"]
-        better = w["cond10"][0] < n["cond10"][0]
+        cond10 = {m: [r.curves["cond10"][i] for r in runs] for m, runs in records.items()}
+        better = beats(cond10["wn"], cond10["normal"])
         claims.append(
             f"- **step {step}: weight norm improves conditioning** (lambda_1/lambda_10): "
-            f"{'held' if better else 'did not hold'} ({w['cond10'][0]:.3g} vs "
-            f"{n['cond10'][0]:.3g} for the normal parameterization)."
+            f"{better} ({w['cond10'][0]:.3g} vs {n['cond10'][0]:.3g} for the normal "
+            "parameterization)."
         )
     last = settings.steps[-1]
     claims.append(
@@ -229,11 +230,9 @@ def run_conditioning(
         f"({summary[f'wn@{last}']['grad_along_w'][0]:.2g}x)."
     )
     intro = __doc__.split("\n\n", 1)[1].strip() if __doc__ else ""
-    write_curves_report(
-        out,
+    return CurvesReport(
         title="Conditioning: the loss Hessian under each parameterization",
         intro=intro,
-        records=records,
         curves=[
             Curve("top", "top Hessian eigenvalue", log=True),
             Curve("cond10", "lambda_1 / lambda_10", log=True),
@@ -244,8 +243,6 @@ def run_conditioning(
         x_label="SGD step",
         table=table,
         claims=claims,
-        settings=asdict(settings),
-        wall_time_s=time.perf_counter() - start,
+        summary=summary,
         extra_plots={"spectra.png": _spectra_plot(records, settings.steps)},
     )
-    return summary

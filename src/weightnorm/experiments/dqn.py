@@ -7,9 +7,7 @@ the paper could not make work for DQN.
 from __future__ import annotations
 
 import copy
-import functools
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +16,11 @@ from torch import nn
 
 import weightnorm as wn
 
-from .curves import Curve, mean_std, write_curves_report
-from .jobs import MethodSeed, Progress, run_method_seeds
+from .curves import Curve, CurvesReport, beats, over_seeds, per_seed, run_experiment
+from .jobs import MethodSeed, Progress
 from .records import CurveRecord
 
 __all__ = ["DQNSettings", "QUICK", "run_dqn"]
-
-
-def _final(records: dict[str, list[CurveRecord]], key: str) -> dict[str, tuple[float, float]]:
-    return {m: mean_std([r.final(key) for r in runs]) for m, runs in records.items()}
 
 
 @dataclass(frozen=True)
@@ -160,45 +154,45 @@ def run_dqn(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Normal, weight norm and batch norm DQN on CartPole-v1; writes the report into ``out``."""
-    settings = settings or DQNSettings()
-    start = time.perf_counter()
-    methods = ("normal", "wn", "bn")
-    context = {"experiment": "dqn", "settings": asdict(settings)}
-    records = run_method_seeds(
+    return run_experiment(
         out,
-        functools.partial(_run_dqn, settings=settings),
+        "dqn",
+        settings or DQNSettings(),
+        _run_dqn,
         CurveRecord,
-        methods,
-        settings.seeds,
-        context,
+        ("normal", "wn", "bn"),
+        _report,
         workers=workers,
         threads=threads,
         progress=progress,
     )
-    best = {
-        m: mean_std([max(r.curves["eval_return"]) for r in runs]) for m, runs in records.items()
-    }
-    final = _final(records, "eval_return")
+
+
+def _report(records: dict[str, list[CurveRecord]], settings: DQNSettings) -> CurvesReport:
+    best_seeds = per_seed(records, lambda r: max(r.curves["eval_return"]))
+    best = over_seeds(best_seeds)
+    final = over_seeds(per_seed(records, lambda r: r.final("eval_return")))
     table = [
         "| method | Adamax lr | best evaluation return (mean +- std) | final evaluation return |",
         "|---|---|---|---|",
         *(
             f"| {m} | {dict(settings.lr)[m]:g} | {best[m][0]:.1f} +- {best[m][1]:.1f} | "
             f"{final[m][0]:.1f} +- {final[m][1]:.1f} |"
-            for m in methods
+            for m in records
         ),
     ]
-    wn_ok = best["wn"][0] >= best["normal"][0]
+    better = beats(best_seeds["wn"], best_seeds["normal"], higher_is_better=True)
+    rival = max(("wn", "normal"), key=lambda m: best[m][0])  # the better of the two others
+    struggles = beats(best_seeds[rival], best_seeds["bn"], higher_is_better=True)
     claims = [
-        f"- **weight norm does at least as well as the normal parameterization** (paper: better "
-        f"on 3 of 4 Atari games): {'held' if wn_ok else 'did not hold'}: best return "
-        f"{best['wn'][0]:.1f} vs {best['normal'][0]:.1f} (CartPole's maximum is 500).",
-        f"- **batch norm struggles in DQN** (the paper could not make it work): "
-        f"{'held' if best['bn'][0] < max(best['wn'][0], best['normal'][0]) else 'did not hold'}"
-        f": best return {best['bn'][0]:.1f}.",
+        f"- **weight norm does better than the normal parameterization** (paper: better on 3 of "
+        f"4 Atari games): {better}: best return {best['wn'][0]:.1f} vs {best['normal'][0]:.1f} "
+        "(CartPole's maximum is 500).",
+        f"- **batch norm struggles in DQN** (the paper could not make it work; beaten by the "
+        f"better of the other two): {struggles}: best return {best['bn'][0]:.1f} vs "
+        f"{rival}'s {best[rival][0]:.1f}.",
     ]
-    write_curves_report(
-        out,
+    return CurvesReport(
         title="DQN on CartPole-v1",
         intro=f"DQN ({settings.steps} environment steps, replay {settings.buffer}, batch "
         f"{settings.batch_size}, target network every {settings.target_every} steps, "
@@ -206,13 +200,10 @@ def run_dqn(
         "Weight norm is applied with data-dependent init on the states of the random warm-up. "
         f"Greedy evaluation returns over {settings.eval_episodes} episodes, {settings.seeds} "
         "seeds.",
-        records=records,
         curves=[Curve("eval_return", "greedy evaluation return")],
         x_key="step",
         x_label="environment step",
         table=table,
         claims=claims,
-        settings=asdict(settings),
-        wall_time_s=time.perf_counter() - start,
+        summary={"best_return": best, "final_return": final},
     )
-    return {"best_return": best, "final_return": final}

@@ -7,10 +7,8 @@ recurrent weights (the paper's data-dependent init does not apply to RNNs).
 
 from __future__ import annotations
 
-import functools
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +17,13 @@ from torch import Tensor, nn
 
 import weightnorm as wn
 
-from .curves import Curve, mean_std, write_curves_report
+from .curves import Curve, CurvesReport, beats, over_seeds, per_seed, run_experiment
 from .data import mnist1d
-from .jobs import MethodSeed, Progress, run_method_seeds
+from .jobs import MethodSeed, Progress
 from .records import CurveRecord
-
-__all__ = ["QUICK", "RecurrentSettings", "SequenceClassifier", "run_recurrent"]
 from .runner import set_paper_schedule
 
-
-def _final(records: dict[str, list[CurveRecord]], key: str) -> dict[str, tuple[float, float]]:
-    return {m: mean_std([r.final(key) for r in runs]) for m, runs in records.items()}
+__all__ = ["QUICK", "RecurrentSettings", "SequenceClassifier", "run_recurrent"]
 
 
 @dataclass(frozen=True)
@@ -104,51 +98,51 @@ def run_recurrent(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Normal versus weight norm on an LSTM over MNIST-1D; writes the report into ``out``."""
-    settings = settings or RecurrentSettings()
-    start = time.perf_counter()
-    methods = ("normal", "wn")
-    context = {"experiment": "recurrent", "settings": asdict(settings)}
-    records = run_method_seeds(
+    return run_experiment(
         out,
-        functools.partial(_run_recurrent, settings=settings),
+        "recurrent",
+        settings or RecurrentSettings(),
+        _run_recurrent,
         CurveRecord,
-        methods,
-        settings.seeds,
-        context,
+        ("normal", "wn"),
+        _report,
         workers=workers,
         threads=threads,
         progress=progress,
     )
-    test, train = _final(records, "test_error"), _final(records, "train_error")
+
+
+def _report(records: dict[str, list[CurveRecord]], settings: RecurrentSettings) -> CurvesReport:
+    test_seeds = per_seed(records, lambda r: r.final("test_error"))
+    test = over_seeds(test_seeds)
+    train = over_seeds(per_seed(records, lambda r: r.final("train_error")))
     mid = max(0, settings.epochs // 2 - 1)
-    early = {
-        m: mean_std([r.curves["train_error"][mid] for r in runs]) for m, runs in records.items()
-    }
+    early_seeds = per_seed(records, lambda r: r.curves["train_error"][mid])
+    early = over_seeds(early_seeds)
     table = [
         f"| method | test error | final train error | train error at epoch {mid + 1} |",
         "|---|---|---|---|",
         *(
             f"| {m} | {test[m][0]:.2%} +- {test[m][1]:.2%} | {train[m][0]:.2%} | "
             f"{early[m][0]:.2%} |"
-            for m in methods
+            for m in records
         ),
     ]
-    faster = early["wn"][0] < early["normal"][0]
+    faster = beats(early_seeds["wn"], early_seeds["normal"])
+    better = beats(test_seeds["wn"], test_seeds["normal"])
     claims = [
         f"- **weight norm on recurrent weights converges faster** (paper, DRAW: much faster): "
-        f"{'held' if faster else 'did not hold'}: training error {early['wn'][0]:.2%} vs "
-        f"{early['normal'][0]:.2%} at epoch {mid + 1}.",
-        f"- **and ends better**: {'held' if test['wn'][0] < test['normal'][0] else 'did not hold'}"
-        f": test error {test['wn'][0]:.2%} vs {test['normal'][0]:.2%}.",
+        f"{faster}: training error {early['wn'][0]:.2%} vs {early['normal'][0]:.2%} at epoch "
+        f"{mid + 1}.",
+        f"- **and ends better**: {better}: test error {test['wn'][0]:.2%} vs "
+        f"{test['normal'][0]:.2%}.",
     ]
-    write_curves_report(
-        out,
+    return CurvesReport(
         title="Recurrent: LSTM over MNIST-1D as a sequence",
         intro=f"LSTM with {settings.hidden} units reading the 40 values of each MNIST-1D sample; "
         "weight norm on its input and recurrent weights and on the output layer. Adam "
         f"(lr {settings.lr}, the paper's schedule), gradient norm clipped at 5, "
         f"{settings.epochs} epochs, {settings.seeds} seeds.",
-        records=records,
         curves=[
             Curve("train_error", "training error", log=True),
             Curve("test_error", "test error", log=True),
@@ -157,7 +151,5 @@ def run_recurrent(
         x_label="epoch",
         table=table,
         claims=claims,
-        settings=asdict(settings),
-        wall_time_s=time.perf_counter() - start,
+        summary={"test_error": test, "train_error": train},
     )
-    return {"test_error": test, "train_error": train}

@@ -19,14 +19,15 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ._env import environment
 from ._io import atomic_write_bytes, atomic_write_text
+from ._stats import finite, nanmean
 from .methods import METHODS
 from .plotting import png, pyplot
 from .records import to_json
-from .runner import ComparisonResult, RunRecord
+from .runner import CURVES, ComparisonResult, RunRecord
 
 __all__ = ["MethodSummary", "Verdict", "compare", "epochs_to", "summarize", "write_report"]
 
@@ -54,19 +55,10 @@ class MethodSummary:
     train_error_curve: list[float]  # mean over seeds, per epoch
     test_error_curve: list[float]
 
-    def train_error_at(self, epoch: int, runs: Sequence[RunRecord]) -> list[float]:
-        """Per-seed training error at ``epoch`` (1-based); NaN for a diverged run."""
-        return [r.curves["train_error"][epoch - 1] for r in runs]
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return statistics.fmean(finite) if finite else math.nan
-
 
 def _mean_curve(runs: Sequence[RunRecord], key: str) -> list[float]:
     curves = [r.curves[key] for r in runs]
-    return [_nanmean([c[i] for c in curves]) for i in range(len(curves[0]))]
+    return [nanmean([c[i] for c in curves]) for i in range(len(curves[0]))]
 
 
 def epochs_to(curve: Sequence[float], target: float) -> float:
@@ -89,17 +81,13 @@ def epochs_to(curve: Sequence[float], target: float) -> float:
     return math.inf
 
 
-def _bad_as_inf(values: Sequence[float]) -> list[float]:
-    return [v if math.isfinite(v) else math.inf for v in values]
+def _bad(value: float) -> float:
+    """A non-finite value (a diverged run's NaN) as the worst one, ``inf``."""
+    return value if math.isfinite(value) else math.inf
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """A comparison of per-seed values (lower is better) of ``a`` against ``b``."""
-
-    word: str  # "held", "did not hold", "inconclusive"
-    a: list[float]
-    b: list[float]
+#: The outcome of a claim "A beats B" on per-seed values (:func:`compare`).
+Verdict = Literal["held", "did not hold", "inconclusive"]
 
 
 def compare(a: Sequence[float], b: Sequence[float]) -> Verdict:
@@ -107,21 +95,27 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Verdict:
 
     Example::
 
-        >>> compare([1.0, 2.0], [3.0, 4.0]).word
+        >>> compare([1.0, 2.0], [3.0, 4.0])
         'held'
-        >>> compare([1.0, 3.5], [3.0, 4.0]).word
+        >>> compare([1.0, 3.5], [3.0, 4.0])
         'inconclusive'
-        >>> compare([5.0], [3.0, 4.0]).word
+        >>> compare([5.0], [3.0, 4.0])
         'did not hold'
     """
-    fa, fb = _bad_as_inf(a), _bad_as_inf(b)
+    fa, fb = [_bad(v) for v in a], [_bad(v) for v in b]
     if max(fa) < min(fb):
-        word = "held"
-    elif max(fb) < min(fa):
-        word = "did not hold"
-    else:
-        word = "inconclusive"
-    return Verdict(word, list(a), list(b))
+        return "held"
+    if max(fb) < min(fa):
+        return "did not hold"
+    return "inconclusive"
+
+
+def _beats_all(verdicts: Sequence[Verdict]) -> Verdict:
+    """ "A beats every other method" from A's verdict against each: held if each held, did not
+    hold if some other method beat it, inconclusive otherwise."""
+    if all(v == "held" for v in verdicts):
+        return "held"
+    return "did not hold" if "did not hold" in verdicts else "inconclusive"
 
 
 def _target(result: ComparisonResult) -> float:
@@ -132,8 +126,8 @@ def _target(result: ComparisonResult) -> float:
         for o in result.config.optimizers
         for m in result.config.methods
     ]
-    finite = [v for v in last if math.isfinite(v)]
-    return statistics.median(finite) if finite else 0.5
+    reached = finite(last)
+    return statistics.median(reached) if reached else 0.5
 
 
 def summarize(result: ComparisonResult) -> tuple[list[MethodSummary], float]:
@@ -145,7 +139,7 @@ def summarize(result: ComparisonResult) -> tuple[list[MethodSummary], float]:
             runs = result.runs_of(opt, method)
             every = [r for r in result.runs if r.spec.optimizer == opt and r.spec.method == method]
             tests = [r.final["test_error"] for r in runs]
-            finite = [t for t in tests if math.isfinite(t)]
+            finished = finite(tests)
             train_curve = _mean_curve(runs, "train_error")
             summaries.append(
                 MethodSummary(
@@ -157,8 +151,8 @@ def summarize(result: ComparisonResult) -> tuple[list[MethodSummary], float]:
                     sweep_runs=len(every),
                     sweep_diverged=sum(r.diverged for r in every),
                     test_errors=tests,
-                    test_error_mean=statistics.fmean(finite) if finite else math.nan,
-                    test_error_std=statistics.stdev(finite) if len(finite) > 1 else 0.0,
+                    test_error_mean=nanmean(tests),
+                    test_error_std=statistics.stdev(finished) if len(finished) > 1 else 0.0,
                     train_error_final=train_curve[-1],
                     epochs_to_target=[epochs_to(r.curves["train_error"], target) for r in runs],
                     step_time=result.step_time_ratios.get(opt, {}).get(method, []),
@@ -174,7 +168,7 @@ def summarize(result: ComparisonResult) -> tuple[list[MethodSummary], float]:
 
 def _range(values: Sequence[float], fmt: str) -> str:
     """``median [min-max]`` of per-seed values in ``fmt``; ``never``/``diverged`` spelled out."""
-    shown = [v for v in values if math.isfinite(v)]
+    shown = finite(values)
     bad = len(values) - len(shown)
     if not shown:
         return "never" if all(v == math.inf for v in values) else "diverged"
@@ -209,14 +203,14 @@ def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: fl
             v = compare(by["wn-init"].epochs_to_target, by["normal-init"].epochs_to_target)
             say(
                 f"- **{opt}: weight norm speeds up convergence** (both with data init; epochs "
-                f"to {target:.1%} training error, median [min-max] over seeds): **{v.word}**. "
+                f"to {target:.1%} training error, median [min-max] over seeds): **{v}**. "
                 f"WN {ett('wn-init')}, normal parameterization {ett('normal-init')}."
             )
         if "wn" in by and "wn-init" in by:
             v = compare(by["wn-init"].epochs_to_target, by["wn"].epochs_to_target)
             say(
                 f"- **{opt}: data-dependent init speeds up weight norm** (epochs to "
-                f"{target:.1%}): **{v.word}**. With init {ett('wn-init')}, without "
+                f"{target:.1%}): **{v}**. With init {ett('wn-init')}, without "
                 f"{ett('wn')}; test error {_range(by['wn-init'].test_errors, '.2%')} vs "
                 f"{_range(by['wn'].test_errors, '.2%')}."
             )
@@ -224,13 +218,9 @@ def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: fl
             others = [s for m, s in by.items() if m != "wn-mobn"]
             verdicts = [compare(by["wn-mobn"].test_errors, s.test_errors) for s in others]
             beaten = [
-                s.method for s, v in zip(others, verdicts, strict=True) if v.word == "did not hold"
+                s.method for s, v in zip(others, verdicts, strict=True) if v == "did not hold"
             ]
-            word = (
-                "held"
-                if all(v.word == "held" for v in verdicts)
-                else ("did not hold" if beaten else "inconclusive")
-            )
+            word = _beats_all(verdicts)
             best = min(by.values(), key=lambda s: _bad(s.test_error_mean))
             detail = (
                 f"beaten on every seed by {', '.join(beaten)}"
@@ -238,9 +228,7 @@ def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: fl
                 else "separated from every other method on every seed"
                 if word == "held"
                 else "the seeds' ranges overlap with "
-                + ", ".join(
-                    s.method for s, v in zip(others, verdicts, strict=True) if v.word != "held"
-                )
+                + ", ".join(s.method for s, v in zip(others, verdicts, strict=True) if v != "held")
             )
             say(
                 f"- **{opt}: WN + mean-only BN gives the best test error** (paper: 7.31% vs "
@@ -250,19 +238,15 @@ def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: fl
             )
         if "bn" in by and len(by) > 1:
             runs = {m: result.runs_of(opt, m) for m in by}
-            at = {m: by[m].train_error_at(early, runs[m]) for m in by}
+            at = {m: [r.curves["train_error"][early - 1] for r in runs[m]] for m in by}
             against = {m: compare(at["bn"], at[m]) for m in by if m != "bn"}
-            losses = [m for m, v in against.items() if v.word == "did not hold"]
-            word = (
-                "held"
-                if all(v.word == "held" for v in against.values())
-                else ("did not hold" if losses else "inconclusive")
-            )
-            lowest = min(by, key=lambda m: _bad(_nanmean(at[m])))
+            losses = [m for m, v in against.items() if v == "did not hold"]
+            word = _beats_all(list(against.values()))
+            lowest = min(by, key=lambda m: _bad(nanmean(at[m])))
             say(
                 f"- **{opt}: batch norm has the lowest training error early** (epoch {early}): "
                 f"**{word}**. Batch norm {_range(at['bn'], '.2%')}; lowest mean there: {lowest} "
-                f"({_nanmean(at[lowest]):.2%})"
+                f"({nanmean(at[lowest]):.2%})"
                 + (f"; beaten on every seed by {', '.join(losses)}." if losses else ".")
             )
         if "wn-init" in by and by["wn-init"].step_time:
@@ -275,10 +259,6 @@ def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: fl
                 f"{q2:.2f}x [quartiles {q1:.2f}-{q3:.2f}]. Timings vary from run to run."
             )
     return lines
-
-
-def _bad(value: float) -> float:
-    return value if math.isfinite(value) else math.inf
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -399,15 +379,14 @@ def _plot_curves(summaries: list[MethodSummary], result: ComparisonResult, out: 
 def _csv(result: ComparisonResult) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    keys = ["train_loss", "train_error", "val_error", "test_error", "epoch_time_s"]
-    writer.writerow(["optimizer", "method", "lr", "seed", "chosen_lr", "epoch", *keys])
+    writer.writerow(["optimizer", "method", "lr", "seed", "chosen_lr", "epoch", *CURVES])
     for run in result.runs:
         spec = run.spec
         chosen = spec.lr == result.chosen_lr[spec.optimizer][spec.method]
         for epoch in range(len(run.curves["train_error"])):
             writer.writerow(
                 [spec.optimizer, spec.method, spec.lr, spec.seed, chosen, epoch + 1,
-                 *(run.curves[k][epoch] for k in keys)]
+                 *(run.curves[k][epoch] for k in CURVES)]
             )  # fmt: skip
     return buffer.getvalue()
 

@@ -32,6 +32,7 @@ from torch import nn
 
 import weightnorm as wn
 
+from ._stats import nanmedian
 from .data import Dataset, Split
 from .jobs import Jobs, Progress, distributed, torch_threads
 from .methods import METHODS, build_method
@@ -128,7 +129,9 @@ class RunSpec:
         return f"{self.method}-{self.optimizer}-lr{self.lr:g}-s{self.seed}"
 
 
-_CURVES = ("train_loss", "train_error", "val_error", "test_error", "epoch_time_s")
+#: The per-epoch curves of every run, and the errors kept as its final ones.
+CURVES = ("train_loss", "train_error", "val_error", "test_error", "epoch_time_s")
+_FINAL = ("train_error", "val_error", "test_error")
 
 
 @dataclass(frozen=True)
@@ -145,13 +148,9 @@ class RunRecord:
     def check(self) -> None:
         """:class:`~weightnorm.experiments.records.RecordError` unless every curve is there,
         with one value per epoch."""
-        missing = [k for k in _CURVES if k not in self.curves]
+        missing = [k for k in CURVES if k not in self.curves]
         lengths = {len(v) for v in self.curves.values()}
-        if (
-            missing
-            or len(lengths) != 1
-            or not {"train_error", "val_error", "test_error"} <= set(self.final)
-        ):
+        if missing or len(lengths) != 1 or not set(_FINAL) <= set(self.final):
             raise RecordError(f"record {self.spec.name}: incomplete curves or final errors")
 
     @property
@@ -256,9 +255,7 @@ def train_run(
     opt = _make_optimizer(spec.optimizer, model.parameters(), spec.lr)
     steps = math.ceil(n / config.batch_size)
     total = config.epochs * steps
-    curves: dict[str, list[float]] = {
-        k: [] for k in ("train_loss", "train_error", "val_error", "test_error", "epoch_time_s")
-    }
+    curves: dict[str, list[float]] = {k: [] for k in CURVES}
     diverged = False
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     model.train()
@@ -302,18 +299,10 @@ def train_run(
         spec=spec,
         diverged=diverged,
         curves=curves,
-        final={k: curves[k][-1] for k in ("train_error", "val_error", "test_error")},
-        median_epoch_time_s=_nanmedian(curves["epoch_time_s"]),
+        final={k: curves[k][-1] for k in _FINAL},
+        median_epoch_time_s=nanmedian(curves["epoch_time_s"]),
         world_size=world,
     )
-
-
-def _nanmedian(values: list[float]) -> float:
-    finite = sorted(v for v in values if math.isfinite(v))
-    if not finite:
-        return math.nan
-    mid = len(finite) // 2
-    return finite[mid] if len(finite) % 2 else (finite[mid - 1] + finite[mid]) / 2
 
 
 # --- many runs ---------------------------------------------------------------------------------

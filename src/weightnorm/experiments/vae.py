@@ -8,9 +8,7 @@ training and test images per epoch.
 
 from __future__ import annotations
 
-import functools
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +17,11 @@ from torch import Tensor, nn
 
 import weightnorm as wn
 
-from .curves import Curve, mean_std, write_curves_report
-from .jobs import MethodSeed, Progress, run_method_seeds
+from .curves import Curve, CurvesReport, beats, over_seeds, per_seed, run_experiment
+from .jobs import MethodSeed, Progress
 from .records import CurveRecord
 
 __all__ = ["ConvVAE", "QUICK", "VAESettings", "run_vae"]
-
-
-def _final(records: dict[str, list[CurveRecord]], key: str) -> dict[str, tuple[float, float]]:
-    return {m: mean_std([r.final(key) for r in runs]) for m, runs in records.items()}
 
 
 @dataclass(frozen=True)
@@ -131,47 +125,47 @@ def run_vae(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Normal versus weight norm (with data init) on a conv VAE; writes the report into ``out``."""
-    settings = settings or VAESettings()
-    start = time.perf_counter()
-    methods = ("normal", "wn")
-    context = {"experiment": "vae", "settings": asdict(settings)}
-    records = run_method_seeds(
+    return run_experiment(
         out,
-        functools.partial(_run_vae, settings=settings),
+        "vae",
+        settings or VAESettings(),
+        _run_vae,
         CurveRecord,
-        methods,
-        settings.seeds,
-        context,
+        ("normal", "wn"),
+        _report,
         workers=workers,
         threads=threads,
         progress=progress,
     )
-    test, train = _final(records, "test_elbo"), _final(records, "train_elbo")
+
+
+def _report(records: dict[str, list[CurveRecord]], settings: VAESettings) -> CurvesReport:
+    test_seeds = per_seed(records, lambda r: r.final("test_elbo"))
+    test = over_seeds(test_seeds)
+    train = over_seeds(per_seed(records, lambda r: r.final("train_elbo")))
     table = [
         "| method | test ELBO (nats, mean +- std over seeds) | train ELBO |",
         "|---|---|---|",
         *(
             f"| {m} | {test[m][0]:.2f} +- {test[m][1]:.2f} | "
             f"{train[m][0]:.2f} +- {train[m][1]:.2f} |"
-            for m in methods
+            for m in records
         ),
     ]
-    better = test["wn"][0] > test["normal"][0]
+    better = beats(test_seeds["wn"], test_seeds["normal"], higher_is_better=True)
     lower = test["wn"][1] < test["normal"][1]
     claims = [
         f"- **weight norm gives a better bound** (paper: about -85.3 vs -85.8 nats on MNIST): "
-        f"{'held' if better else 'did not hold'}: {test['wn'][0]:.2f} vs "
+        f"{better}: {test['wn'][0]:.2f} vs "
         f"{test['normal'][0]:.2f} nats on the test images.",
         f"- **with lower variance across seeds**: {'held' if lower else 'did not hold'}: "
         f"std {test['wn'][1]:.2f} vs {test['normal'][1]:.2f}.",
     ]
-    write_curves_report(
-        out,
+    return CurvesReport(
         title="Convolutional VAE on binarized digits",
         intro="Normal parameterization versus weight norm with data-dependent init, Adamax "
         f"(lr {settings.lr}), {settings.epochs} epochs, {settings.seeds} seeds. ELBO in nats per "
         "8x8 image (higher is better), single-sample estimate, fixed samples on the test set.",
-        records=records,
         curves=[
             Curve("train_elbo", "training ELBO (nats)"),
             Curve("test_elbo", "test ELBO (nats)"),
@@ -180,7 +174,5 @@ def run_vae(
         x_label="epoch",
         table=table,
         claims=claims,
-        settings=asdict(settings),
-        wall_time_s=time.perf_counter() - start,
+        summary={"test_elbo": test, "train_elbo": train},
     )
-    return {"test_elbo": test, "train_elbo": train}

@@ -34,7 +34,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ZOO", "ZooModel", "available", "missing_packages"]
+__all__ = ["ZOO", "ZooModel", "missing_packages"]
 
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -109,58 +109,58 @@ class _Forward(nn.Module):
 # --- transformers ------------------------------------------------------------------------------
 
 
-def _encodec() -> nn.Module:
-    from transformers import EncodecConfig, EncodecModel
+def _transformers(model: str, *, apply_weight_norm: bool = False, **config: Any) -> nn.Module:
+    """transformers' ``model`` class built from its config class (the name without ``Model``,
+    then ``Config``) with ``config``; ``apply_weight_norm``: the model's own method that
+    transformers calls to train it (and undoes to infer)."""
+    import transformers
 
-    config = EncodecConfig(
+    config_class = getattr(transformers, model.removesuffix("Model") + "Config")
+    built = getattr(transformers, model)(config_class(**config))
+    if apply_weight_norm:
+        built.apply_weight_norm()
+    return cast(nn.Module, built)
+
+
+def _encodec() -> nn.Module:
+    return _transformers(
+        "EncodecModel",
         target_bandwidths=[6.0], sampling_rate=8000, hidden_size=32, num_filters=8,
         upsampling_ratios=[4, 4], num_lstm_layers=1, codebook_size=64, codebook_dim=32,
     )  # fmt: skip
-    return cast(nn.Module, EncodecModel(config))
 
 
 def _dac() -> nn.Module:
-    from transformers import DacConfig, DacModel
-
-    config = DacConfig(
+    return _transformers(
+        "DacModel", apply_weight_norm=True,
         encoder_hidden_size=8, downsampling_ratios=[2, 4], decoder_hidden_size=32,
         n_codebooks=2, codebook_size=32, codebook_dim=4, hidden_size=32,
     )  # fmt: skip
-    model = DacModel(config)
-    model.apply_weight_norm()  # transformers applies it for training, and removes it to infer
-    return cast(nn.Module, model)
 
 
 def _hifigan() -> nn.Module:
-    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
-
-    config = SpeechT5HifiGanConfig(
+    return _transformers(
+        "SpeechT5HifiGan", apply_weight_norm=True,
         model_in_dim=16, upsample_initial_channel=32, upsample_rates=[4, 4],
         upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3, 5],
         resblock_dilation_sizes=[[1, 3], [1, 3]],
     )  # fmt: skip
-    model = SpeechT5HifiGan(config)
-    model.apply_weight_norm()
-    return cast(nn.Module, model)
 
 
 def _wav2vec2() -> nn.Module:
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    config = Wav2Vec2Config(
+    return _transformers(
+        "Wav2Vec2Model",
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
         hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
         layerdrop=0.0, mask_time_prob=0.0,
     )  # fmt: skip
-    return cast(nn.Module, Wav2Vec2Model(config))
 
 
 def _vits() -> nn.Module:
-    from transformers import VitsConfig, VitsModel
-
-    config = VitsConfig(
+    model = _transformers(
+        "VitsModel",
         hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_dim=32, flow_size=16,
         spectrogram_bins=33, upsample_initial_channel=16, upsample_rates=[4, 4],
         upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
@@ -169,23 +169,19 @@ def _vits() -> nn.Module:
         duration_predictor_num_flows=2, layerdrop=0.0, hidden_dropout=0.0,
         attention_dropout=0.0, activation_dropout=0.0, duration_predictor_dropout=0.0,
     )  # fmt: skip
-    model = VitsModel(config)
-    model.decoder.apply_weight_norm()  # the flows' WaveNet layers normalize at construction
-    return cast(nn.Module, model)
+    # the decoder's; the flows' WaveNet layers normalize at construction
+    cast(Any, model).decoder.apply_weight_norm()
+    return model
 
 
 def _univnet() -> nn.Module:
-    from transformers import UnivNetConfig, UnivNetModel
-
-    config = UnivNetConfig(
+    return _transformers(
+        "UnivNetModel", apply_weight_norm=True,
         model_in_channels=8, model_hidden_channels=8, num_mel_bins=16,
         resblock_kernel_sizes=[3, 3], resblock_stride_sizes=[4, 4],
         resblock_dilation_sizes=[[1, 3], [1, 3]], kernel_predictor_num_blocks=1,
         kernel_predictor_hidden_channels=8,
     )  # fmt: skip
-    model = UnivNetModel(config)
-    model.apply_weight_norm()
-    return cast(nn.Module, model)
 
 
 # --- standalone packages -----------------------------------------------------------------------
@@ -288,8 +284,3 @@ def missing_packages(names: list[str] | None = None) -> list[str]:
     """The PyPI packages the zoo models ``names`` (default: all) need and that are not installed."""
     need = {ZOO[n].package: ZOO[n].module for n in (list(ZOO) if names is None else names)}
     return sorted(p for p, mod in need.items() if importlib.util.find_spec(mod) is None)
-
-
-def available() -> list[str]:
-    """The zoo models whose package is installed."""
-    return [n for n, m in ZOO.items() if importlib.util.find_spec(m.module) is not None]
