@@ -60,7 +60,7 @@ CONFIGS: dict[str, NamedConfig] = {
         description="the paper's CIFAR-10 comparison, adapted to 1-D, on MNIST-1D (10,000 "
         "generated samples: 7,000 train, 1,000 validation, 2,000 test)",
         comparison=ComparisonConfig(
-            name="mnist1d", epochs=12, batch_size=100, seeds=3, candidates=2,
+            name="mnist1d", epochs=10, batch_size=100, seeds=3, candidates=2,
             init_batch_size=500,
         ),
         quick=ComparisonConfig(

@@ -52,7 +52,7 @@ __all__ = [
 #: Learning rates tried per optimizer unless a configuration says otherwise.
 DEFAULT_LR_GRID: dict[str, tuple[float, ...]] = {
     "adam": (3e-4, 1e-3, 3e-3, 1e-2),  # the paper's grid
-    "sgd": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+    "sgd": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
 }
 
 
