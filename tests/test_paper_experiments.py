@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ import torch
 from torch import nn
 
 import weightnorm as wn
-from weightnorm.experiments import conditioning, dqn, recurrent, vae
+from weightnorm.experiments import conditioning, dqn, effective_lr, recurrent, vae
 from weightnorm.experiments.conditioning import _gradient_alignment, _spectrum
 from weightnorm.experiments.curves import beats
 
@@ -149,3 +152,121 @@ def test_cli_experiment_flag_errors(args: list[str], message: str, tmp_path: Pat
     assert proc.returncode == 2
     assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- effective-lr: the quantities of section 2.1 and EDM2, measured ------------------------
+
+TINY_LR = effective_lr.EffectiveLRSettings(
+    epochs=2, num_samples=300, widths=(3, 5), init_batch_size=64, batch_size=64,
+    lr_grid={"adam": (1e-3, 3e-2), "sgd": (3e-2,)}, seeds=2,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def effective_lr_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # type: ignore[type-arg]
+    out = tmp_path_factory.mktemp("effective-lr")
+    summary = effective_lr.run_effective_lr(out, TINY_LR)
+    return out, summary
+
+
+def test_effective_lr_report(effective_lr_report: tuple[Path, dict]) -> None:  # type: ignore[type-arg]
+    out, summary = effective_lr_report
+    plots = ["lr_sweep.png", "v_norm.png", "angular_step.png", "step_vs_lr.png", "curves.png"]
+    report = (out / "report.md").read_text()
+    claims = report.split("## What held and what did not")[1].split("## Plots")[0]
+    found = [line for line in claims.splitlines() if VERDICT.match(line)]
+    assert len(found) == 8 * 2, claims  # eight claims per optimizer, each with its verdict
+    for name in plots:
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+        assert f"![{name}]({name})" in report
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["runs"]) == 3 * 3 * 2  # methods x rates x seeds
+    assert set(summary) == {"adam", "sgd"}
+    assert summary["sgd"]["wn-init"]["best_lr"] == 3e-2  # the only rate of its grid
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("method,seed,optimizer,lr,epoch,")
+    assert len(rows) == 1 + 18 * TINY_LR.epochs
+
+
+def test_effective_lr_holds_the_forced_norm_and_lets_v_grow(
+    effective_lr_report: tuple[Path, dict],  # type: ignore[type-arg]
+) -> None:
+    """Forced WN: every layer's ||v|| is the forced norm before the first step and after every
+    epoch (EDM2's sqrt(fan_in) under Adam, 1 under SGD); plain WN: ||v|| only grows (eq. 3)."""
+    out, _ = effective_lr_report
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    data = effective_lr.mnist1d(TINY_LR.num_samples)
+    net = effective_lr._network(TINY_LR, data)
+    fan_in = [m.weight[0].numel() for m in net.modules() if isinstance(m, nn.Conv1d | nn.Linear)]
+    checked = 0
+    for run in runs:
+        spec, layers = run["spec"], run["layers"]
+        assert len(layers) == len(fan_in) == 10
+        for i, v0 in enumerate(run["initial_v_norm"]):
+            norms = [v0, *run["curves"][f"v_norm.{i}"]]
+            if spec["method"] == "forced-wn-init":
+                expected = math.sqrt(fan_in[i]) if spec["optimizer"] == "adam" else 1.0
+                assert norms == pytest.approx([expected] * len(norms), rel=1e-5)
+                checked += 1
+            elif spec["method"] == "wn-init" and spec["optimizer"] == "sgd":
+                assert all(b >= a * (1 - 1e-6) for a, b in itertools.pairwise(norms)), (spec, i)
+    assert checked == 10 * 3 * 2
+
+
+def test_effective_lr_records_the_angle_each_step_turns_a_unit_by() -> None:
+    """A run of one step: the recorded angle per layer is the one AngularStepTracker (and an
+    arccos in float64) gives for the same first step."""
+    settings = replace(TINY_LR, epochs=1, num_samples=100, batch_size=100, lr_grid={"sgd": (0.1,)})
+    data = effective_lr.mnist1d(settings.num_samples)
+    spec = effective_lr.RunSpec("wn-init", "sgd", 0.1, 0)
+    record = effective_lr._run(spec, settings, data)
+    model, opt, gen = effective_lr._build(spec, settings, data)
+    tracker = wn.AngularStepTracker(model, opt)
+    before = {k: s.v_norm for k, s in wn.weight_norm_stats(model).items()}
+    vs = {n: p.detach().clone().double() for n, p in model.named_parameters() if n.endswith("_v")}
+    perm = torch.randperm(len(data.train), generator=gen)  # the one batch: all 70 samples
+    out = model(data.train.x[perm])  # (the same input noise and dropout draws as the run's)
+    nn.functional.cross_entropy(out, data.train.y[perm]).backward()
+    opt.step()
+    steps = tracker.last()
+    assert list(steps) == record.layers == list(before)
+    for i, name in enumerate(record.layers):
+        v0, v1 = (
+            vs[name + "_v"].flatten(1),
+            _module(model, name).weight_v.detach().double().flatten(1),
+        )
+        cos = (v0 * v1).sum(1) / (v0.norm(dim=1) * v1.norm(dim=1))
+        reference = float(torch.arccos(cos.clamp(-1, 1)).mean())
+        assert record.curves[f"angle.{i}"][0] == pytest.approx(steps[name].mean, rel=1e-3)
+        assert record.curves[f"angle.{i}"][0] == pytest.approx(reference, rel=1e-3, abs=1e-6)
+
+
+def _module(model: nn.Module, weight: str) -> nn.Module:
+    return model.get_submodule(weight.removesuffix(".weight"))
+
+
+def test_effective_lr_slope_and_target() -> None:
+    assert effective_lr._slope([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) == pytest.approx(2.0)
+    assert math.isnan(effective_lr._slope([(0.0, 1.0)]))
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("forced_norm.sgd=zero", "forced_norm.sgd must be 'sqrt_fan_in' or a positive number"),
+        ("lr_grid.adam=", "lr_grid.adam must be positive numbers"),
+        ("widths=4", "widths must be two positive channel counts"),
+    ],
+)
+def test_effective_lr_settings_are_checked_before_training(
+    assignment: str, message: str, tmp_path: Path
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "weightnorm", "reproduce", "effective-lr", "--quick", "--set",
+         assignment, "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()

@@ -33,13 +33,15 @@ __all__ = ["add_parser", "default_experiment"]
 _NEEDS = ("numpy", "mnist1d", "sklearn", "matplotlib", "tqdm")
 
 #: name -> one-line help. Each further experiment is the module ``weightnorm.experiments.<name>``
-#: with ``run_<name>(out, settings, ...)``, its settings class and their ``QUICK`` budget.
+#: (``-`` spelled ``_``) with ``run_<name>(out, settings, ...)``, its settings class and their
+#: ``QUICK`` budget.
 _EXPERIMENTS = {
     "comparison": "the main job: the paper's comparison of parameterizations",
     "conditioning": "the loss Hessian's spectrum, normal vs weight norm",
     "vae": "a convolutional VAE on binarized digits",
     "recurrent": "an LSTM over MNIST-1D",
     "dqn": "DQN on CartPole-v1 (normal, weight norm, batch norm; needs gymnasium)",
+    "effective-lr": "||v||, the effective step and learning-rate robustness; forced weight norm",
 }
 
 
@@ -204,10 +206,17 @@ def _other(args: argparse.Namespace) -> int:
 
     needs = (*_NEEDS, "gymnasium") if args.experiment == "dqn" else _NEEDS
     out, workers = _prepare(args, needs)
-    module = importlib.import_module(f"weightnorm.experiments.{args.experiment}")
+    name = args.experiment.replace("-", "_")
+    module = importlib.import_module(f"weightnorm.experiments.{name}")
     base = module.QUICK if args.quick else type(module.QUICK)()
     settings = _overrides(base, args.set)
-    run: Callable[..., Any] = getattr(module, f"run_{args.experiment}")
+    validate = getattr(settings, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as err:
+            raise UsageError(f"--set: {err}") from None
+    run: Callable[..., Any] = getattr(module, f"run_{name}")
     progress = _Progress(args.progress)
     _save_resolved(
         out,
@@ -302,7 +311,7 @@ def add_parser(sub: Any) -> None:
                 "what held of the paper's claims, with the seeds' spread."
             )
         else:
-            module = importlib.import_module(f"weightnorm.experiments.{name}")
+            module = importlib.import_module(f"weightnorm.experiments.{name.replace('-', '_')}")
             defaults = type(module.QUICK)()
             description = (module.__doc__ or summary).strip()
         p = experiments.add_parser(name, parents=[common], help=summary, description=description)
