@@ -112,7 +112,7 @@ def test_reproduce_is_the_comparison_by_default(capsys: pytest.CaptureFixture[st
         assert default_experiment(kept) == kept
     proc = cli("reproduce", "--help")
     assert proc.returncode == 0
-    for name in ("comparison", "conditioning", "vae", "recurrent", "dqn"):
+    for name in ("comparison", "conditioning", "vae", "recurrent", "dqn", "effective-lr"):
         assert name in proc.stdout
     capsys.readouterr()
     assert main(["reproduce", "--set", "x"]) == 2  # parsed as the comparison's --set

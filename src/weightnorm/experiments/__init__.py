@@ -11,7 +11,8 @@ tqdm, gymnasium; the ``zoo`` extra: transformers, snac, bigvgan) only where they
   of :mod:`.models` and the methods of :mod:`.methods`;
 - :mod:`.conditioning`, :mod:`.vae`, :mod:`.recurrent`, :mod:`.dqn`: the paper's further
   experiments (``weightnorm reproduce NAME``), one module each, run and reported by
-  :mod:`.curves`;
+  :mod:`.curves`; :mod:`.effective_lr` (``weightnorm reproduce effective-lr``): beyond the
+  paper, ``||v||``, the effective step and forced weight norm over a learning-rate grid;
 - :mod:`.jobs` and :mod:`.records`: resumable parallel runs with typed, validated records;
   :mod:`.settings`: ``--set KEY=VALUE`` overrides;
 - :mod:`.bench` and :mod:`.zoo`: ``weightnorm bench`` and the real models it and the tests use.

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +57,8 @@ _LABELS = {
     "forced-wn-init": "forced weight norm + data init",
 }
 _OPTIMIZERS = {"adam": "Adam", "sgd": "SGD + momentum"}
+#: Settings that do not change any run's record (only which runs there are, and the report).
+_NOT_IN_KEY = ("lr_grid", "seeds", "target_train_error")
 #: The test error a diverged run is scored with in the grid means: chance, for 10 classes.
 _CHANCE = 0.9
 
@@ -94,7 +96,7 @@ class EffectiveLRSettings:
     init_batch_size: int = 500
     lr_grid: dict[str, tuple[float, ...]] = field(
         default_factory=lambda: {
-            "adam": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
+            "adam": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
             "sgd": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
         }
     )
@@ -132,17 +134,17 @@ QUICK = EffectiveLRSettings(
 def forced_norm_of(settings: EffectiveLRSettings, optimizer: str) -> wn.functional.ForcedNorm:
     """``settings.forced_norm[optimizer]`` as :func:`weightnorm.force_weight_norm` takes it."""
     text = settings.forced_norm[optimizer]
-    if text in wn.functional.FORCED_NORMS:
-        return text  # type: ignore[return-value]
     try:
-        value = float(text)
+        value: Any = float(text)
     except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
+        value = text
+    try:
+        wn.functional.check_forced_norm(value)
+    except ValueError:
         raise ValueError(
             f"forced_norm.{optimizer} must be 'sqrt_fan_in' or a positive number, got {text!r}"
-        )
-    return value
+        ) from None
+    return cast(wn.functional.ForcedNorm, value)
 
 
 @dataclass(frozen=True)
@@ -380,13 +382,14 @@ def _ms(values: Sequence[float], fmt: str) -> str:
     return "diverged" if not math.isfinite(mean) else f"{mean:{fmt}} +- {std:{fmt}}"
 
 
-def _span(values: Sequence[float], fmt: str) -> str:
+def _span(values: Sequence[float], fmt: str, inf: str = "never") -> str:
+    """``median [min-max]`` of the finite values; ``inf`` names the infinite ones."""
     kept = finite(values)
     if not kept:
-        return "never" if values and all(v == math.inf for v in values) else "n/a"
+        return inf if values and all(v == math.inf for v in values) else "n/a"
     text = f"{statistics.median(kept):{fmt}} [{min(kept):{fmt}}-{max(kept):{fmt}}]"
     missing = len(values) - len(kept)
-    return text + (f", {missing} of {len(values)} never" if missing else "")
+    return text + (f", {missing} of {len(values)} {inf}" if missing else "")
 
 
 def _sweep_table(res: _Results) -> list[str]:
@@ -444,8 +447,10 @@ def _dynamics_table(res: _Results) -> list[str]:
             growth = [g for r in runs for g in _growth(r)]
             first = nanmean(r.layer_mean("angle", 0) for r in runs)
             last = nanmean(r.layer_mean("angle", -1) for r in runs)
+            lr = res.best_rate(opt, method)
+            edge = " (grid edge)" if lr in (res.rates(opt)[0], res.rates(opt)[-1]) else ""
             lines.append(
-                f"| {opt} | {method} | {res.best_rate(opt, method):g} | "
+                f"| {opt} | {method} | {lr:g}{edge} | "
                 f"{_ms([r.final('train_loss') for r in runs], '.4f')} | "
                 f"{_ms([r.final('test_error') for r in runs], '.2%')} | "
                 f"{_span([epochs_to(r.curves['train_error'], target) for r in runs], '.1f')} "
@@ -492,8 +497,8 @@ def _claims(res: _Results) -> list[str]:
             f"- **{name}: under weight norm ||v|| only grows** (paper, section 2.1; every layer "
             f"of every run that did not diverge): {verdict}: grew in {grew} of {len(every)} "
             f"(layer, run) pairs; growth, median [min-max] over layers and seeds: "
-            f"{_span(growth[low], '.2f')} at lr {low:g}, {_span(growth[high], '.2f')} at lr "
-            f"{high:g}."
+            f"{_span(growth[low], '.2f', 'overflowed')} at lr {low:g}, "
+            f"{_span(growth[high], '.2f', 'overflowed')} at lr {high:g}."
         )
         decay = {m: [_decay(r) for r in res.best(opt, m)] for m in METHODS}
         claims.append(
@@ -622,7 +627,7 @@ def _layer_plot(res: _Results, key: str, label: str) -> bytes:
                 and res.settings.forced_norm[opt] == "sqrt_fan_in"
             ):
                 ax.axhline(
-                    lr, color="black", linestyle="--", linewidth=1, label="lr (EDM2's prediction)"
+                    lr, color="black", linestyle="--", linewidth=1, label="lr (Adam's bound)"
                 )
             ax.set_yscale("log")
             ax.set_xlabel("epoch")
@@ -813,11 +818,10 @@ def run_effective_lr(
     run: Callable[[RunSpec], EffectiveLRRecord] = functools.partial(
         _run, settings=settings, data=data
     )
-    context = {
-        "experiment": "effective-lr",
-        "settings": asdict(settings),
-        "data": data.fingerprint(),
-    }
+    # a run's record depends on its job and these settings, not on the grid or the seed count
+    # (a wider grid or more seeds reuse every finished run) nor on the report's target
+    kept = {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_KEY}
+    context = {"experiment": "effective-lr", "settings": kept, "data": data.fingerprint()}
     with Jobs(out, run, EffectiveLRRecord, context, workers=workers, threads=threads,
               progress=progress, describe=_describe) as runner:  # fmt: skip
         runner.expect(len(jobs))
