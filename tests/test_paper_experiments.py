@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -186,6 +187,21 @@ def test_effective_lr_report(effective_lr_report: tuple[Path, dict]) -> None:  #
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("method,seed,optimizer,lr,epoch,")
     assert len(rows) == 1 + 18 * TINY_LR.epochs
+
+
+def test_effective_lr_resumes_and_a_wider_grid_reuses_every_run(
+    effective_lr_report: tuple[Path, dict],  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(effective_lr_report[0], out)
+    messages: list[str] = []
+    wider = replace(TINY_LR, lr_grid={**TINY_LR.lr_grid, "sgd": (3e-2, 1e-1)})
+    effective_lr.run_effective_lr(out, wider, progress=lambda d, t, m: messages.append(m))
+    finished = [m for m in messages if m.endswith(("(cached)", "diverged")) or "train loss" in m]
+    assert len(finished) == 24  # 18 runs before, 6 at the new rate
+    assert sum(m.endswith("(cached)") for m in finished) == 18
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 24
 
 
 def test_effective_lr_holds_the_forced_norm_and_lets_v_grow(

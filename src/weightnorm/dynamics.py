@@ -230,9 +230,11 @@ def force_weight_norm(
 
     The norm ``c``: ``"sqrt_fan_in"`` (default) is EDM2's, ``sqrt`` of the number of elements of
     each unit (its ``normalize`` gives the stored weight elements of unit mean square): with
-    Adam, whose steps have about the same size ``lr`` in every element, a unit then turns by
-    about ``lr`` radians per step whatever its fan-in. A number holds every unit at that norm:
-    ``1.0`` is nGPT's unit-norm rows (Loshchilov et al., 2024), with ``g`` learned. EDM2's
+    Adam, whose steps are at most about ``lr`` in every element, the angle a step turns a unit
+    by then scales with ``lr`` and not with the unit's fan-in (at most about ``lr`` radians;
+    ``weightnorm reproduce effective-lr`` measures the spread over layers). A number holds
+    every unit at that norm: ``1.0`` is nGPT's unit-norm rows (Loshchilov et al., 2024), with
+    ``g`` learned. EDM2's
     magnitude-preserving layers also fix the gain: ``weight_norm(..., gain=1.0)`` (its
     ``w * (1/sqrt(fan_in))`` on a weight of norm ``sqrt(fan_in)`` is ``v/||v||``).
 
@@ -423,8 +425,8 @@ class AngularStepTracker:
             \|\hat{\mathbf v}_t + \hat{\mathbf v}_{t+1}\|\big)
 
     the effective step on the direction of ``w`` (for ``g > 0``), which the paper (section 2.1)
-    shows shrinking as ``||v||`` grows, and which forced weight normalization (EDM2) holds at
-    about the learning rate. A step pre hook copies every tracked ``v`` (one copy of the
+    shows shrinking as ``||v||`` grows, and which forced weight normalization (EDM2) keeps from
+    shrinking that way. A step pre hook copies every tracked ``v`` (one copy of the
     weights, kept for the duration of the step) and a step post hook computes the angles with
     :func:`weightnorm.functional.angle_between` (float32 for float32 ``v``: angles below about
     1e-7 rad are rounding). No host sync: :meth:`last` returns tensors, and

@@ -284,9 +284,10 @@ def forced_norm(
     A number is returned as it is. ``"sqrt_fan_in"`` is ``sqrt(unit_size(shape, dim))``: the
     norm of a unit whose elements have unit mean square. EDM2 (Karras et al., CVPR 2024) holds
     each output unit of its stored weights there (its ``normalize`` divides by
-    ``||v|| / sqrt(fan_in)``): with Adam, whose updates have about the same size ``lr`` for every
-    element, the angle a step turns a unit of that norm by is then about ``lr`` whatever the
-    unit's fan-in; at norm 1 it would grow as ``lr * sqrt(fan_in)``.
+    ``||v|| / sqrt(fan_in)``): with Adam, whose updates are at most about ``lr`` in every
+    element, the angle a step turns a unit of that norm by then scales with ``lr`` (at most
+    about ``lr`` radians) whatever the unit's fan-in; at norm 1 it would grow as
+    ``lr * sqrt(fan_in)``.
 
     Raises:
         TypeError, ValueError: ``norm`` is not a :data:`ForcedNorm` (see

@@ -13,8 +13,8 @@ by (the effective step; mean over the epoch's steps and the layer's units). The 
 2.1) predicts that under weight norm ``||v||`` only grows, so the effective step decays, faster
 at larger rates: a self-stabilizing, learning-rate-robust scheme. EDM2 argues the other side:
 the decay differs per layer and is better replaced by a fixed norm (with Adam and norm
-``sqrt(fan_in)``, every layer then turns by about ``lr`` radians a step) and an explicit
-learning-rate schedule.
+``sqrt(fan_in)``, every layer then turns by the same angle a step, at most about ``lr``) and an
+explicit learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -47,8 +47,16 @@ from .plotting import png, pyplot
 from .records import RecordError, to_json
 from .report import epochs_to
 from .runner import RunSpec, _error, _make_optimizer
+from .settings import flatten
 
-__all__ = ["QUICK", "EffectiveLRRecord", "EffectiveLRSettings", "run_effective_lr"]
+__all__ = [
+    "QUICK",
+    "EffectiveLRRecord",
+    "EffectiveLRSettings",
+    "command",
+    "forced_norm_of",
+    "run_effective_lr",
+]
 
 METHODS = ("normal-init", "wn-init", "forced-wn-init")
 _LABELS = {
@@ -348,12 +356,13 @@ class _Results:
 
 
 def _slope(points: Sequence[tuple[float, float]]) -> float:
+    """The least-squares slope of ``y`` on ``x`` (NaN with fewer than two points)."""
     if len(points) < 2:
         return math.nan
-    xs, ys = zip(*points, strict=True)
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in points) / sxx
+    mx = statistics.fmean(x for x, _ in points)
+    my = statistics.fmean(y for _, y in points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return float(sum((x - mx) * (y - my) for x, y in points) / sxx)
 
 
 def _decay(record: EffectiveLRRecord) -> float:
@@ -715,7 +724,24 @@ def _csv(res: _Results) -> str:
     return buffer.getvalue()
 
 
-def _write(res: _Results, out: Path, wall_time_s: float) -> dict[str, Any]:
+def command(settings: EffectiveLRSettings) -> str:
+    """The command line that runs ``settings``: ``--set`` for each setting off its default.
+
+    Example::
+
+        >>> command(EffectiveLRSettings(epochs=3, widths=(8, 16)))
+        'weightnorm reproduce effective-lr --set epochs=3 --set widths=8,16'
+    """
+    given, default = flatten(settings), flatten(EffectiveLRSettings())
+    parts = ["weightnorm reproduce effective-lr"]
+    for key, value in given.items():
+        if value != default.get(key):
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            parts.append(f"--set {key}={'none' if shown is None else shown}")
+    return " ".join(parts)
+
+
+def _write(res: _Results, out: Path, wall_time_s: float, trained: int) -> dict[str, Any]:
     plots = {
         "lr_sweep.png": _sweep_plot(res),
         "v_norm.png": _layer_plot(res, "v_norm", "||v||, mean over units"),
@@ -772,8 +798,10 @@ def _write(res: _Results, out: Path, wall_time_s: float) -> dict[str, Any]:
         "", *_dynamics_table(res), "",
         "## What held and what did not", "", rule, "", *_claims(res), "",
         "## Plots", "", *(f"![{p}]({p})" for p in plots), "",
-        f"Machine: {env['machine']}, {env['cpus']} CPUs, torch {env['torch']}; wall time "
-        f"{wall_time_s / 60:.1f} min. Settings and every curve: `results.json`, `results.csv`.",
+        f"Command: `{command(res.settings)}`. Machine: {env['machine']}, {env['cpus']} CPUs, "
+        f"torch {env['torch']}; wall time {wall_time_s / 60:.1f} min ({trained} of {runs} runs "
+        "trained by this invocation, the others reused). Settings and every curve: "
+        "`results.json`, `results.csv`.",
     ]) + "\n"  # fmt: skip
     atomic_write_text(out / "report.md", report)
     return summary
@@ -826,8 +854,9 @@ def run_effective_lr(
               progress=progress, describe=_describe) as runner:  # fmt: skip
         runner.expect(len(jobs))
         done = runner.run(jobs)
+        trained = runner.done - runner.cached
     res = _Results(settings, done)
-    return _write(res, Path(out), time.perf_counter() - start)
+    return _write(res, Path(out), time.perf_counter() - start, trained)
 
 
 def _describe(record: EffectiveLRRecord) -> str:

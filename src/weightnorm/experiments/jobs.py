@@ -130,6 +130,7 @@ class Jobs(Generic[R]):
         self.progress, self.describe = progress, describe
         self.total = 0
         self.done = 0
+        self.cached = 0  # of the done ones, reused from an earlier execution
         self.rank, self.world = distributed()
         self.pool: cf.ProcessPoolExecutor | None = None
 
@@ -169,6 +170,7 @@ class Jobs(Generic[R]):
             stored = {"key": self.key(job), "record": to_json(record)}
             atomic_write_text(self.path(job), json.dumps(stored, indent=1))
         self.done += 1
+        self.cached += cached
         if self.progress is not None:
             note = " (cached)" if cached else ""
             self.progress(self.done, self.total, f"{job.name}: {self.describe(record)}{note}")
