@@ -220,6 +220,9 @@ def test_effective_lr_holds_the_forced_norm_and_lets_v_grow(
         assert len(layers) == len(fan_in) == 10
         for i, v0 in enumerate(run["initial_v_norm"]):
             norms = [v0, *run["curves"][f"v_norm.{i}"]]
+            gains = run["curves"].get(f"g.{i}")  # the mean learned gain, weight norm only
+            assert (gains is None) == (spec["method"] == "normal-init")
+            assert gains is None or all(math.isfinite(g) and g != 0 for g in gains)
             if spec["method"] == "forced-wn-init":
                 expected = math.sqrt(fan_in[i]) if spec["optimizer"] == "adam" else 1.0
                 assert norms == pytest.approx([expected] * len(norms), rel=1e-5)

@@ -275,11 +275,10 @@ def _run(spec: RunSpec, settings: EffectiveLRSettings, data: Dataset) -> Effecti
         curves["test_error"].append(_error(model, data.test, torch.device("cpu")))
         v_norm = norms().tolist()
         mean_angle = (angles / steps).tolist()
-        gains = (
-            [s.g.double().mean().item() for s in wn.weight_norm_stats(model).values()]
-            if weight_norm
-            else []
-        )
+        gains = []
+        if weight_norm:  # (the stats are keyed by the same qualified names as the layers)
+            stats = wn.weight_norm_stats(model)
+            gains = [stats[layer].g.double().mean().item() for layer in layers]
         for i in range(len(layers)):
             curves[f"v_norm.{i}"].append(v_norm[i])
             curves[f"angle.{i}"].append(mean_angle[i])
