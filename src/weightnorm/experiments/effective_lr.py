@@ -650,11 +650,16 @@ def _layer_plot(res: _Results, key: str, label: str) -> bytes:
     return png(fig)
 
 
-def _step_vs_lr_plot(res: _Results) -> bytes:
-    plt = pyplot()
+def _panel_per_optimizer(res: _Results) -> tuple[Any, list[tuple[Any, str]]]:
+    """A figure with one panel per optimizer, side by side, and its ``(panel, optimizer)``."""
     opts = res.optimizers
-    fig, axes = plt.subplots(1, len(opts), figsize=(5.8 * len(opts), 4.4), squeeze=False)
-    for ax, opt in zip(axes[0], opts, strict=True):
+    fig, axes = pyplot().subplots(1, len(opts), figsize=(5.8 * len(opts), 4.4), squeeze=False)
+    return fig, list(zip(axes[0], opts, strict=True))
+
+
+def _step_vs_lr_plot(res: _Results) -> bytes:
+    fig, panels = _panel_per_optimizer(res)
+    for ax, opt in panels:
         rates = res.rates(opt)
         for method in METHODS:
             for epoch, style in ((0, ":"), (-1, "-")):
@@ -675,7 +680,7 @@ def _step_vs_lr_plot(res: _Results) -> bytes:
             fontsize=9,
         )
         ax.grid(True, which="major", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    panels[0][0].legend(fontsize=7)
     fig.tight_layout()
     return png(fig)
 
@@ -683,10 +688,8 @@ def _step_vs_lr_plot(res: _Results) -> bytes:
 def _curves_plot(res: _Results) -> bytes:
     from .report import _log_percent_axis
 
-    plt = pyplot()
-    opts = res.optimizers
-    fig, axes = plt.subplots(1, len(opts), figsize=(5.8 * len(opts), 4.4), squeeze=False)
-    for ax, opt in zip(axes[0], opts, strict=True):
+    fig, panels = _panel_per_optimizer(res)
+    for ax, opt in panels:
         shown: list[float] = []
         for method in METHODS:
             runs = res.best(opt, method)
