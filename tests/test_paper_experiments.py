@@ -126,7 +126,10 @@ def test_cli_experiment_quick_and_resume(tmp_path: Path) -> None:
             "--set", "epochs=1", "--workers", "1", "--out", str(tmp_path)]  # fmt: skip
     first = subprocess.run(args, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    assert (tmp_path / "report.md").is_file()
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# ")
+    assert "(smoke test)" in report.splitlines()[0]
+    assert not [line for line in report.splitlines() if VERDICT.match(line)]  # none in a smoke test
     assert json.loads((tmp_path / "config.json").read_text())["settings"]["epochs"] == 1
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 0

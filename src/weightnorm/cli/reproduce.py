@@ -232,7 +232,10 @@ def _other(args: argparse.Namespace) -> int:
     )
     start = time.perf_counter()
     try:
-        run(out, settings, workers=workers, threads=args.threads, progress=progress)
+        run(
+            out, settings, workers=workers, threads=args.threads, progress=progress,
+            smoke=args.quick,
+        )  # fmt: skip
     except KeyboardInterrupt:
         return _interrupted(progress, out)
     progress.close()

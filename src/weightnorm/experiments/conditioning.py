@@ -172,6 +172,7 @@ def run_conditioning(
     workers: int = 1,
     threads: int = 1,
     progress: Progress | None = None,
+    smoke: bool = False,
 ) -> dict[str, Any]:
     """Run the conditioning experiment and write its report into ``out``; returns the summary."""
     data = digits()
@@ -187,6 +188,7 @@ def run_conditioning(
         workers=workers,
         threads=threads,
         progress=progress,
+        smoke=smoke,
     )
 
 

@@ -25,7 +25,7 @@ from ._stats import finite, mean_std, nanmean
 from .jobs import Progress, run_method_seeds
 from .plotting import png, pyplot
 from .records import CurveRecord, to_json
-from .report import Verdict, compare
+from .report import SMOKE_TEST, Verdict, compare
 
 __all__ = [
     "Curve",
@@ -135,11 +135,13 @@ def write_curves_report(
     *,
     settings: dict[str, Any],
     wall_time_s: float,
+    smoke: bool = False,
 ) -> None:
     """Write ``report.md``, ``results.json``, ``results.csv`` and one PNG per curve into ``out``.
 
     ``records`` maps each method to its runs (records with a ``curves`` dict of equal-length
-    lists, ``content.x_key`` among them).
+    lists, ``content.x_key`` among them). A ``smoke`` test's report (``--quick``) is labelled
+    so and states no verdicts.
     """
     out = Path(out)
     plots = []
@@ -173,14 +175,14 @@ def write_curves_report(
     atomic_write_text(out / "results.csv", buffer.getvalue())
     images = "\n".join(f"![{p}]({p})" for p in plots)
     body = "\n".join(content.table)
-    held = "\n".join(content.claims) or "- (nothing to check)"
+    held = SMOKE_TEST if smoke else "\n".join(content.claims) or "- (nothing to check)"
     rule = (
         "A claim that one method beats another *held* when every seed of the one beats every "
         "seed of the other, *did not hold* when the reverse is true, and is *inconclusive* when "
         "the seeds' ranges overlap."
     )
     report = (
-        f"# {content.title}\n\n{content.intro}\n\n{body}\n\n"
+        f"# {content.title}{' (smoke test)' if smoke else ''}\n\n{content.intro}\n\n{body}\n\n"
         f"## What held and what did not\n\n{rule}\n\n{held}\n\n"
         f"## Plots\n\n{images}\n\nMachine: {env['machine']}, {env['cpus']} CPUs, torch "
         f"{env['torch']}; wall time {wall_time_s / 60:.1f} min. Settings and every curve: "
@@ -202,6 +204,7 @@ def run_experiment(
     workers: int = 1,
     threads: int = 1,
     progress: Progress | None = None,
+    smoke: bool = False,
 ) -> dict[str, Any]:
     """Run a further experiment and write its report into ``out``; returns its summary.
 
@@ -209,7 +212,8 @@ def run_experiment(
     ``run(job, settings=settings)`` through :func:`~.jobs.run_method_seeds` (resumable,
     ``workers`` processes of ``threads`` torch threads), keyed on the experiment's name, its
     ``settings`` (a frozen dataclass) and ``context`` (anything else its records depend on,
-    e.g. the data's fingerprint); ``report(records, settings)`` says what to write.
+    e.g. the data's fingerprint); ``report(records, settings)`` says what to write (a ``smoke``
+    test's report: no verdicts).
     """
     start = time.perf_counter()
     records = run_method_seeds(
@@ -230,5 +234,6 @@ def run_experiment(
         records,
         settings=asdict(settings),
         wall_time_s=time.perf_counter() - start,
+        smoke=smoke,
     )
     return content.summary

@@ -152,6 +152,7 @@ def run_dqn(
     workers: int = 1,
     threads: int = 1,
     progress: Progress | None = None,
+    smoke: bool = False,
 ) -> dict[str, Any]:
     """Normal, weight norm and batch norm DQN on CartPole-v1; writes the report into ``out``."""
     return run_experiment(
@@ -165,6 +166,7 @@ def run_dqn(
         workers=workers,
         threads=threads,
         progress=progress,
+        smoke=smoke,
     )
 
 

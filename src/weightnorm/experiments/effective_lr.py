@@ -45,7 +45,7 @@ from .jobs import Jobs, Progress
 from .models import paper_cnn
 from .plotting import png, pyplot
 from .records import RecordError, to_json
-from .report import epochs_to
+from .report import SMOKE_TEST, epochs_to
 from .runner import RunSpec, _error, _make_optimizer
 from .settings import flatten
 
@@ -743,7 +743,9 @@ def command(settings: EffectiveLRSettings) -> str:
     return " ".join(parts)
 
 
-def _write(res: _Results, out: Path, wall_time_s: float, trained: int) -> dict[str, Any]:
+def _write(
+    res: _Results, out: Path, wall_time_s: float, trained: int, smoke: bool
+) -> dict[str, Any]:
     plots = {
         "lr_sweep.png": _sweep_plot(res),
         "v_norm.png": _layer_plot(res, "v_norm", "||v||, mean over units"),
@@ -788,8 +790,10 @@ def _write(res: _Results, out: Path, wall_time_s: float, trained: int) -> dict[s
         f"the seeds' ranges overlap (with {s.seeds} seeds each, a complete separation arises by "
         f"chance with probability {1 / math.comb(2 * s.seeds, s.seeds):.2g})."
     )
+    held = [SMOKE_TEST] if smoke else [rule, "", *_claims(res)]
     report = "\n".join([
-        "# The effective learning rate: weight norm, forced weight norm, normal", "", intro, "",
+        "# The effective learning rate: weight norm, forced weight norm, normal"
+        + (" (smoke test)" if smoke else ""), "", intro, "",
         f"Budget: {s.epochs} epochs of batch {s.batch_size} at a constant rate; forced norm "
         f"per optimizer {s.forced_norm}; {s.seeds} seeds per method and rate; {runs} runs, "
         f"{diverged} of them diverged (their curves stop; marked x in the plots).", "",
@@ -798,7 +802,7 @@ def _write(res: _Results, out: Path, wall_time_s: float, trained: int) -> dict[s
         "Steps are angles a step turns each unit's direction by, averaged over an epoch's "
         "steps, the layer's units and, where it says so, the layers; seeds: median [min-max].",
         "", *_dynamics_table(res), "",
-        "## What held and what did not", "", rule, "", *_claims(res), "",
+        "## What held and what did not", "", *held, "",
         "## Plots", "", *(f"![{p}]({p})" for p in plots), "",
         f"Command: `{command(res.settings)}`. Machine: {env['machine']}, {env['cpus']} CPUs, "
         f"torch {env['torch']}; wall time {wall_time_s / 60:.1f} min ({trained} of {runs} runs "
@@ -816,12 +820,14 @@ def run_effective_lr(
     workers: int = 1,
     threads: int = 1,
     progress: Progress | None = None,
+    smoke: bool = False,
 ) -> dict[str, Any]:
     """Run the effective-learning-rate experiment and write its report into ``out``.
 
     Every (method, optimizer, rate, seed) runs once through :class:`~.jobs.Jobs`
     (resumable: a rerun reuses finished runs), ``workers`` processes of ``threads`` torch
-    threads; ``out`` receives ``report.md``, ``results.json``, ``results.csv`` and the plots.
+    threads; ``out`` receives ``report.md``, ``results.json``, ``results.csv`` and the plots (a
+    ``smoke`` test's report, ``--quick``, states no verdicts).
 
     Returns:
         Per optimizer and method: the best rate and the per-seed figures the claims use.
@@ -858,7 +864,7 @@ def run_effective_lr(
         done = runner.run(jobs)
         trained = runner.done - runner.cached
     res = _Results(settings, done)
-    return _write(res, Path(out), time.perf_counter() - start, trained)
+    return _write(res, Path(out), time.perf_counter() - start, trained, smoke)
 
 
 def _describe(record: EffectiveLRRecord) -> str:

@@ -96,6 +96,7 @@ def run_recurrent(
     workers: int = 1,
     threads: int = 1,
     progress: Progress | None = None,
+    smoke: bool = False,
 ) -> dict[str, Any]:
     """Normal versus weight norm on an LSTM over MNIST-1D; writes the report into ``out``."""
     return run_experiment(
@@ -109,6 +110,7 @@ def run_recurrent(
         workers=workers,
         threads=threads,
         progress=progress,
+        smoke=smoke,
     )
 
 

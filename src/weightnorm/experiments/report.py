@@ -295,6 +295,12 @@ def _timing_table(summaries: list[MethodSummary]) -> str:
     return "\n".join(lines)
 
 
+#: What a smoke test's report (``--quick``) says instead of its verdicts.
+SMOKE_TEST = (
+    "None: this is a smoke test (`--quick`): too few epochs, seeds and samples for any verdict. "
+    "It shows that the pipeline runs end to end; run without `--quick` for the experiment."
+)
+
 _STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ("-", "v"), ("--", "P"), ("-.", "X")]
 _OPTIMIZERS = {"adam": "Adam", "sgd": "SGD + momentum"}
 
@@ -427,11 +433,7 @@ def write_report(
     workers = (resolved or {}).get("workers")
     methods = "\n".join(f"- `{m}`: {METHODS[m].label}" for m in cfg.methods)
     if quick:
-        claims = (
-            "None: this is a smoke test (`--quick`): too few epochs, seeds and samples for any "
-            "verdict. It shows that the pipeline runs end to end; run without `--quick` for the "
-            "comparison."
-        )
+        claims = SMOKE_TEST
     else:
         claims = "\n".join(_claims(summaries, result, target)) or "- (too few methods to check)"
     images = "\n".join(f"![{p}]({p})" for p in plots)

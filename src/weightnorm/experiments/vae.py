@@ -123,6 +123,7 @@ def run_vae(
     workers: int = 1,
     threads: int = 1,
     progress: Progress | None = None,
+    smoke: bool = False,
 ) -> dict[str, Any]:
     """Normal versus weight norm (with data init) on a conv VAE; writes the report into ``out``."""
     return run_experiment(
@@ -136,6 +137,7 @@ def run_vae(
         workers=workers,
         threads=threads,
         progress=progress,
+        smoke=smoke,
     )
 
 
