@@ -731,6 +731,21 @@ def test_unknown_parameter_name_raises() -> None:
         wn.weight_norm(nn.Linear(2, 2), "wieght")
 
 
+@pytest.mark.parametrize("cls", [nn.Embedding, nn.EmbeddingBag])
+def test_sparse_embedding_raises(cls: type[nn.Module]) -> None:
+    """A sparse gradient cannot flow through g * v/||v|| (computed whole): refused up front,
+    where torch's weight norm crashes in the backward."""
+    with pytest.raises(wn.WeightNormError, match=r"sparse=True.*expected sparse=False"):
+        wn.weight_norm(cls(10, 4, sparse=True))
+    torch_wn = nn.utils.parametrizations.weight_norm(nn.Embedding(10, 4, sparse=True))
+    with pytest.raises(RuntimeError):
+        torch_wn(torch.tensor([1, 2])).sum().backward()
+    layer = wn.weight_norm(cls(10, 4))  # the dense one works
+    out = layer(torch.tensor([[1, 2]])) if cls is nn.EmbeddingBag else layer(torch.tensor([1, 2]))
+    out.sum().backward()
+    assert layer.weight_v.grad is not None
+
+
 def test_missing_bias_raises() -> None:
     with pytest.raises(wn.WeightNormError, match="bias is None"):
         wn.weight_norm(nn.Linear(2, 2, bias=False), "bias")

@@ -597,8 +597,8 @@ def weight_norm(
 
     Raises:
         WeightNormError: unknown, ``None``, non-floating or uninitialized (lazy) parameter, a
-            parameter already normalized (by us or by PyTorch), ``dim`` out of range, or a
-            ``gain`` that is not positive and finite.
+            parameter already normalized (by us or by PyTorch), ``dim`` out of range, a
+            ``gain`` that is not positive and finite, or an embedding with ``sparse=True``.
         TypeError: ``gain`` is not a real number.
 
     Example::
@@ -645,6 +645,12 @@ def weight_norm(
         )
     if not param.is_floating_point():
         raise WeightNormError(f"{kind}.{name} has dtype {param.dtype}; expected a floating dtype")
+    if getattr(module, "sparse", False) and isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        raise WeightNormError(
+            f"{kind} has sparse=True: its weight gradient is sparse, but g * v/||v|| is computed "
+            "whole at every forward, so g and v need dense gradients and the sparse backward "
+            "fails (torch's weight norm fails the same way); expected sparse=False"
+        )
     for suffix in ("_g", "_v"):
         if hasattr(module, name + suffix):
             raise WeightNormError(f"{kind} already has an attribute {name + suffix!r}")
