@@ -540,7 +540,7 @@ def test_functional_call_with_the_weight_uses_it_and_leaves_g_and_v_alone(case: 
     assert g.grad is None
     assert v.grad is None
     assert torch.equal(layer.weight.detach(), w0)  # g v/||v|| again
-    assert "_wn_swapped" not in layer.__dict__
+    assert layer.__dict__["_wn_swapped"] == {}  # nothing left swapped in
     # a plain assignment still reparameterizes
     layer.weight = w0 * 2.0
     torch.testing.assert_close(layer.weight_g.detach(), g0 * 2.0)
@@ -578,7 +578,7 @@ def test_nested_functional_call_with_the_weight(inner: str) -> None:
     assert torch.equal(layer.weight_g.detach(), g0)
     assert torch.equal(layer.weight_v.detach(), v0)
     torch.testing.assert_close(layer.weight, g0 * v0 / v0.norm(dim=1, keepdim=True))
-    assert "_wn_swapped" not in layer.__dict__
+    assert layer.__dict__["_wn_swapped"] == {}  # nothing left swapped in
 
 
 def test_functional_call_with_g_and_v() -> None:
@@ -619,7 +619,7 @@ def test_func_grad_and_vmap_over_functional_call_with_the_weight() -> None:
     torch.testing.assert_close(out, torch.stack([x @ w.T + layer.bias for w in Ws]))
     per_sample = torch.func.vmap(torch.func.grad(loss))(Ws)
     torch.testing.assert_close(per_sample[1], torch.func.grad(loss)(Ws[1]))
-    assert "_wn_swapped" not in layer.__dict__
+    assert layer.__dict__["_wn_swapped"] == {}  # nothing left swapped in
 
 
 def test_ensembling_with_stack_module_state_and_vmap() -> None:
@@ -693,22 +693,43 @@ def test_a_changed_swap_tensor_is_refused_before_anything_changes(
         changed_swap_tensor(layer, "weight", torch.zeros(2, 3))
     assert torch.equal(layer.weight_g.detach(), g0)
     assert torch.equal(layer.weight_v.detach(), v0)
-    assert "_wn_swapped" not in layer.__dict__
+    assert layer.__dict__["_wn_swapped"] == {}  # nothing left swapped in
+
+
+def test_every_weight_normed_module_has_its_own_swap_stack() -> None:
+    """The stack functional_call swaps into is always there (a compiled read of the weight is
+    guarded on it, see test_compiled_functional_call_with_the_weight), one per module."""
+    layer = wn.weight_norm(nn.Linear(3, 2))
+    assert layer.__dict__["_wn_swapped"] == {}
+    for other in (copy.deepcopy(layer), copy.copy(layer), pickle.loads(pickle.dumps(layer))):
+        assert other.__dict__["_wn_swapped"] == {}
+        assert other.__dict__["_wn_swapped"] is not layer.__dict__["_wn_swapped"]
+    assert wn.WNLinear(3, 2).__dict__["_wn_swapped"] == {}
+    assert "_wn_swapped" not in wn.remove_weight_norm(layer).__dict__
 
 
 @pytest.mark.slow
 def test_compiled_functional_call_with_the_weight() -> None:
-    """Issue 11, item 5, under torch.compile (one graph break where the swap is recognized)."""
+    """Issue 11, item 5, under torch.compile (the swap itself runs outside the graph). swap_tensor
+    reads the weight before it swaps: that compiled read must not be reused inside the call."""
     torch.manual_seed(0)
     layer = wn.weight_norm(nn.Linear(3, 2))
-    g0 = layer.weight_g.detach().clone()
-    x, W = torch.randn(4, 3), torch.randn(2, 3, requires_grad=True)
+    g0, v0 = layer.weight_g.detach().clone(), layer.weight_v.detach().clone()
+    x = torch.randn(4, 3)
     compiled = torch.compile(lambda w, x_: functional_call(layer, {"weight": w}, (x_,)))
-    out = compiled(W, x)
-    torch.testing.assert_close(out, x @ W.T + layer.bias)
-    out.sum().backward()
-    assert W.grad is not None
+    for _ in range(2):  # the second call, with another W, runs the cached code
+        W = torch.randn(2, 3, requires_grad=True)
+        out = compiled(W, x)
+        torch.testing.assert_close(out, x @ W.T + layer.bias)
+        out.sum().backward()
+        assert W.grad is not None
+        torch.testing.assert_close(W.grad, torch.ones(4, 2).T @ x)
     assert torch.equal(layer.weight_g.detach(), g0)
+    assert torch.equal(layer.weight_v.detach(), v0)
+    assert layer.weight_g.grad is None
+    assert layer.weight_v.grad is None
+    torch.testing.assert_close(layer.weight, g0 * v0 / v0.norm(dim=1, keepdim=True))
+    assert layer.__dict__["_wn_swapped"] == {}
 
 
 # --- misuse -----------------------------------------------------------------------------------

@@ -20,12 +20,16 @@ class; folding them gives back the plain ``torch.nn`` class.
 ``swap_tensor``. An assignment made from that function's frame is taken as a swap, not as a new
 weight: W is kept aside (``module.__dict__[_SWAPPED]``, a stack per name, for nested calls) and
 returned by the property until it is swapped back; g and v are never touched. Every other
-assignment (``module.weight = t``) still sets ``g = ||t||``, ``v = t``.
+assignment (``module.weight = t``) still sets ``g = ||t||``, ``v = t``. That dict is in every
+weight-normed module's ``__dict__``, empty between calls: under ``torch.compile`` the property's
+``name in swapped`` is then guarded. Dynamo (torch 2.13) does not guard a key *missing* from a
+module's ``__dict__`` when it compiles the property's frame on its own: the read ``swap_tensor``
+makes before swapping was compiled, and reused for the read inside the call, which computed
+``g * v/||v||`` instead of W.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 import weakref
@@ -61,6 +65,7 @@ _LAST = (
     "_wn_last"  # module.__dict__[_LAST]: dict[str, (alias of a w read outside forward, version)]
 )
 _SWAPPED = "_wn_swapped"  # module.__dict__[_SWAPPED]: dict[str, list[(swapped-in, swapped-out)]]
+# (always there, see the module docstring)
 _EMPTY: dict[str, WeightNormSpec] = {}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -195,15 +200,12 @@ def _swap(module: nn.Module, name: str, value: Any, frame: FrameType) -> None:
         WeightNormError: torch's ``swap_tensor`` no longer keeps the tensor it swaps out where it
             did (nothing is changed then).
     """
-    d = module.__dict__
-    swapped: dict[str, list[tuple[Any, Any]]] | None = d.get(_SWAPPED)
-    stack = swapped.get(name) if swapped is not None else None
-    if swapped is not None and stack and value is stack[-1][1]:  # the swap back
+    swapped: dict[str, list[tuple[Any, Any]]] = module.__dict__.setdefault(_SWAPPED, {})
+    stack = swapped.get(name)
+    if stack and value is stack[-1][1]:  # the swap back
         stack.pop()
         if not stack:
-            del swapped[name]
-            if not swapped:
-                del d[_SWAPPED]
+            del swapped[name]  # (the dict stays: the module docstring says why)
         return
     local = frame.f_locals
     if _SWAP_ORIG_LOCAL not in local:
@@ -218,8 +220,6 @@ def _swap(module: nn.Module, name: str, value: Any, frame: FrameType) -> None:
             f"{_describe(module)}.{name}: functional_call can swap in a tensor, got "
             f"{type(value).__name__}"
         )
-    if swapped is None:
-        swapped = d[_SWAPPED] = {}
     swapped.setdefault(name, []).append((value, local[_SWAP_ORIG_LOCAL]))
 
 
@@ -244,15 +244,22 @@ def _assign_eagerly(module: nn.Module, name: str, spec: WeightNormSpec, value: A
         _set_weight(module, name, spec, value)
 
 
-@functools.cache
-def _assign_outside_graph() -> Callable[[nn.Module, str, WeightNormSpec, Any], None]:
+_Assigner = Callable[[nn.Module, str, WeightNormSpec, Any], None]
+_assign_outside: _Assigner | None = None  # made by _assign_outside_graph at first use
+
+
+def _assign_outside_graph() -> _Assigner:
     """:func:`_assign_eagerly` run outside any graph dynamo traces (it cannot inspect frames): an
     assignment to a normalized weight inside ``torch.compile`` is a graph break. Made at first
-    use: ``torch.compiler.disable`` imports dynamo, which ``import weightnorm`` should not."""
-    return cast(
-        Callable[[nn.Module, str, WeightNormSpec, Any], None],
-        torch.compiler.disable(_assign_eagerly),  # type: ignore[no-untyped-call]
-    )
+    use: ``torch.compiler.disable`` imports dynamo, which ``import weightnorm`` should not. (Kept
+    in a global, not behind ``functools.cache``: dynamo traces through a cache wrapper, warning.)"""
+    global _assign_outside
+    if _assign_outside is None:
+        _assign_outside = cast(
+            _Assigner,
+            torch.compiler.disable(_assign_eagerly),  # type: ignore[no-untyped-call]
+        )
+    return _assign_outside
 
 
 def _assign(module: nn.Module, name: str, spec: WeightNormSpec, value: Any) -> None:
@@ -302,7 +309,8 @@ class _WeightNormMixin:
         with torch.no_grad():  # (nn.RNNBase's refreshes its cache of weights: no graph needed)
             state = dict(parent() if parent is not None else self.__dict__)
         state.pop(_LAST, None)  # handed-out tensors are not part of the module
-        state.pop(_SWAPPED, None)  # a functional_call in progress is not either
+        state.pop(_SWAPPED, None)  # a functional_call in progress is not either (nor shared:
+        # __setstate__ gives the copy its own)
         flat = state.get("_flat_weights")
         if flat is not None:  # an RNN caches computed weights (non-leaf: deepcopy refuses them);
             # store v in their place, a leaf; __setstate__ rebuilds the cache with the weights
@@ -316,6 +324,7 @@ class _WeightNormMixin:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]
+        self.__dict__.setdefault(_SWAPPED, {})
         refresh_rnn_weights(cast(nn.Module, self))  # an RNN's cache: the weights, not v
 
     def _init_flat_weights(self) -> None:
@@ -462,6 +471,10 @@ def _set_specs(module: nn.Module, specs: dict[str, WeightNormSpec]) -> None:
     root = _root_class(type(module))
     module.__dict__[_SPECS] = specs
     module.__dict__.pop(_LAST, None)
+    if specs:
+        module.__dict__.setdefault(_SWAPPED, {})
+    else:
+        module.__dict__.pop(_SWAPPED, None)
     module.__class__ = _normed_class(root, frozenset(specs))
 
 
