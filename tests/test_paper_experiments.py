@@ -276,7 +276,9 @@ def test_effective_lr_slope_and_target() -> None:
     ("assignment", "message"),
     [
         ("forced_norm.sgd=zero", "forced_norm.sgd must be 'sqrt_fan_in' or a positive number"),
-        ("lr_grid.adam=", "lr_grid.adam must be positive numbers"),
+        ("lr_grid.adam=0.001,0.001", "lr_grid.adam must name each rate once"),
+        ("dropout=1.5", "dropout must be in [0, 1)"),
+        ("num_samples=10", "num_samples must be >= 50"),
         ("widths=4", "widths must be two positive channel counts"),
     ],
 )
@@ -292,3 +294,56 @@ def test_effective_lr_settings_are_checked_before_training(
     assert message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def _synthetic(method: str, lr: float, seed: int, swap: bool) -> effective_lr.EffectiveLRRecord:
+    """A two-layer, two-epoch record whose every figure is chosen: weight norm has the lowest
+    test error (or, with ``swap``, the normal parameterization), a step that decays tenfold and
+    does not depend on the rate, an uneven step across layers, and reaches 10% training error
+    first; forced weight norm has a constant step, proportional to the rate, even across layers."""
+    wn_like = method == ("normal-init" if swap else "wn-init")
+    forced = method == "forced-wn-init"
+    test_error = 0.02 if wn_like else (0.3 if forced else 0.2)
+    first = 1e-2 * (lr / 1e-3 if forced else 1.0)
+    last = first if forced else first / 10
+    curves: dict[str, list[float]] = {
+        "train_loss": [1.0, 0.3 if lr == 1e-3 else 0.4],
+        "train_error": [0.05, 0.04] if method == "wn-init" else [0.5, 0.08],
+        "test_error": [0.5, test_error + seed * 1e-3],
+    }
+    for i in range(2):
+        uneven = 1.0 if forced else 3.0**i
+        curves[f"v_norm.{i}"] = [1.1, 1.2]
+        curves[f"angle.{i}"] = [first * uneven, last * uneven]
+    spec = effective_lr.RunSpec(method, "adam", lr, seed)
+    return effective_lr.EffectiveLRRecord(spec, False, ["0.weight", "1.weight"], [1.0, 1.0], curves)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_effective_lr_claims_point_the_right_way(swap: bool) -> None:
+    """Every verdict of the report on records whose answer is known (and the robustness one
+    reversed when the normal parameterization is made the best)."""
+    settings = replace(TINY_LR, epochs=2, lr_grid={"adam": (1e-3, 1e-2), "sgd": ()})
+    runs = {
+        (r := _synthetic(m, lr, s, swap)).spec: r
+        for m in effective_lr.METHODS
+        for lr in (1e-3, 1e-2)
+        for s in range(2)
+    }
+    claims = effective_lr._claims(effective_lr._Results(settings, runs))
+    verdict = {c.split("**")[1].split(": ", 1)[1]: VERDICT.match(c).group(1) for c in claims}  # type: ignore[union-attr]
+    assert verdict == {
+        "weight norm is more robust to the learning rate than the normal parameterization": (
+            "did not hold" if swap else "held"
+        ),
+        "forcing the norm gives up that robustness": "held",
+        "under weight norm ||v|| only grows": "held",
+        "the effective step decays more under weight norm than under forced weight norm": "held",
+        "a larger rate slows itself down under weight norm": "held",
+        "forced weight norm evens out the step across layers": "held",
+        "weight norm converges faster": "held",
+        "forced weight norm converges faster than weight norm": "did not hold",
+    }
+    assert effective_lr.command(settings).endswith(
+        "--set lr_grid.adam=0.001,0.01 --set lr_grid.sgd="
+    )

@@ -1,7 +1,7 @@
 """Beyond the paper: the effective learning rate that ``||v||`` sets, and forced weight norm.
 
 On the main job's network and data (the 1-D ConvPool-CNN-C on MNIST-1D), three
-parameterizations are trained at a constant learning rate over a grid of two decades, under
+parameterizations are trained at a constant learning rate over a grid of at least two decades, under
 SGD with momentum 0.9 and under Adam (beta1 0.9): the normal parameterization and weight norm,
 both with the paper's data-dependent init (so all three start as the same function), and weight
 norm with forced weight normalization (EDM2, Karras et al., CVPR 2024: every unit of ``v`` set
@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import itertools
 import json
 import math
 import statistics
@@ -45,7 +46,7 @@ from .jobs import Jobs, Progress
 from .models import paper_cnn
 from .plotting import png, pyplot
 from .records import RecordError, to_json
-from .report import SMOKE_TEST, epochs_to
+from .report import _OPTIMIZERS, SMOKE_TEST, _log_percent_axis, epochs_to
 from .runner import RunSpec, _error, _make_optimizer
 from .settings import flatten
 
@@ -64,7 +65,6 @@ _LABELS = {
     "wn-init": "weight norm + data init",
     "forced-wn-init": "forced weight norm + data init",
 }
-_OPTIMIZERS = {"adam": "Adam", "sgd": "SGD + momentum"}
 #: Settings that do not change any run's record (only which runs there are, and the report).
 _NOT_IN_KEY = ("lr_grid", "seeds", "target_train_error")
 #: The test error a diverged run is scored with in the grid means: chance, for 10 classes.
@@ -117,17 +117,34 @@ class EffectiveLRSettings:
         for name in ("epochs", "batch_size", "seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_samples < 50:
+            raise ValueError(f"num_samples must be >= 50, got {self.num_samples}")
         if self.init_batch_size < 2:
             raise ValueError(f"init_batch_size must be >= 2, got {self.init_batch_size}")
         if len(self.widths) != 2 or min(self.widths) < 1:
             raise ValueError(f"widths must be two positive channel counts, got {self.widths}")
-        if not self.lr_grid:
-            raise ValueError("lr_grid must name at least one of 'adam', 'sgd'")
-        for opt, grid in self.lr_grid.items():
-            if opt not in _OPTIMIZERS:
-                raise ValueError(f"lr_grid: optimizer must be 'adam' or 'sgd', got {opt!r}")
-            if not grid or any(not (lr > 0 and math.isfinite(lr)) for lr in grid):
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not (self.noise >= 0 and math.isfinite(self.noise)):
+            raise ValueError(f"noise must be a finite number >= 0, got {self.noise}")
+        target = self.target_train_error
+        if target is not None and not 0 < target < 1:
+            raise ValueError(f"target_train_error must be in (0, 1) or none, got {target}")
+        unknown = [opt for opt in self.lr_grid if opt not in _OPTIMIZERS]
+        if unknown:
+            raise ValueError(f"lr_grid: optimizers are 'adam' and 'sgd', got {unknown[0]!r}")
+        used = [opt for opt, grid in self.lr_grid.items() if grid]
+        if not used:
+            raise ValueError(
+                "lr_grid: expected rates for 'adam', 'sgd' or both (an empty grid leaves that "
+                "optimizer out), got none"
+            )
+        for opt in used:
+            grid = self.lr_grid[opt]
+            if any(not (lr > 0 and math.isfinite(lr)) for lr in grid):
                 raise ValueError(f"lr_grid.{opt} must be positive numbers, got {grid!r}")
+            if len(set(grid)) != len(grid):
+                raise ValueError(f"lr_grid.{opt} must name each rate once, got {grid!r}")
             if opt not in self.forced_norm:
                 raise ValueError(f"forced_norm.{opt} is missing (lr_grid names {opt!r})")
             forced_norm_of(self, opt)
@@ -267,18 +284,18 @@ def _run(spec: RunSpec, settings: EffectiveLRSettings, data: Dataset) -> Effecti
             ).double()
             sums += torch.tensor([loss.item(), float((out.argmax(1) != y).sum()), len(idx)])
         train_loss = float(sums[0] / sums[2])
-        if not math.isfinite(train_loss):
-            diverged = True
-            break
-        curves["train_loss"].append(train_loss)
-        curves["train_error"].append(float(sums[1] / sums[2]))
-        curves["test_error"].append(_error(model, data.test, torch.device("cpu")))
         v_norm = norms().tolist()
-        mean_angle = (angles / steps).tolist()
         gains = []
         if weight_norm:  # (the stats are keyed by the same qualified names as the layers)
             stats = wn.weight_norm_stats(model)
             gains = [stats[layer].g.double().mean().item() for layer in layers]
+        if not all(math.isfinite(x) for x in (train_loss, *v_norm, *gains)):
+            diverged = True  # (a norm that overflowed leaves a finite loss: a dead network)
+            break
+        curves["train_loss"].append(train_loss)
+        curves["train_error"].append(float(sums[1] / sums[2]))
+        curves["test_error"].append(_error(model, data.test, torch.device("cpu")))
+        mean_angle = (angles / steps).tolist()
         for i in range(len(layers)):
             curves[f"v_norm.{i}"].append(v_norm[i])
             curves[f"angle.{i}"].append(mean_angle[i])
@@ -301,7 +318,8 @@ class _Results:
 
     @property
     def optimizers(self) -> list[str]:
-        return list(self.settings.lr_grid)
+        """The optimizers with rates to run (an empty grid leaves one out)."""
+        return [opt for opt, grid in self.settings.lr_grid.items() if grid]
 
     def rates(self, opt: str) -> list[float]:
         return sorted(float(lr) for lr in self.settings.lr_grid[opt])
@@ -374,6 +392,14 @@ def _growth(record: EffectiveLRRecord) -> list[float]:
     return [record.curves[f"v_norm.{i}"][-1] / v0 for i, v0 in enumerate(record.initial_v_norm)]
 
 
+def _grew_every_epoch(record: EffectiveLRRecord) -> list[bool]:
+    """Per layer, whether ``||v||`` grew (or held) from each epoch to the next, from the start."""
+    return [
+        all(b >= a for a, b in itertools.pairwise([v0, *record.curves[f"v_norm.{i}"]]))
+        for i, v0 in enumerate(record.initial_v_norm)
+    ]
+
+
 def _layer_spread(record: EffectiveLRRecord) -> float:
     """The largest over the smallest layer's step, each averaged over the whole run."""
     per_layer = [nanmean(record.curves[f"angle.{i}"]) for i in range(len(record.layers))]
@@ -440,10 +466,40 @@ def _sweep_table(res: _Results) -> list[str]:
     return lines
 
 
+def _step_table(res: _Results) -> list[str]:
+    """Per optimizer, method and rate: the first and the last epoch's step (mean over layers
+    and seeds)."""
+    lines = [
+        "The effective step at every rate: the angle a step turns a unit by (rad), mean over "
+        "the epoch's steps, the units, the layers and the seeds, first epoch -> last epoch "
+        "(a seed is left out from the epoch it diverged).",
+        "",
+    ]
+    for opt in res.optimizers:
+        rates = res.rates(opt)
+        lines += [
+            f"| {_OPTIMIZERS[opt]} | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |",
+            "|---|" + "---|" * len(rates),
+        ]
+        for method in METHODS:
+            cells = []
+            for lr in rates:
+                runs = res.seeds(opt, method, lr)
+                first = nanmean(r.layer_mean("angle", 0) for r in runs)
+                last = nanmean(r.layer_mean("angle", -1) for r in runs)
+                cells.append(
+                    "diverged" if not math.isfinite(first) else f"{first:.2e} -> {last:.2e}"
+                )
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def _dynamics_table(res: _Results) -> list[str]:
     lines = [
         "| optimizer | method | best lr | final train loss | test error | epochs to target | "
-        "norm of v (w) end / start, median [min-max] over layers | step, first -> last epoch "
+        "norm of v (w) end / start, median [min-max] over layers and seeds | step, first -> "
+        "last epoch "
         "(rad) | "
         "last / first | largest / smallest layer's step |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -498,21 +554,22 @@ def _claims(res: _Results) -> list[str]:
             lr: [g for r in res.seeds(opt, wn_, lr) if not r.diverged for g in _growth(r)]
             for lr in res.rates(opt)
         }
-        every = [g for values in growth.values() for g in values]
-        grew = sum(g > 1 for g in every)
-        verdict = "held" if every and grew == len(every) else "did not hold"
+        kept = [r for lr in res.rates(opt) for r in res.seeds(opt, wn_, lr) if not r.diverged]
+        pairs = [grew for r in kept for grew in _grew_every_epoch(r)]
+        verdict = "held" if pairs and all(pairs) else "did not hold"
         claims.append(
-            f"- **{name}: under weight norm ||v|| only grows** (paper, section 2.1; every layer "
-            f"of every run that did not diverge): {verdict}: grew in {grew} of {len(every)} "
-            f"(layer, run) pairs; growth, median [min-max] over layers and seeds: "
+            f"- **{name}: under weight norm ||v|| only grows** (paper, section 2.1; at every "
+            f"epoch, in every layer of every run that did not diverge): {verdict}: in {sum(pairs)} "
+            f"of {len(pairs)} (layer, run) pairs; growth over the run, median [min-max] over "
+            f"layers and seeds: "
             f"{_span(growth[low], '.2f', 'overflowed')} at lr {low:g}, "
             f"{_span(growth[high], '.2f', 'overflowed')} at lr {high:g}."
         )
         decay = {m: [_decay(r) for r in res.best(opt, m)] for m in METHODS}
         claims.append(
-            f"- **{name}: the effective step decays under weight norm, not under forced weight "
-            f"norm** (EDM2; last epoch's step over the first's at each method's best rate, "
-            f"forced WN's ratio higher): "
+            f"- **{name}: the effective step decays more under weight norm than under forced "
+            f"weight norm** (EDM2; last epoch's step over the first's at each method's best "
+            f"rate, forced WN's ratio higher): "
             f"{beats(decay[forced], decay[wn_], higher_is_better=True)}. {trio(decay, '.2f')}"
         )
         slope = {m: res.lr_exponent(opt, m) for m in METHODS}
@@ -554,8 +611,6 @@ def _mark_diverged(ax: Any, xs: Sequence[float], color: str) -> None:
 
 
 def _sweep_plot(res: _Results) -> bytes:
-    from .report import _log_percent_axis
-
     plt = pyplot()
     opts = res.optimizers
     fig, axes = plt.subplots(2, len(opts), figsize=(5.8 * len(opts), 8), squeeze=False)
@@ -632,6 +687,7 @@ def _layer_plot(res: _Results, key: str, label: str) -> bytes:
             if (
                 key == "angle"
                 and method == "forced-wn-init"
+                and opt == "adam"
                 and res.settings.forced_norm[opt] == "sqrt_fan_in"
             ):
                 ax.axhline(
@@ -676,7 +732,7 @@ def _step_vs_lr_plot(res: _Results) -> bytes:
         ax.set_ylabel("angle turned per step (rad), mean over layers")
         ax.set_title(
             f"{_OPTIMIZERS[opt]}: the effective step against the rate\n(mean over seeds; "
-            "a diverged run is left out)",
+            "a run is left out from the epoch it diverged)",
             fontsize=9,
         )
         ax.grid(True, which="major", alpha=0.3)
@@ -686,8 +742,6 @@ def _step_vs_lr_plot(res: _Results) -> bytes:
 
 
 def _curves_plot(res: _Results) -> bytes:
-    from .report import _log_percent_axis
-
     fig, panels = _panel_per_optimizer(res)
     for ax, opt in panels:
         shown: list[float] = []
@@ -736,6 +790,7 @@ def command(settings: EffectiveLRSettings) -> str:
     """
     given, default = flatten(settings), flatten(EffectiveLRSettings())
     parts = ["weightnorm reproduce effective-lr"]
+    parts += [f"--set {key}=" for key in default if key not in given]  # (an optimizer left out)
     for key, value in given.items():
         if value != default.get(key):
             shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
@@ -797,16 +852,18 @@ def _write(
         f"Budget: {s.epochs} epochs of batch {s.batch_size} at a constant rate; forced norm "
         f"per optimizer {s.forced_norm}; {s.seeds} seeds per method and rate; {runs} runs, "
         f"{diverged} of them diverged (their curves stop; marked x in the plots).", "",
-        "## The learning-rate sweep", "", *_sweep_table(res), "",
+        "## The learning-rate sweep", "", *_sweep_table(res), "", *_step_table(res),
         "## At each method's best rate", "",
         "Steps are angles a step turns each unit's direction by, averaged over an epoch's "
-        "steps, the layer's units and, where it says so, the layers; seeds: median [min-max].",
+        "steps, the layer's units and, where it says so, the layers. Final loss and test "
+        "error: mean +- std over seeds; the first and last epochs' steps: mean over seeds; the "
+        "other columns: median [min-max] over seeds.",
         "", *_dynamics_table(res), "",
         "## What held and what did not", "", *held, "",
         "## Plots", "", *(f"![{p}]({p})" for p in plots), "",
         f"Command: `{command(res.settings)}`. Machine: {env['machine']}, {env['cpus']} CPUs, "
         f"torch {env['torch']}; wall time {wall_time_s / 60:.1f} min ({trained} of {runs} runs "
-        "trained by this invocation, the others reused). Settings and every curve: "
+        "trained by this invocation; any others were reused). Settings and every curve: "
         "`results.json`, `results.csv`.",
     ]) + "\n"  # fmt: skip
     atomic_write_text(out / "report.md", report)
