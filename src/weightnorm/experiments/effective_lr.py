@@ -549,11 +549,12 @@ def _claims(res: _Results) -> list[str]:
             f"section 2.1 is what forced weight norm removes; WN beats forced WN over the grid): "
             f"{beats(err[wn_], err[forced])}."
         )
-        low, high = res.rates(opt)[0], res.rates(opt)[-1]
         growth = {
             lr: [g for r in res.seeds(opt, wn_, lr) if not r.diverged for g in _growth(r)]
             for lr in res.rates(opt)
         }
+        trained = [lr for lr, values in growth.items() if values] or res.rates(opt)
+        low, high = trained[0], trained[-1]  # the extreme rates with a run that did not diverge
         kept = [r for lr in res.rates(opt) for r in res.seeds(opt, wn_, lr) if not r.diverged]
         pairs = [grew for r in kept for grew in _grew_every_epoch(r)]
         verdict = "held" if pairs and all(pairs) else "did not hold"
