@@ -658,7 +658,7 @@ def weight_norm(
         )
     if not param.is_floating_point():
         raise WeightNormError(f"{kind}.{name} has dtype {param.dtype}; expected a floating dtype")
-    if getattr(module, "sparse", False) and isinstance(module, nn.Embedding | nn.EmbeddingBag):
+    if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.sparse:
         raise WeightNormError(
             f"{kind} has sparse=True: its weight gradient is sparse, but g * v/||v|| is computed "
             "whole at every forward, so g and v need dense gradients and the sparse backward "

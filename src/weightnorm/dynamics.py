@@ -234,9 +234,9 @@ def force_weight_norm(
     by then scales with ``lr`` and not with the unit's fan-in (at most about ``lr`` radians;
     ``weightnorm reproduce effective-lr`` measures the spread over layers). A number holds
     every unit at that norm: ``1.0`` is nGPT's unit-norm rows (Loshchilov et al., 2024), with
-    ``g`` learned. EDM2's
-    magnitude-preserving layers also fix the gain: ``weight_norm(..., gain=1.0)`` (its
-    ``w * (1/sqrt(fan_in))`` on a weight of norm ``sqrt(fan_in)`` is ``v/||v||``).
+    ``g`` learned. EDM2's magnitude-preserving layers also fix the gain:
+    ``weight_norm(..., gain=1.0)`` (its ``w * (1/sqrt(fan_in))`` on a weight of norm
+    ``sqrt(fan_in)`` is ``v/||v||``).
 
     Resuming: register, then load the model's and optimizer's state dicts (or the other way
     round: when forcing starts, units already at their norm to within rounding, such as those

@@ -46,7 +46,7 @@ from .jobs import Jobs, Progress
 from .models import paper_cnn
 from .plotting import png, pyplot
 from .records import RecordError, to_json
-from .report import _OPTIMIZERS, SMOKE_TEST, _log_percent_axis, epochs_to
+from .report import _OPTIMIZERS, SMOKE_TEST, _log_percent_axis, _range, epochs_to
 from .runner import RunSpec, _error, _make_optimizer
 from .settings import flatten
 
@@ -60,11 +60,6 @@ __all__ = [
 ]
 
 METHODS = ("normal-init", "wn-init", "forced-wn-init")
-_LABELS = {
-    "normal-init": "normal param. + data init",
-    "wn-init": "weight norm + data init",
-    "forced-wn-init": "forced weight norm + data init",
-}
 #: Settings that do not change any run's record (only which runs there are, and the report).
 _NOT_IN_KEY = ("lr_grid", "seeds", "target_train_error")
 #: The test error a diverged run is scored with in the grid means: chance, for 10 classes.
@@ -416,16 +411,6 @@ def _ms(values: Sequence[float], fmt: str) -> str:
     return "diverged" if not math.isfinite(mean) else f"{mean:{fmt}} +- {std:{fmt}}"
 
 
-def _span(values: Sequence[float], fmt: str, inf: str = "never") -> str:
-    """``median [min-max]`` of the finite values; ``inf`` names the infinite ones."""
-    kept = finite(values)
-    if not kept:
-        return inf if values and all(v == math.inf for v in values) else "n/a"
-    text = f"{statistics.median(kept):{fmt}} [{min(kept):{fmt}}-{max(kept):{fmt}}]"
-    missing = len(values) - len(kept)
-    return text + (f", {missing} of {len(values)} {inf}" if missing else "")
-
-
 def _sweep_table(res: _Results) -> list[str]:
     lines = []
     for opt in res.optimizers:
@@ -498,17 +483,15 @@ def _step_table(res: _Results) -> list[str]:
 def _dynamics_table(res: _Results) -> list[str]:
     lines = [
         "| optimizer | method | best lr | final train loss | test error | epochs to target | "
-        "norm of v (w) end / start, median [min-max] over layers and seeds | step, first -> "
-        "last epoch "
-        "(rad) | "
-        "last / first | largest / smallest layer's step |",
+        "norm of v (w) end / start, median [min-max] over layers and seeds | "
+        "step, first -> last epoch (rad) | last / first | largest / smallest layer's step |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for opt in res.optimizers:
         target = res.target(opt)
         for method in METHODS:
             runs = res.best(opt, method)
-            growth = [g for r in runs for g in _growth(r)]
+            growth = [g for r in runs if not r.diverged for g in _growth(r)]
             first = nanmean(r.layer_mean("angle", 0) for r in runs)
             last = nanmean(r.layer_mean("angle", -1) for r in runs)
             lr = res.best_rate(opt, method)
@@ -517,10 +500,10 @@ def _dynamics_table(res: _Results) -> list[str]:
                 f"| {opt} | {method} | {lr:g}{edge} | "
                 f"{_ms([r.final('train_loss') for r in runs], '.4f')} | "
                 f"{_ms([r.final('test_error') for r in runs], '.2%')} | "
-                f"{_span([epochs_to(r.curves['train_error'], target) for r in runs], '.1f')} "
-                f"(to {target:.1%}) | {_span(growth, '.2f')} | {first:.2e} -> {last:.2e} | "
-                f"{_span([_decay(r) for r in runs], '.2f')} | "
-                f"{_span([_layer_spread(r) for r in runs], '.1f')} |"
+                f"{_range([epochs_to(r.curves['train_error'], target) for r in runs], '.1f')} "
+                f"(to {target:.1%}) | {_range(growth, '.2f')} | {first:.2e} -> {last:.2e} | "
+                f"{_range([_decay(r) for r in runs], '.2f')} | "
+                f"{_range([_layer_spread(r) for r in runs], '.1f')} |"
             )
     return lines
 
@@ -532,7 +515,7 @@ def _claims(res: _Results) -> list[str]:
         name = _OPTIMIZERS[opt]
 
         def trio(values: dict[str, list[float]], fmt: str, span: bool = True) -> str:
-            show = _span if span else _ms
+            show = _range if span else _ms
             return (
                 f"WN {show(values[wn_], fmt)}, forced WN {show(values[forced], fmt)}, "
                 f"normal {show(values[normal], fmt)}."
@@ -563,8 +546,8 @@ def _claims(res: _Results) -> list[str]:
             f"epoch, in every layer of every run that did not diverge): {verdict}: in {sum(pairs)} "
             f"of {len(pairs)} (layer, run) pairs; growth over the run, median [min-max] over "
             f"layers and seeds: "
-            f"{_span(growth[low], '.2f', 'overflowed')} at lr {low:g}, "
-            f"{_span(growth[high], '.2f', 'overflowed')} at lr {high:g}."
+            f"{_range(growth[low], '.2f')} at lr {low:g}, {_range(growth[high], '.2f')} at lr "
+            f"{high:g}."
         )
         decay = {m: [_decay(r) for r in res.best(opt, m)] for m in METHODS}
         claims.append(

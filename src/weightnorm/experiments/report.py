@@ -171,7 +171,7 @@ def _range(values: Sequence[float], fmt: str) -> str:
     shown = finite(values)
     bad = len(values) - len(shown)
     if not shown:
-        return "never" if all(v == math.inf for v in values) else "diverged"
+        return "never" if values and all(v == math.inf for v in values) else "diverged"
     text = format(statistics.median(shown), fmt)
     if len(shown) > 1:
         text += f" [{format(min(shown), fmt)}-{format(max(shown), fmt)}]"
