@@ -19,8 +19,10 @@ STDLIB = set(sys.stdlib_module_names)
 
 #: The library, bottom to top: a module may import only modules of its own level or below.
 LIBRARY_LEVELS = [
-    {"_errors", "functional", "_kernels"},
-    {"_reparam", "_torch_compat"},
+    {"_errors", "_kernels"},  # the Triton kernels import nothing of the library
+    {"_torch_compat"},  # every torch internal read, in one place
+    {"functional"},  # the math: the spec, the kernels and the one dispatch
+    {"_reparam"},  # one module, one parameter
     {"layers", "_model"},
     {"init", "batchnorm", "formats", "optim"},
     {"dynamics"},  # forced weight norm and what to log: modules and the optimizer-level mode
@@ -70,6 +72,26 @@ def test_the_library_needs_only_torch_and_imports_nothing_above(path: Path) -> N
             assert LEVEL[target] <= LEVEL[path.stem], (
                 f"{path.name} (level {LEVEL[path.stem]}) imports {target} (level {LEVEL[target]})"
             )
+
+
+def test_no_import_cycle_in_the_library() -> None:
+    """Issue 20: functional and _kernels imported each other. A module imports no module of
+    the library that imports it back, directly or not."""
+    graph: dict[str, set[str]] = {}
+    for path in library_modules():
+        graph[path.stem] = set()
+        for module, names in imports(path, "weightnorm"):
+            parts = module.split(".")
+            if parts[0] == "weightnorm":
+                graph[path.stem] |= {parts[1]} if len(parts) > 1 else set(names) & set(LEVEL)
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            node = todo.pop()
+            assert node != start, f"{start} imports itself through {sorted(seen)}"
+            if node not in seen:
+                seen.add(node)
+                todo.extend(graph.get(node, ()))
 
 
 def upper_modules() -> list[Path]:

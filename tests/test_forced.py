@@ -414,15 +414,15 @@ def test_fixed_gain_has_no_trainable_g_and_computes_c_v_over_norm() -> None:
     model = mp_net(torch.float64, gain=0.5)
     assert all(not n.endswith("_g") for n, _ in model.named_parameters())
     assert [n for n, _ in model.named_buffers()] == ["0.weight_g", "2.weight_g", "5.weight_g"]
-    assert list(model.state_dict())[:3] == ["0.weight_v", "0.bias", "0.weight_g"]
+    assert list(model.state_dict())[:3] == ["0.bias", "0.weight_v", "0.weight_g"]
     for i in LAYERS:
         layer = model[i]
         assert not layer.weight_g.requires_grad
         assert bool((layer.weight_g == 0.5).all())
         norms = unit_norms(layer, layer.weight.detach())
         torch.testing.assert_close(norms, torch.full_like(norms, 0.5))
-        assert "gain=fixed" in repr(layer)
-        assert wn.weight_norm_specs(layer)["weight"].fixed_gain
+        assert "gain=0.5" in repr(layer)
+        assert wn.weight_norm_specs(layer)["weight"].gain == 0.5
     torch.testing.assert_close(model(X.double()), reference_output(model, X.double()))
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     stepped = {id(p) for group in opt.param_groups for p in group["params"]}
@@ -594,7 +594,7 @@ def test_from_model_keeps_a_fixed_gain_fixed() -> None:
     modules = mp_net(torch.float64, gain=0.5)
     model = copy.deepcopy(modules)
     opt = wn.optim.WeightNormOptimizer.from_model(model, packed("adam"), forced=1.0)
-    assert all(s.fixed_gain for s in opt.specs().values())
+    assert all(s.gain == 0.5 for s in opt.specs().values())
     modules_opt = torch.optim.Adam(modules.parameters(), lr=0.05)
     wn.force_weight_norm(modules, modules_opt, norm=1.0)
     for _ in range(3):
@@ -803,7 +803,7 @@ def test_renormalize_sets_every_unit_and_keeps_directions(
     torch.testing.assert_close(
         F.weight_norm(out, torch.ones_like(norms), dim), w, rtol=1e-12, atol=1e-12
     )
-    again = F.renormalize_(out.clone(), c, dim, rtol=F._settled_rtol(out.dtype))
+    again = F.renormalize_(out.clone(), c, dim, rtol=F.settled_rtol(out.dtype))
     assert torch.equal(again, out)  # at its norm already: left bit for bit
 
 
@@ -889,8 +889,27 @@ def test_a_model_without_weight_norm() -> None:
         wn.force_weight_norm(theirs, torch.optim.SGD(theirs.parameters(), lr=0.1))
     with pytest.raises(wn.WeightNormError, match="with none"):
         wn.weight_norm_stats(plain)
-    with pytest.raises(wn.WeightNormError, match="with none"):
-        wn.AngularStepTracker(plain, torch.optim.SGD(plain.parameters(), lr=0.1))
+    with pytest.raises(wn.WeightNormError, match="no Linear/Conv/ConvTranspose weight"):
+        wn.AngularStepTracker(nn.Sequential(nn.ReLU()), torch.optim.SGD([nn.Parameter(X)]))
+
+
+def test_tracker_of_a_plain_model_against_acos() -> None:
+    """Issue 20: the tracker refused plain models, so the effective-LR experiment measured its
+    baseline by hand. A plain model's Linear/Conv/ConvTranspose weights are tracked per output
+    unit (a ConvTranspose per output channel, groups included)."""
+    plain = arch(torch.float64)
+    opt = torch.optim.SGD(plain.parameters(), lr=0.5)
+    tracker = wn.AngularStepTracker(plain, opt)
+    before = {n: p.detach().clone() for n, p in plain.named_parameters()}
+    train_step(plain, opt)
+    last = tracker.last()
+    assert sorted(last) == sorted(f"{i}.weight" for i in LAYERS)
+    for i in LAYERS:
+        name = f"{i}.weight"
+        expected = unit_angles(plain[i], before[name], plain[i].weight.detach())
+        assert bool((expected > 1e-4).all())  # (well separated: acos is accurate there)
+        torch.testing.assert_close(last[name].per_unit, expected, rtol=1e-6, atol=1e-9)
+    tracker.remove()
 
 
 def test_an_optimizer_that_owns_none_of_them() -> None:

@@ -67,9 +67,9 @@ def test_passes_buffers_and_metadata_through() -> None:
     assert out["1.num_batches_tracked"] is sd["1.num_batches_tracked"]
     assert out._metadata is sd._metadata  # type: ignore[attr-defined]
     assert list(out) == [
-        "0.parametrizations.weight.original0", "0.parametrizations.weight.original1", "0.bias",
+        "0.bias", "0.parametrizations.weight.original0", "0.parametrizations.weight.original1",
         "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked",
-        "2.parametrizations.weight.original0", "2.parametrizations.weight.original1", "2.bias",
+        "2.bias", "2.parametrizations.weight.original0", "2.parametrizations.weight.original1",
     ]  # fmt: skip
 
 
@@ -349,7 +349,7 @@ def test_like_resplits_and_folds_normalized_pairs() -> None:
     _legacy(source[3])
     sd = source.state_dict()
     template = plain_net(seed=5)
-    wn.weight_norm(template[0], dim=None)  # the same norm as torch's dim=None, keep-dim g
+    wn.weight_norm(template[0], dim=None)  # the same norm as torch's dim=None (a 0-d g too)
     nn.utils.parametrizations.weight_norm(template[2], dim=1)  # per output channel; 3 is plain
     report = wn.formats.convert_with_report(sd, to="parametrize", like=template)
     assert report == wn.formats.ConversionReport(
@@ -357,8 +357,8 @@ def test_like_resplits_and_folds_normalized_pairs() -> None:
     )
     out = report.state_dict
     g0 = out["0.parametrizations.weight.original0"]
-    assert g0.shape == (1, 1, 1)  # torch's 0-d g, reshaped: a rename
-    assert torch.equal(g0.flatten(), sd["0.weight_g"].flatten())
+    assert g0 is sd["0.weight_g"]  # torch's 0-d g, and ours: a rename
+    assert g0.shape == ()
     assert out["0.parametrizations.weight.original1"] is sd["0.weight_v"]
     assert out["2.parametrizations.weight.original0"].shape == (1, 6, 1)
     torch.testing.assert_close(out["3.weight"], source[3].weight.detach())

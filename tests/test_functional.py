@@ -65,37 +65,9 @@ def test_gradcheck_float64(shape: tuple[int, ...], dim: int | None, groups: int)
     torch.manual_seed(2)
     v = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     g = torch.randn(F.g_shape(shape, dim, groups), dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: F.weight_norm(a, b, dim, groups=groups), (v, g))
-
-    def exact(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        with F.exact_gradients():
-            return F.weight_norm(a, b, dim, groups=groups)
-
-    assert torch.autograd.gradgradcheck(exact, (v, g))
-
-
-def test_torch_fused_double_backward_is_wrong_and_refused() -> None:
-    """Regression: torch's fused weight-norm double backward treats the norms as constants.
-
-    The default (fused) path must refuse a graph of its backward rather than return wrong
-    second derivatives; exact_gradients() gives the right ones.
-    """
-    torch.manual_seed(2)
-    v = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(4, 1, dtype=torch.float64, requires_grad=True)
-
-    def second(w: torch.Tensor) -> torch.Tensor:
-        (gv,) = torch.autograd.grad(w.pow(3).sum(), v, create_graph=True)
-        (ggv,) = torch.autograd.grad(gv.pow(2).sum(), v)
-        return ggv
-
-    reference = second(v * (g / v.norm(dim=1, keepdim=True)))
-    assert not torch.allclose(second(torch._weight_norm(v, g, 0)), reference)  # torch's bug
-    with pytest.raises(F.HigherOrderGradientError, match="exact_gradients"):
-        second(F.weight_norm(v, g, 0))
-    with F.exact_gradients():
-        w = F.weight_norm(v, g, 0)
-    torch.testing.assert_close(second(w), reference)
+    run = lambda a, b: F.weight_norm(a, b, dim, groups=groups)  # noqa: E731
+    assert torch.autograd.gradcheck(run, (v, g))
+    assert torch.autograd.gradgradcheck(run, (v, g))  # every order exact, by default (issue 20)
 
 
 @pytest.mark.parametrize("dim", [0, 1, None])
@@ -207,7 +179,7 @@ def test_half_precision_accumulates_norms_in_float32(dtype: torch.dtype) -> None
 
 def test_g_shape_and_grouped_layout() -> None:
     assert F.g_shape((8, 3, 5), 0) == (8, 1, 1)
-    assert F.g_shape((8, 3, 5), None) == (1, 1, 1)
+    assert F.g_shape((8, 3, 5), None) == ()  # torch's: a 0-d g for the whole tensor
     assert F.g_shape((6, 4, 3), 1, groups=2) == (2, 1, 4, 1)
     v = torch.randn(6, 4, 3, dtype=torch.float64)
     norms = F.norm_except_dim(v, 1, groups=2)
@@ -243,36 +215,33 @@ def test_empty_tensor_does_not_crash() -> None:
 
 
 @pytest.mark.parametrize(
-    ("shape", "dim", "groups", "dtype"),
+    ("shape", "dim", "groups", "dtype", "fused"),
     [
-        ((4, 3), 0, 1, torch.float32),
-        ((4, 3), 1, 1, torch.float64),
-        ((4, 3, 2), 1, 1, torch.float32),
-        ((4, 3, 2), 2, 1, torch.float32),
-        ((4, 3), None, 1, torch.float32),
-        ((6,), 0, 1, torch.float32),
-        ((6, 2, 3), 1, 2, torch.float32),
-        ((4, 3), 0, 1, torch.bfloat16),
-        ((0, 3), 0, 1, torch.float32),
+        ((4, 3), 0, 1, torch.float32, True),
+        ((4, 3), 1, 1, torch.float64, True),
+        ((4, 3, 2), 1, 1, torch.float32, False),
+        ((4, 3, 2), 2, 1, torch.float32, True),
+        ((4, 3), None, 1, torch.float32, False),
+        ((6,), 0, 1, torch.float32, False),
+        ((6, 2, 3), 1, 2, torch.float32, False),
+        ((4, 3), 0, 1, torch.bfloat16, False),
+        ((0, 3), 0, 1, torch.float32, False),
     ],
 )
-def test_one_fusable_test_for_functional_modules_and_optimizer(
-    shape: tuple[int, ...], dim: int | None, groups: int, dtype: torch.dtype
+def test_one_kernel_choice_for_functional_modules_and_optimizer(
+    shape: tuple[int, ...], dim: int | None, groups: int, dtype: torch.dtype, fused: bool
 ) -> None:
-    """functional._torch_fusable decides whether PyTorch's fused kernels run; the layout part
-    that modules fix when weight norm is applied (WeightNormSpec.layout_fusable) and the
-    optimizer-level mode's own test (_Entry.fusable) agree with it."""
+    """functional.kernel_for decides whether PyTorch's fused kernels run; the modules (through
+    WeightNormSpec.weight) and the optimizer-level mode go through it: one dispatch."""
     from torch import nn
 
-    from weightnorm._reparam import WeightNormSpec
     from weightnorm.optim import _Entry
 
+    spec = F.WeightNormSpec(shape, dim, groups)
     v = torch.randn(shape, dtype=dtype)
     g_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
-    g = torch.ones(F.g_shape(shape, dim, groups), dtype=g_dtype)
-    decided = F._torch_fusable(v, g, dim, groups)
-    spec = WeightNormSpec(dim=dim, groups=groups, ndim=v.ndim)
-    assert F._torch_fusable(v, g, dim, groups, spec.layout_fusable) == decided
-    assert F._path(v, g, dim, groups) == ("cpu-fused" if decided else "composite")
-    entry = _Entry("w", nn.Parameter(v.clone()), dim, groups, F.DEFAULT_EPS)
-    assert entry.fusable == decided
+    g = torch.ones(spec.g_shape, dtype=g_dtype)
+    assert (F.kernel_for(v, g, spec) is F.TORCH_FUSED) == fused
+    entry = _Entry("w", nn.Parameter(v.clone()), spec)
+    entry.write_weight()
+    assert (entry.kernel is F.TORCH_FUSED) == fused

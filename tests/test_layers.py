@@ -84,7 +84,7 @@ def test_bfloat16_layer_keeps_g_in_float32() -> None:
 
 def test_dim_and_eps_keywords() -> None:
     layer = wn.WNLinear(4, 2, dim=None, eps=1e-6)
-    assert wn.weight_norm_specs(layer)["weight"] == wn.WeightNormSpec(dim=None, eps=1e-6)
+    assert wn.weight_norm_specs(layer)["weight"] == wn.WeightNormSpec((2, 4), dim=None, eps=1e-6)
 
 
 def test_grouped_convtranspose_normalizes_per_output_channel() -> None:

@@ -7,6 +7,7 @@ import gc
 import inspect
 import io
 import pickle
+import warnings
 import weakref
 from typing import Any
 
@@ -28,13 +29,30 @@ def test_outputs_unchanged_when_applied(case: Case) -> None:
     torch.testing.assert_close(layer(x), before)
 
 
-def test_parameter_names_and_keepdim_g_shape() -> None:
+def test_parameter_names_order_and_keepdim_g_shape() -> None:
+    """Issue 21, item 2: the parameters come in torch's order (its legacy hook and its
+    parametrize give the same for a layer), so an optimizer state saved with torch's weight
+    norm maps onto ours by position; g has torch's shape (0-d for the whole tensor)."""
     conv = wn.weight_norm(nn.Conv2d(3, 8, 3))
-    assert [n for n, _ in conv.named_parameters()] == ["weight_g", "weight_v", "bias"]
+    assert [n for n, _ in conv.named_parameters()] == ["bias", "weight_g", "weight_v"]
     assert conv.weight_g.shape == (8, 1, 1, 1)
-    assert list(conv.state_dict()) == ["weight_g", "weight_v", "bias"]
+    assert list(conv.state_dict()) == ["bias", "weight_g", "weight_v"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates its legacy hook
+        legacy = nn.utils.weight_norm(nn.Conv2d(3, 8, 3))
+    parametrized = nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 8, 3))
+    for theirs in (legacy, parametrized):
+        shapes = [p.shape for p in theirs.parameters()]
+        assert [p.shape for p in conv.parameters()] == shapes
     assert wn.weight_norm(nn.Linear(3, 5), dim=1).weight_g.shape == (1, 3)
-    assert wn.weight_norm(nn.Linear(3, 5), dim=None).weight_g.shape == (1, 1)
+    whole = wn.weight_norm(nn.Linear(3, 5), dim=None)
+    assert whole.weight_g.shape == ()
+    assert (
+        whole.weight_g.shape
+        == nn.utils.parametrizations.weight_norm(
+            nn.Linear(3, 5), dim=None
+        ).parametrizations.weight.original0.shape
+    )
 
 
 def test_default_is_one_g_per_output_unit(case: Case) -> None:
@@ -426,22 +444,34 @@ def test_the_weight_read_by_forward_is_not_kept_between_steps(make: Any) -> None
     ],
 )
 def test_forward_leaves_no_state_and_is_not_wrapped(make: Any) -> None:
-    """Issue 14: the module's own forward reads its weights with no bookkeeping (the class's
-    forward is torch's own function, no per-call wrapper or depth counter) and leaves nothing in
-    the module; a read elsewhere keeps an alias for write-back that holds no autograd graph."""
+    """Issue 14: the class's forward is torch's own function (no per-call wrapper or depth
+    counter). Issue 20: a weight handed out (in forward or not) is watched only while it is
+    alive, through an alias that holds no autograd graph: once the graph is freed nothing is
+    left in the module but an RNN's own cache of its weights."""
     module = make()
     root = wn.fold(make()).__class__
     assert type(module).forward is root.forward
     x = torch.randn(2, 2, 5) if not isinstance(module, nn.LSTM) else torch.randn(5, 1, 2)
     out = module(x)
     (out[0] if isinstance(out, tuple) else out).sum().backward()
-    assert "_wn_last" not in module.__dict__ or not module.__dict__["_wn_last"]
+    del out
+    gc.collect()
+    watched = module.__dict__["_wn_watch"]
+    if isinstance(module, nn.LSTM):  # its cache holds the weights it read
+        assert all(
+            t.alias.data_ptr() == module._flat_weights[1].data_ptr() for t in watched.values()
+        )
+    else:
+        assert watched == {}
     name = next(iter(wn.weight_norm_specs(module)))
     w = getattr(module, name)  # outside forward: a tied weight, a logger, nn.init
     assert w.grad_fn is not None
-    alias, _ = module.__dict__["_wn_last"][name]
+    alias = watched[name].alias
     assert alias.grad_fn is None
     assert not alias.requires_grad
+    del w
+    gc.collect()
+    assert name not in watched  # freed: no longer watched
 
 
 def test_forward_keeps_its_signature_and_recovers_from_errors() -> None:
@@ -540,7 +570,7 @@ def test_functional_call_with_the_weight_uses_it_and_leaves_g_and_v_alone(case: 
     assert g.grad is None
     assert v.grad is None
     assert torch.equal(layer.weight.detach(), w0)  # g v/||v|| again
-    assert layer.__dict__["_wn_swapped"] == {}  # nothing left swapped in
+    assert layer._parameters["weight"] is None  # nothing left swapped in
     # a plain assignment still reparameterizes
     layer.weight = w0 * 2.0
     torch.testing.assert_close(layer.weight_g.detach(), g0 * 2.0)
@@ -578,7 +608,7 @@ def test_nested_functional_call_with_the_weight(inner: str) -> None:
     assert torch.equal(layer.weight_g.detach(), g0)
     assert torch.equal(layer.weight_v.detach(), v0)
     torch.testing.assert_close(layer.weight, g0 * v0 / v0.norm(dim=1, keepdim=True))
-    assert layer.__dict__["_wn_swapped"] == {}  # nothing left swapped in
+    assert layer._parameters["weight"] is None  # nothing left swapped in
 
 
 def test_functional_call_with_g_and_v() -> None:
@@ -619,7 +649,7 @@ def test_func_grad_and_vmap_over_functional_call_with_the_weight() -> None:
     torch.testing.assert_close(out, torch.stack([x @ w.T + layer.bias for w in Ws]))
     per_sample = torch.func.vmap(torch.func.grad(loss))(Ws)
     torch.testing.assert_close(per_sample[1], torch.func.grad(loss)(Ws[1]))
-    assert layer.__dict__["_wn_swapped"] == {}  # nothing left swapped in
+    assert layer._parameters["weight"] is None  # nothing left swapped in
 
 
 def test_ensembling_with_stack_module_state_and_vmap() -> None:
@@ -655,57 +685,36 @@ def test_functional_call_with_a_recurrent_weight() -> None:
     assert torch.equal(rnn.weight_hh_l0_g.detach(), g0)
 
 
-def test_functional_call_relies_on_torchs_swap_tensor() -> None:
-    """Issue 11, item 5: the swap is recognized by the frame of torch's swap_tensor and by the
-    local where it keeps the tensor it swaps out. If a torch upgrade changes either, this fails
-    (and the functional_call tests above with it) rather than letting functional_call write W
-    into g and v again."""
-    from torch.nn.utils import _named_member_accessor, stateless
-
-    from weightnorm import _reparam
-
-    swap_tensor = _named_member_accessor.swap_tensor
-    assert _reparam._SWAP_CODE is swap_tensor.__code__
-    assert _reparam._SWAP_ORIG_LOCAL in swap_tensor.__code__.co_varnames
-    assert "setattr" in swap_tensor.__code__.co_names  # how a non-parameter name is swapped
-    assert _named_member_accessor.NamedMemberAccessor.swap_tensor is not None
-    # (the accessor functional_call uses swaps each name through that module-level function)
-    assert "swap_tensor" in _named_member_accessor.NamedMemberAccessor.swap_tensor.__code__.co_names
-    assert "swap_tensors_dict" in stateless._reparametrize_module.__code__.co_names or (
-        "swap_tensors_dict" in inspect.getsource(stateless._reparametrize_module)
-    )
-
-
-def test_a_changed_swap_tensor_is_refused_before_anything_changes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Issue 11, item 5: a swap_tensor that no longer keeps what it swaps out where we look is
-    refused with a WeightNormError, and the module is left as it was."""
-    from weightnorm import _reparam
-
-    def changed_swap_tensor(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
-        setattr(module, name, tensor)
-
-    monkeypatch.setattr(_reparam, "_SWAP_CODE", changed_swap_tensor.__code__)
+def test_functional_call_fills_the_parameter_slot() -> None:
+    """Issue 20: no frame inspection. A normalized weight keeps its slot in ``_parameters``
+    (None); torch's swap_tensor fills it for the call (tests/test_torch_internals pins that it
+    writes ``_parameters`` directly), the property returns what fills it, and every copy of
+    the module has its own empty slot."""
     layer = wn.weight_norm(nn.Linear(3, 2))
-    g0, v0 = layer.weight_g.detach().clone(), layer.weight_v.detach().clone()
-    with pytest.raises(wn.WeightNormError, match=r"swap_tensor.*'weight_g' and 'weight_v'"):
-        changed_swap_tensor(layer, "weight", torch.zeros(2, 3))
-    assert torch.equal(layer.weight_g.detach(), g0)
-    assert torch.equal(layer.weight_v.detach(), v0)
-    assert layer.__dict__["_wn_swapped"] == {}  # nothing left swapped in
+    assert "weight" in layer._parameters
+    assert layer._parameters["weight"] is None
+    assert "weight" not in dict(layer.named_parameters())
+    assert "weight" not in layer.state_dict()
+    W = torch.randn(2, 3)
+    seen: list[torch.Tensor] = []
 
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = layer
 
-def test_every_weight_normed_module_has_its_own_swap_stack() -> None:
-    """The stack functional_call swaps into is always there (a compiled read of the weight is
-    guarded on it, see test_compiled_functional_call_with_the_weight), one per module."""
-    layer = wn.weight_norm(nn.Linear(3, 2))
-    assert layer.__dict__["_wn_swapped"] == {}
+        def forward(self) -> None:
+            seen.append(self.layer.weight)
+            seen.append(self.layer._parameters["weight"])
+
+    functional_call(Probe(), {"layer.weight": W}, ())
+    assert seen[0] is W
+    assert seen[1] is W
+    assert layer._parameters["weight"] is None
     for other in (copy.deepcopy(layer), copy.copy(layer), pickle.loads(pickle.dumps(layer))):
-        assert other.__dict__["_wn_swapped"] == {}
-        assert other.__dict__["_wn_swapped"] is not layer.__dict__["_wn_swapped"]
-    assert wn.WNLinear(3, 2).__dict__["_wn_swapped"] == {}
-    assert "_wn_swapped" not in wn.remove_weight_norm(layer).__dict__
+        assert other._parameters["weight"] is None
+    assert wn.WNLinear(3, 2)._parameters["weight"] is None
+    assert wn.remove_weight_norm(layer)._parameters["weight"] is layer.weight
 
 
 @pytest.mark.slow
@@ -729,7 +738,7 @@ def test_compiled_functional_call_with_the_weight() -> None:
     assert layer.weight_g.grad is None
     assert layer.weight_v.grad is None
     torch.testing.assert_close(layer.weight, g0 * v0 / v0.norm(dim=1, keepdim=True))
-    assert layer.__dict__["_wn_swapped"] == {}
+    assert layer._parameters["weight"] is None
 
 
 # --- misuse -----------------------------------------------------------------------------------

@@ -1,41 +1,48 @@
-"""The torch internals this library reads, each checked on its own: when torch changes one,
-this file fails and names what to update, instead of a migration silently doing the wrong thing.
-
-pyproject.toml declares the torch versions CI tests (``torch>=2.13``); a newer torch that passes
-this file and the suite is supported.
-"""
+"""The torch internals this library reads (all named in ``weightnorm._torch_compat``), each
+checked on its own on every torch release CI runs: when torch changes one, this file fails and
+names what to update, instead of a migration silently doing the wrong thing."""
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import torch
 from torch import nn
+from torch.nn.utils import _named_member_accessor
 
 import weightnorm as wn
-from weightnorm import _reparam, _torch_compat
+from weightnorm import _torch_compat as compat
 
 
 def test_legacy_weight_norm_is_a_forward_pre_hook_with_name_and_dim() -> None:
     with warnings.catch_warnings():  # torch deprecates its legacy API; we read it on purpose
         warnings.simplefilter("ignore", FutureWarning)
         layer = nn.utils.weight_norm(nn.Linear(3, 4))
-    hooks = [
-        h for h in layer._forward_pre_hooks.values() if isinstance(h, _torch_compat._LegacyHook)
-    ]
+    hooks = [h for h in layer._forward_pre_hooks.values() if isinstance(h, compat.LegacyHook)]
     assert len(hooks) == 1, "torch's legacy weight norm hook changed: update _torch_compat"
     assert (hooks[0].name, hooks[0].dim) == ("weight", 0)
-    assert set(layer._parameters) == {"weight_g", "weight_v", "bias"}
+    assert list(layer._parameters) == ["bias", "weight_g", "weight_v"]  # the order we register
+    (found,) = compat.find_torch_weight_norms(layer)
+    assert (found.kind, found.name, found.dim) == ("legacy", "weight", 0)
+    assert found.g is layer.weight_g
+    assert found.v is layer.weight_v
 
 
 def test_parametrize_weight_norm_is_a_class_named__WeightNorm_with_dim() -> None:
     layer = nn.utils.parametrizations.weight_norm(nn.Conv1d(2, 3, 3), dim=0)
     (p,) = layer.parametrizations["weight"]
-    assert type(p).__name__ == "_WeightNorm", "update _torch_compat._is_torch_parametrize"
+    assert type(p).__name__ == "_WeightNorm", "update _torch_compat._is_torch_weight_norm"
     assert p.dim == 0
     assert type(layer).__bases__ == (nn.Conv1d,)  # the parametrized class torch builds
     assert "weight" in type(layer).__dict__  # a property per parametrized name
+    names = [n for n, _ in layer.named_parameters()]
+    assert names == [
+        "bias",
+        "parametrizations.weight.original0",
+        "parametrizations.weight.original1",
+    ]
+    whole = nn.utils.parametrizations.weight_norm(nn.Linear(3, 2), dim=None)
+    assert whole.parametrizations.weight.original0.shape == ()  # torch's whole-tensor g is 0-d
 
 
 def test_parametrize_weight_norm_leaves_a_compat_hook_closing_over_the_name() -> None:
@@ -45,37 +52,73 @@ def test_parametrize_weight_norm_leaves_a_compat_hook_closing_over_the_name() ->
         fn = getattr(hook, "hook", hook)
         names.append(getattr(fn, "__name__", ""))
         if fn.__name__ == "_weight_norm_compat_hook":
-            assert "name" in fn.__code__.co_freevars, "update _torch_compat._drop_compat_hook"
-    assert "_weight_norm_compat_hook" in names, "update _torch_compat._drop_compat_hook"
+            assert "name" in fn.__code__.co_freevars, "update _torch_compat.take_apart"
+    assert "_weight_norm_compat_hook" in names, "update _torch_compat.take_apart"
     wn.replace_torch_weight_norm(layer)
     assert not layer._load_state_dict_pre_hooks  # it was found and dropped
 
 
-def test_torch_weight_norm_kernel_and_rnn_cache() -> None:
+def test_fused_kernels_and_torchs_removal() -> None:
     v, g = torch.randn(4, 3), torch.rand(4, 1) + 0.5
-    w = torch._weight_norm(v, g, 0)
+    w = compat.torch_removal(v, g, 0)
     torch.testing.assert_close(w, g * v / v.norm(dim=1, keepdim=True))
-    w2, norms = torch._weight_norm_interface(v, g, 0)
+    w2, norms = compat.fused_weight_norm(v, g, 0)
     torch.testing.assert_close(w2, w)
-    assert norms.shape == (4, 1)
-    # the unclamped per-unit norms (functional's eps check, optim's cached norms)
+    # the unclamped per-unit norms (the eps check, the optimizer's kept norms)
     torch.testing.assert_close(norms, v.norm(dim=1, keepdim=True))
-    # and its backward, which optim calls directly with those norms: paper eq. 3
+    # its backward, which the optimizer-level mode calls with those norms: paper eq. 3
     grad_w = torch.randn(4, 3)
-    grad_v, grad_g = torch.ops.aten._weight_norm_interface_backward.default(grad_w, v, g, norms, 0)
+    grad_v, grad_g = compat.fused_weight_norm_backward(grad_w, v, g, norms, 0)
     v_ref, g_ref = v.clone().requires_grad_(True), g.clone().requires_grad_(True)
     (g_ref * v_ref / v_ref.norm(dim=1, keepdim=True)).backward(grad_w)
     torch.testing.assert_close(grad_v, v_ref.grad)
     torch.testing.assert_close(grad_g, g_ref.grad)
+    # its autograd node takes a post hook that replaces its outputs (the exact second order)
+    vr = v.clone().requires_grad_(True)
+    out, _ = compat.fused_weight_norm(vr, g, 0)
+    assert out.grad_fn is not None
+    out.grad_fn.register_hook(lambda inputs, outputs: (torch.full_like(vr, 7.0), None))
+    out.sum().backward()
+    assert vr.grad is not None
+    assert bool((vr.grad == 7.0).all())
+
+
+def test_capturing_and_eager() -> None:
+    v = torch.randn(3)
+    assert not compat.capturing()
+    assert compat.eager(v)
+    assert compat.eager(nn.Parameter(v))
+    seen: list[bool] = []
+    torch.func.vmap(lambda x: seen.append(compat.capturing()) or x)(v.unsqueeze(0))
+    torch.jit.trace(lambda x: seen.append(compat.capturing()) or x, (v,), check_trace=False)
+    assert seen == [True, True]
+
+
+def test_rnn_cache() -> None:
     lstm = nn.LSTM(2, 3)
     assert "_flat_weights_names" in lstm.__dict__
     assert callable(lstm._init_flat_weights)
+    assert callable(lstm._update_flat_weights)  # called by every forward (we override it)
 
 
-def test_functional_call_swaps_through_swap_tensor() -> None:
-    code = _reparam._torch_swap_tensor_code()
-    assert code is not None, "torch.nn.utils._named_member_accessor.swap_tensor moved"
-    from torch.nn.utils._named_member_accessor import swap_tensor
+def test_functional_call_swaps_a_parameter_slot_in_place() -> None:
+    """swap_tensor writes ``module._parameters[name]`` directly for a name in ``_parameters``
+    (our slot of a normalized weight holds None), and back afterwards."""
+    layer = nn.Linear(3, 2)
+    layer._parameters["weight"] = None
+    w = torch.ones(2, 3)
+    orig = _named_member_accessor.swap_tensor(layer, "weight", w)
+    assert orig is None
+    assert layer._parameters["weight"] is w
+    _named_member_accessor.swap_tensor(layer, "weight", orig)
+    assert layer._parameters["weight"] is None
 
-    params = inspect.signature(swap_tensor).parameters
-    assert list(params)[:3] == ["module", "name", "tensor"], "update _reparam._swap"
+
+def test_local_rows_of_a_dtensor() -> None:
+    assert compat.local_rows(torch.randn(3)) is None
+    if torch.distributed.is_available():  # the import that moved in torch 2.5
+        try:
+            from torch.distributed.tensor import DTensor
+        except ImportError:
+            from torch.distributed._tensor import DTensor
+        assert isinstance(DTensor, type)

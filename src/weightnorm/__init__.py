@@ -39,7 +39,6 @@ from .dynamics import (
     weight_norm_stats,
 )
 from .formats import convert_state_dict
-from .functional import HigherOrderGradientError, exact_gradients
 from .init import data_dependent_init, data_dependent_init_plain
 from .layers import (
     WNConv1d,
@@ -52,6 +51,20 @@ from .layers import (
 )
 
 __version__ = "0.1.0"
+
+_REMOVED = {
+    "exact_gradients": "every path now gives exact gradients of every order: drop the `with` block",
+    "HigherOrderGradientError": "it is never raised any more: every path gives exact gradients "
+    "of every order",
+}
+
+
+def __getattr__(name: str) -> object:
+    """A clear error for the names that are gone (see CHANGELOG.md)."""
+    if name in _REMOVED:
+        raise AttributeError(f"weightnorm.{name} was removed in 0.2.0: {_REMOVED[name]}")
+    raise AttributeError(f"module 'weightnorm' has no attribute {name!r}")
+
 
 __all__ = [
     "AngularStep",
@@ -69,7 +82,6 @@ __all__ = [
     "WNConvTranspose2d",
     "WNConvTranspose3d",
     "WNLinear",
-    "HigherOrderGradientError",
     "WeightNormError",
     "WeightNormSpec",
     "WeightNormStats",
@@ -78,7 +90,6 @@ __all__ = [
     "convert_state_dict",
     "data_dependent_init",
     "data_dependent_init_plain",
-    "exact_gradients",
     "default_dim",
     "dynamics",
     "fold",

@@ -23,13 +23,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
-
-from .functional import _accumulator, g_shape
 
 try:
     import triton
@@ -44,7 +43,7 @@ AVAILABLE: bool = triton is not None
 
 #: Whether the kernels were built for Triton's interpreter (``TRITON_INTERPRET=1`` at import):
 #: then they run on CPU tensors (slowly: for tests), otherwise they are compiled for a GPU.
-INTERPRETED: bool = AVAILABLE and bool(triton.knobs.runtime.interpret)
+INTERPRETED: bool = AVAILABLE and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _jit(fn: Callable[..., Any]) -> Any:
@@ -198,6 +197,8 @@ def _unit_layout(t: Tensor, dim: int | None) -> tuple[int, int, int, bool] | Non
     """``(U, N, B, units_contiguous)`` of a dense ``t`` seen as ``(A, U, B)`` in memory order
     (``N = A * B`` elements per unit); ``None`` if ``t`` is not dense (overlapping or gaps)."""
     shape, strides = t.shape, t.stride()
+    if t.numel() == 0:  # (nothing to address: any strides will do)
+        return (1 if dim is None else shape[dim]), 0, 0, True
     order = sorted((d for d in range(t.ndim) if shape[d] > 1), key=lambda d: -strides[d])
     expected = 1
     for d in reversed(order):  # dense: each stride is the number of elements inside it
@@ -261,12 +262,14 @@ def _per_unit(t: Tensor) -> tuple[Tensor, int]:
 
 def weight_norm_forward(v: Tensor, g: Tensor, dim: int | None, eps: float) -> tuple[Tensor, Tensor]:
     """``(w, norms)``: ``w = g v / max(||v||, eps)`` in ``v``'s dtype and layout, ``norms`` the
-    unclamped per-unit norms (keep-dim shape of ``g``; float64 for float64 ``v``, else float32).
+    unclamped per-unit norms (keep-dim; float64 for float64 ``v``, else float32).
     ``dim`` is non-negative or ``None``; ``g`` has one element per unit."""
     v, (units, n, inner, contiguous) = _dense(v, dim)
     g, g_stride = _per_unit(g)
     w = torch.empty_like(v)
-    norms = torch.empty(g_shape(v.shape, dim), dtype=_accumulator(v.dtype), device=v.device)
+    keepdim = tuple(s if d == dim else 1 for d, s in enumerate(v.shape))
+    accumulator = torch.float64 if v.dtype == torch.float64 else torch.float32
+    norms = torch.empty(keepdim, dtype=accumulator, device=v.device)
     if v.numel() == 0:
         return w, norms.zero_()
     block_u, block_r = _blocks(units, n, inner, contiguous)

@@ -7,17 +7,13 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from . import _torch_compat as compat
 from . import functional as F
 from ._errors import WeightNormError
-from ._reparam import (
-    PerOutput,
-    remove_weight_norm,
-    weight_norm,
-    weight_norm_specs,
-)
-from ._torch_compat import find_torch_weight_norms, take_apart
+from ._reparam import PerOutput, register, remove_weight_norm, weight_norm, weight_norm_specs
+from ._torch_compat import TorchWeightNorm, find_torch_weight_norms
 
 __all__ = ["DEFAULT_LAYERS", "apply_weight_norm", "fold", "replace_torch_weight_norm"]
 
@@ -137,8 +133,11 @@ def fold(model: M) -> M:
     """Remove every weight norm in ``model``, ours and both of PyTorch's, in place.
 
     Every normalized parameter becomes a plain ``nn.Parameter`` holding ``g * v / ||v||`` (also
-    under ``torch.no_grad()``/``torch.inference_mode()``), the modules get their original
-    classes back, and the model runs, exports and trains like one that never had weight norm.
+    under ``torch.no_grad()``/``torch.inference_mode()``): the same Parameter object as ``v``, so
+    an optimizer built before keeps training it. The modules get their original classes back,
+    and the model runs, exports and trains like one that never had weight norm. A PyTorch weight
+    norm folds to what PyTorch's own removal computes, bit for bit (but a zero unit folds to zero,
+    where PyTorch's gives NaN).
 
     Example::
 
@@ -152,31 +151,48 @@ def fold(model: M) -> M:
         for name in weight_norm_specs(module):
             remove_weight_norm(module, name)
         for found in find_torch_weight_norms(module):
-            take_apart(module, found)
+            compat.take_apart(module, found)
+            with torch.no_grad():
+                found.v.copy_(_torch_folded(found))
+            module.register_parameter(found.name, found.v)
+            compat.refresh_rnn_weights(module)
     return model
+
+
+def _torch_folded(found: TorchWeightNorm) -> Tensor:
+    """``g v/||v||`` of one of torch's weight norms as torch's own removal computes it, but a
+    unit with ``||v|| <= eps`` (torch: NaN for a zero v) takes the eps-safe value."""
+    g, v = found.g.detach(), found.v.detach()
+    w = compat.torch_removal(v, g, found.dim)
+    spec = F.WeightNormSpec(tuple(v.shape), found.dim)
+    degenerate = spec.norms(v) <= spec.eps
+    return torch.where(degenerate, spec.weight(v, g), w) if bool(degenerate.any()) else w
 
 
 def replace_torch_weight_norm(model: M) -> M:
     """Turn every PyTorch weight norm in ``model`` into ours, in place, with identical outputs.
 
     Handles ``torch.nn.utils.weight_norm`` (hooks) and
-    ``torch.nn.utils.parametrizations.weight_norm``. ``g`` and ``v`` keep their values exactly
-    and their dim (torch's ``dim`` is kept, so a ConvTranspose normalized per input channel stays
-    so); ``v`` stays the same Parameter object. Afterwards ``copy.deepcopy``, pickling and
+    ``torch.nn.utils.parametrizations.weight_norm``. ``g`` and ``v`` stay the same Parameter
+    objects, with their values, dtypes and dims (a ConvTranspose torch normalizes per input
+    channel stays so), registered in the order torch gives them: an optimizer built before (as
+    every HiFi-GAN training script builds it) keeps training both, and an optimizer state saved
+    before the switch loads after it. Afterwards ``copy.deepcopy``, pickling and
     ``module.weight`` outside ``forward`` work.
 
     Example::
 
         >>> import torch, weightnorm as wn
         >>> conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(2, 2, 3))
+        >>> opt = torch.optim.Adam(conv.parameters())
         >>> wn.is_weight_normed(wn.replace_torch_weight_norm(conv))
         True
+        >>> [p is q for p, q in zip(conv.parameters(), opt.param_groups[0]["params"])]
+        [True, True, True]
     """
     for module in list(model.modules()):
         for found in find_torch_weight_norms(module):
-            g = take_apart(module, found, fold=False)  # the plain parameter now holds v
-            weight_norm(module, found.name, dim=found.dim)
-            own_g = module._parameters[found.name + "_g"]
-            with torch.no_grad():
-                own_g.copy_(g.reshape(own_g.shape))  # type: ignore[union-attr]
+            compat.take_apart(module, found)
+            spec = F.WeightNormSpec(tuple(found.v.shape), found.dim)
+            register(module, found.name, spec, found.g, found.v)
     return model

@@ -1,49 +1,41 @@
 """Weight normalization of any parameter of any module.
 
-How it works. ``weight_norm(module, "weight")`` replaces the parameter ``weight`` by two
-parameters, ``weight_g`` (magnitude) and ``weight_v`` (direction; the *same* Parameter object that
-was ``weight``, so an optimizer built before keeps a handle on it), and switches the module's class
-to a subclass that adds one property, ``weight``, computing ``g * v / ||v||`` on every read. There
-are no hooks: the weight is current everywhere, inside and outside ``forward``, and the training
-step runs nothing but the math. The subclass is cached per original class and pickles as the
-original class plus the list of normalized names, so ``copy.deepcopy``, ``pickle`` and
-``torch.save(model)`` work. Removing the last weight norm restores the original class.
+How it works. ``weight_norm(module, "weight")`` keeps the slot ``weight`` in
+``module._parameters`` (it holds ``None`` then, like an absent bias), appends ``weight_g``
+(magnitude) and ``weight_v`` (direction: the *same* Parameter object that was ``weight``, so an
+optimizer built before keeps its handle on it), records a
+:class:`~weightnorm.functional.WeightNormSpec` for it, and gives the module a subclass of its
+class with a property ``weight`` that computes ``g * v / ||v||`` (:mod:`weightnorm.functional`)
+at every read: the weight is current everywhere, inside and outside ``forward``, and there are
+no hooks. The subclass is made once per original class and pickles as that class plus the
+normalized names; removing the last weight norm restores the original class. The layer classes
+(``WNLinear`` ...) are the same mechanism with the property declared on the class.
 
-With a fixed gain (``gain=c``) ``weight_g`` is a buffer filled with ``c`` instead of a
-parameter: saved, loaded, moved and copied with the module, never trained.
-
-The layer classes (``WNLinear`` ...) are this same mechanism with the property declared on the
-class; folding them gives back the plain ``torch.nn`` class.
-
-``torch.func.functional_call(module, {"weight": W}, x)``: torch swaps W in with
-``setattr(module, "weight", W)`` and back with ``setattr(module, "weight", orig)``, both from its
-``swap_tensor``. An assignment made from that function's frame is taken as a swap, not as a new
-weight: W is kept aside (``module.__dict__[_SWAPPED]``, a stack per name, for nested calls) and
-returned by the property until it is swapped back; g and v are never touched. Every other
-assignment (``module.weight = t``) still sets ``g = ||t||``, ``v = t``. That dict is in every
-weight-normed module's ``__dict__``, empty between calls: under ``torch.compile`` the property's
-``name in swapped`` is then guarded. Dynamo (torch 2.13) does not guard a key *missing* from a
-module's ``__dict__`` when it compiles the property's frame on its own: the read ``swap_tensor``
-makes before swapping was compiled, and reused for the read inside the call, which computed
-``g * v/||v||`` instead of W.
+- ``module.weight = t`` sets ``g = ||t||`` and ``v = t`` (with a fixed gain, only ``v``).
+- A tensor the property hands out is watched until it is freed: an in-place change to it
+  (``nn.init.*_``, ``w.mul_``) is written into ``g`` and ``v`` then, or at the next read of the
+  weight or ``state_dict()``, whichever comes first. Writes through ``.data`` bypass PyTorch's
+  version counter and cannot be seen.
+- ``torch.func.functional_call(module, {"weight": W})`` fills the slot for the call; the
+  property returns what fills it, and ``g`` and ``v`` are not touched.
+- With a fixed gain (``gain=c``) ``weight_g`` is a buffer filled with ``c``: saved, loaded,
+  moved and copied with the module, never trained.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import CodeType, FrameType
-from typing import Any, ClassVar, Literal, TypeVar, cast
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
+from . import _torch_compat as compat
 from . import functional as F
 from ._errors import WeightNormError
-from ._torch_compat import find_torch_weight_norms, refresh_rnn_weights
+from .functional import WeightNormSpec
 
 __all__ = [
     "PerOutput",
@@ -60,378 +52,226 @@ M = TypeVar("M", bound=nn.Module)
 #: The default ``dim``: one g per output unit of the layer (see :func:`default_dim`).
 PerOutput = Literal["output"]
 
-_SPECS = "_wn_specs"  # module.__dict__[_SPECS]: dict[str, WeightNormSpec]
-_LAST = (
-    "_wn_last"  # module.__dict__[_LAST]: dict[str, (alias of a w read outside forward, version)]
-)
-_SWAPPED = "_wn_swapped"  # module.__dict__[_SWAPPED]: dict[str, list[(swapped-in, swapped-out)]]
-# (always there, see the module docstring)
+_SPECS = "_wn_specs"  # module.__dict__[_SPECS]: {name: WeightNormSpec}
+_WATCH = "_wn_watch"  # module.__dict__[_WATCH]: {name: _Watch}, the weights handed out
 _EMPTY: dict[str, WeightNormSpec] = {}
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _torch_swap_tensor_code() -> CodeType | None:
-    """The code of the function through which torch.func.functional_call swaps module tensors."""
-    try:
-        from torch.nn.utils._named_member_accessor import swap_tensor
-    except ImportError:  # torch moved it: the test suite says so (test_reparam)
-        return None
-    return cast(CodeType | None, getattr(swap_tensor, "__code__", None))
-
-
-#: ``swap_tensor.__code__``: an assignment made from a frame running it is a functional_call swap.
-_SWAP_CODE = _torch_swap_tensor_code()
-#: The local of ``swap_tensor`` that holds the tensor it swaps out (and will swap back in).
-_SWAP_ORIG_LOCAL = "orig_tensor"
-
-
-@dataclass(frozen=True)
-class WeightNormSpec:
-    """How one parameter is normalized: the unit ``dim`` (non-negative or ``None``), ``eps``,
-    ``groups`` (> 1 only for a grouped transposed convolution, see :mod:`weightnorm.functional`)
-    and ``fixed_gain`` (``g`` a buffer, not a trained parameter: ``weight_norm(..., gain=c)``).
-
-    ``ndim`` (the weight's rank) fixes the reduced dims and whether PyTorch's fused kernels fit
-    the layout, computed once here rather than at every read of the weight."""
-
-    dim: int | None
-    eps: float = F.DEFAULT_EPS
-    groups: int = 1
-    fixed_gain: bool = False
-    ndim: int = field(default=0, repr=False, compare=False)
-    reduce_dims: tuple[int, ...] = field(init=False, repr=False, compare=False)
-    layout_fusable: bool = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        dims = tuple(F._reduce_dims(self.ndim, self.dim, self.groups)) if self.ndim else ()
-        fusable = F._fused_layout(self.ndim, self.dim, self.groups)
-        object.__setattr__(self, "reduce_dims", dims)
-        object.__setattr__(self, "layout_fusable", fusable)
 
 
 # --------------------------------------------------------------------------------------------
-# The property and the class machinery
+# Reading and writing a normalized weight
 # --------------------------------------------------------------------------------------------
 
 
 def _gain(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
     """``<name>_g``: a parameter, or with a fixed gain a buffer."""
-    return cast(Tensor, (module._buffers if spec.fixed_gain else module._parameters)[name + "_g"])
+    return cast(Tensor, (module._parameters if spec.gain is None else module._buffers)[name + "_g"])
 
 
 def _compute(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
     v = cast(Tensor, module._parameters[name + "_v"])
-    g = _gain(module, name, spec)
-    if v.ndim != spec.ndim:  # replaced by a tensor of another rank: take the checked path
-        return F.weight_norm(v, g, spec.dim, spec.eps, groups=spec.groups)
-    return F._weight_norm_core(
-        v, g, spec.dim, spec.eps, spec.groups, spec.reduce_dims, spec.layout_fusable
-    )
+    if not compat.capturing() and v.shape != spec.shape:  # (jit.trace: shapes are tensors)
+        raise WeightNormError(
+            f"{_describe(module)}.{name}_v has shape {tuple(v.shape)}, but {name} was normalized "
+            f"with shape {spec.shape}; remove the weight norm and apply it again to change it"
+        )
+    return spec.weight(v, _gain(module, name, spec))
 
 
-def _current_weight(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
-    if torch.compiler.is_compiling():  # no Python-side bookkeeping inside a traced graph
-        return _compute(module, name, spec)  # (the math then takes its composite form)
-    d = module.__dict__
-    last = d.get(_LAST)
-    if last:
-        entry = last.pop(name, None)
-        if entry is not None and entry[0]._version != entry[1]:
-            # the w handed out last was changed in place (``nn.init.*_``): make it the new weight
-            _set_weight(module, name, spec, entry[0])
+class _Watch(NamedTuple):
+    """A weight handed out: a detached alias (it shares the storage and version counter of the
+    tensor, not its graph), the version it had, and a weak reference whose callback settles
+    it when the tensor is freed."""
+
+    alias: Tensor
+    version: int
+    ref: weakref.ref[Tensor]
+
+
+def _read(module: nn.Module, name: str) -> Tensor:
+    """The property's getter: what fills the slot (functional_call), else ``g v/||v||``."""
+    slot = module._parameters.get(name)
+    if slot is not None:
+        return slot
+    spec = module.__dict__.get(_SPECS, _EMPTY).get(name)
+    if spec is None:  # (a WN* layer while torch's __init__ registers the parameter)
+        raise AttributeError(f"{type(module).__name__} has no attribute {name!r} yet")
+    if compat.capturing():  # no Python-side bookkeeping inside a graph or a transform
+        return _compute(module, name, spec)
+    _settle(module, name)
     w = _compute(module, name, spec)
-    # frames: 0 this function, 1 the property, 2 whoever read the weight
-    readers: frozenset[CodeType] = type(module)._wn_readers  # type: ignore[attr-defined]
-    if sys._getframe(2).f_code not in readers and not w.is_inference():
-        # read outside the module's own forward (nn.init.*_, a tied weight, a logger): keep an
-        # alias to see an in-place change at the next read. Detached, it shares w's version
-        # counter but not its graph. (A forward's reads need nothing kept: its graph holds w.)
-        (last if last is not None else d.setdefault(_LAST, {}))[name] = (w.detach(), w._version)
+    if not w.is_inference():
+        freed = partial(_freed, weakref.ref(module), name)
+        module.__dict__[_WATCH][name] = _Watch(w.detach(), w._version, weakref.ref(w, freed))
     return w
 
 
-def _readers(cls: type) -> frozenset[CodeType]:
-    """The code of every ``forward`` in ``cls``'s MRO: a weight read there is the module's own."""
-    codes = {_WeightNormMixin._update_flat_weights.__code__}  # an RNN's forward reads through it
-    for klass in cls.__mro__:
-        forward = klass.__dict__.get("forward")
-        code = getattr(forward, "__code__", None)
-        if code is not None:
-            codes.add(code)
-    return frozenset(codes)
+def _settle(module: nn.Module, name: str) -> None:
+    """Stop watching the weight handed out last; write an in-place change of it into g, v."""
+    watch = module.__dict__[_WATCH].pop(name, None)
+    if watch is not None and watch.alias._version != watch.version:
+        _set_weight(module, name, watch.alias)
+
+
+def _freed(module_ref: weakref.ref[nn.Module], name: str, ref: weakref.ref[Tensor]) -> None:
+    module = module_ref()
+    watch = None if module is None else module.__dict__.get(_WATCH, {}).get(name)
+    if watch is not None and watch.ref is ref:
+        _settle(cast(nn.Module, module), name)
 
 
 def _sync(module: nn.Module) -> None:
-    """Write back any in-place change made to a weight handed out earlier."""
-    last = module.__dict__.get(_LAST)
-    if not last:
-        return
-    specs = weight_norm_specs(module)
-    for name, (w, version) in list(last.items()):
-        if name in specs and w._version != version:
-            _set_weight(module, name, specs[name], w)
-    last.clear()
+    """Write every in-place change of a weight handed out into its g and v."""
+    for name in list(module.__dict__.get(_WATCH, ())):
+        _settle(module, name)
 
 
-def _set_weight(module: nn.Module, name: str, spec: WeightNormSpec, value: Any) -> None:
-    """Make ``value`` the weight: ``g = ||value||``, ``v = value`` (in place: objects are kept).
-    With a fixed gain only its direction is taken: ``v = value``, ``g`` stays."""
+def _set_weight(module: nn.Module, name: str, value: Any) -> None:
+    """Make ``value`` the weight: ``g = ||value||``, ``v = value``, in place (the objects are
+    kept). With a fixed gain only its direction is taken: ``v = value``, ``g`` stays."""
+    spec = module.__dict__[_SPECS][name]
     v = cast(nn.Parameter, module._parameters[name + "_v"])
-    g = _gain(module, name, spec)
     if not isinstance(value, Tensor) or value.shape != v.shape:
         got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
         raise WeightNormError(
-            f"{type(module).__name__}.{name} is weight-normalized: it can be assigned a tensor of "
+            f"{_describe(module)}.{name} is weight-normalized: it can be assigned a tensor of "
             f"shape {tuple(v.shape)}, got {got}"
         )
+    module.__dict__[_WATCH].pop(name, None)
     with torch.no_grad():
         src = value.detach()
-        if not spec.fixed_gain:
-            g.copy_(F.norm_except_dim(src, spec.dim, groups=spec.groups).reshape(g.shape))
+        if spec.gain is None:
+            g = _gain(module, name, spec)
+            g.copy_(spec.split(src).reshape(g.shape))
         v.copy_(src)
-    module.__dict__.get(_LAST, {}).pop(name, None)
 
 
-def _swap(module: nn.Module, name: str, value: Any, frame: FrameType) -> None:
-    """An assignment to ``name`` made by torch's ``swap_tensor`` (``frame``): swap ``value`` in,
-    or, when it is the tensor the innermost swap took out, swap it back. g and v stay as they are.
-
-    Raises:
-        WeightNormError: torch's ``swap_tensor`` no longer keeps the tensor it swaps out where it
-            did (nothing is changed then).
-    """
-    swapped: dict[str, list[tuple[Any, Any]]] = module.__dict__.setdefault(_SWAPPED, {})
-    stack = swapped.get(name)
-    if stack and value is stack[-1][1]:  # the swap back
-        stack.pop()
-        if not stack:
-            del swapped[name]  # (the dict stays: the module docstring says why)
-        return
-    local = frame.f_locals
-    if _SWAP_ORIG_LOCAL not in local:
-        raise WeightNormError(
-            f"{_describe(module)}.{name} is weight-normalized and torch's swap_tensor (used by "
-            "torch.func.functional_call) changed: it no longer keeps the tensor it swaps out in "
-            f"{_SWAP_ORIG_LOCAL!r}, so weightnorm cannot swap {name!r} safely; pass "
-            f"{name + '_g'!r} and {name + '_v'!r} to functional_call instead"
-        )
-    if value is not None and not isinstance(value, Tensor):
-        raise WeightNormError(
-            f"{_describe(module)}.{name}: functional_call can swap in a tensor, got "
-            f"{type(value).__name__}"
-        )
-    swapped.setdefault(name, []).append((value, local[_SWAP_ORIG_LOCAL]))
+# --------------------------------------------------------------------------------------------
+# The classes of weight-normalized modules
+# --------------------------------------------------------------------------------------------
 
 
-def _assigner_frame() -> FrameType | None:
-    """The frame that assigned the weight: the first one above ``__setattr__`` (and above any
-    subclass's ``__setattr__`` calling ``super()``)."""
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and frame.f_code.co_name != "__setattr__":
-        frame = frame.f_back  # this helper, and torch.compiler.disable's wrapper
-    while frame is not None and frame.f_code.co_name == "__setattr__":
-        frame = frame.f_back
-    return frame
+def _property(name: str) -> property:
+    def weight(self: nn.Module) -> Tensor:
+        return _read(self, name)
 
-
-def _assign_eagerly(module: nn.Module, name: str, spec: WeightNormSpec, value: Any) -> None:
-    """``module.<name> = value`` for a normalized ``name``: a functional_call swap when made by
-    torch's ``swap_tensor``, otherwise a new weight (``g = ||value||``, ``v = value``)."""
-    frame = _assigner_frame()
-    if frame is not None and frame.f_code is _SWAP_CODE:
-        _swap(module, name, value, frame)
-    else:
-        _set_weight(module, name, spec, value)
-
-
-_Assigner = Callable[[nn.Module, str, WeightNormSpec, Any], None]
-_assign_outside: _Assigner | None = None  # made by _assign_outside_graph at first use
-
-
-def _assign_outside_graph() -> _Assigner:
-    """:func:`_assign_eagerly` run outside any graph dynamo traces (it cannot inspect frames): an
-    assignment to a normalized weight inside ``torch.compile`` is a graph break. Made at first
-    use: ``torch.compiler.disable`` imports dynamo, which ``import weightnorm`` should not. (Kept
-    in a global, not behind ``functools.cache``: dynamo traces through a cache wrapper, warning.)"""
-    global _assign_outside
-    if _assign_outside is None:
-        _assign_outside = cast(
-            _Assigner,
-            torch.compiler.disable(_assign_eagerly),  # type: ignore[no-untyped-call]
-        )
-    return _assign_outside
-
-
-def _assign(module: nn.Module, name: str, spec: WeightNormSpec, value: Any) -> None:
-    if torch.compiler.is_compiling():
-        _assign_outside_graph()(module, name, spec, value)
-    else:
-        _assign_eagerly(module, name, spec, value)
-
-
-def _make_property(name: str) -> property:
-    def fget(self: nn.Module) -> Any:
-        d = self.__dict__
-        spec = d.get(_SPECS, _EMPTY).get(name)
-        if spec is None:  # a WN* layer before (or after) its weight norm: a plain parameter
-            return nn.Module.__getattr__(self, name)
-        swapped = d.get(_SWAPPED)  # inside torch.func.functional_call(module, {name: W})
-        if swapped is not None and name in swapped:
-            return swapped[name][-1][0]
-        return _current_weight(self, name, spec)
-
-    def fset(self: nn.Module, value: Any) -> None:
-        spec = self.__dict__.get(_SPECS, _EMPTY).get(name)
-        if spec is None:
-            raise AttributeError(f"cannot set {name!r} on {type(self).__name__} to {value!r}")
-        _set_weight(self, name, spec, value)
-
-    return property(
-        fget, fset, doc=f"``{name}`` computed as ``g * v / ||v||`` from ``{name}_g``, ``{name}_v``."
-    )
+    doc = f"``{name}`` computed as ``g * v / ||v||`` from ``{name}_g`` and ``{name}_v``."
+    return property(weight, doc=doc)
 
 
 class _WeightNormMixin:
-    """Behaviour shared by every weight-normalized module class (dynamic or ``WN*``)."""
+    """What every weight-normalized module class adds to ``nn.Module``, each for one behaviour."""
 
     _wn_props: ClassVar[frozenset[str]] = frozenset()
-    _wn_readers: ClassVar[frozenset[CodeType]] = frozenset()  # see _current_weight
 
     def __setattr__(self, name: str, value: Any) -> None:
-        spec = self.__dict__.get(_SPECS, _EMPTY).get(name)
-        if spec is not None:
-            _assign(cast(nn.Module, self), name, spec, value)
-            return
-        super().__setattr__(name, value)
+        """``module.<name> = t`` for a normalized name sets g and v."""
+        if name in self.__dict__.get(_SPECS, _EMPTY):
+            _set_weight(cast(nn.Module, self), name, value)
+        else:
+            super().__setattr__(name, value)
 
     def __getstate__(self) -> dict[str, Any]:
-        parent = getattr(super(), "__getstate__", None)
-        with torch.no_grad():  # (nn.RNNBase's refreshes its cache of weights: no graph needed)
-            state = dict(parent() if parent is not None else self.__dict__)
-        state.pop(_LAST, None)  # handed-out tensors are not part of the module
-        state.pop(_SWAPPED, None)  # a functional_call in progress is not either (nor shared:
-        # __setstate__ gives the copy its own)
+        """Pickling and deepcopy: the watched weights are not part of the module, and an RNN's
+        cache of computed weights (non-leaf tensors) is rebuilt by ``__setstate__``."""
+        with torch.no_grad():  # (nn.RNNBase's refreshes its cache first: no graph needed)
+            state = dict(super().__getstate__())  # type: ignore[misc]
+        state.pop(_WATCH, None)
         flat = state.get("_flat_weights")
-        if flat is not None:  # an RNN caches computed weights (non-leaf: deepcopy refuses them);
-            # store v in their place, a leaf; __setstate__ rebuilds the cache with the weights
-            names = state["_flat_weights_names"]
-            specs = self.__dict__.get(_SPECS, _EMPTY)
-            params = self.__dict__["_parameters"]
+        if flat is not None:
+            names, specs = state["_flat_weights_names"], state[_SPECS]
             state["_flat_weights"] = [
-                params[n + "_v"] if n in specs else w for n, w in zip(names, flat, strict=True)
+                None if n in specs else w for n, w in zip(names, flat, strict=True)
             ]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]
-        self.__dict__.setdefault(_SWAPPED, {})
-        refresh_rnn_weights(cast(nn.Module, self))  # an RNN's cache: the weights, not v
+        self.__dict__[_WATCH] = {}
+        compat.refresh_rnn_weights(cast(nn.Module, self))
 
-    def _init_flat_weights(self) -> None:
-        """nn.RNNBase's (re)build of its cache of weights (``_flat_weights``), read by its forward:
-        torch's reads every weight twice and would keep the graph of a computed one; this reads
-        each once, under no_grad (the forward rebuilds the cache with the graph it needs, see
-        :meth:`_update_flat_weights`). Called on ``.to()``, on apply and removal of weight norm
-        and after unpickling, so that between forwards the cache holds the current weights."""
-        names = self.__dict__.get("_flat_weights_names")
-        if names is None:
-            return
-        module = cast(nn.Module, self)
-        specs = self.__dict__.get(_SPECS, _EMPTY)
-        with torch.no_grad():
-            flat = [
-                _compute(module, n, specs[n]) if n in specs else getattr(module, n, None)
-                for n in names
-            ]
-        self.__dict__["_flat_weights"] = flat
-        self.__dict__["_flat_weight_refs"] = [
-            weakref.ref(w) if w is not None else None for w in flat
-        ]
-
-    def _update_flat_weights(self) -> None:
-        """nn.RNNBase calls this at every forward to refresh its list of weights. Its own version
-        reads each weight up to four times (hasattr and getattr, to compare, then to rebuild);
-        a computed weight is new at every read, so rebuild the list once, reading each once."""
-        names = self.__dict__.get("_flat_weights_names")
-        if names is None:
-            return
-        module = cast(nn.Module, self)
-        flat = []
-        for n in names:  # (a loop, not a comprehension: the read must come from this frame)
-            flat.append(getattr(module, n))
-        self._flat_weights = flat
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` cannot compile the property that computes the weight."""
+        raise WeightNormError(
+            f"torch.jit.script cannot compile a weight-normalized {_describe(self)} (its weight is "
+            "computed by a Python property); fold the model first (wn.fold(model): plain layers "
+            "with the same weights) and script that, or use torch.jit.trace / torch.export"
+        )
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         _sync(cast(nn.Module, self))
         super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
 
     def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
+        """Loading also reads torch's parametrize keys, a plain weight, and a ``g`` along
+        another dim (see :func:`_accept_other_formats`)."""
         module = cast(nn.Module, self)
-        for name, spec in weight_norm_specs(module).items():
+        for name, spec in module.__dict__[_SPECS].items():
             _accept_other_formats(module, state_dict, prefix, name, spec)
-        module.__dict__.pop(_LAST, None)
-        super()._load_from_state_dict(  # type: ignore[misc]
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        module.__dict__[_WATCH].clear()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
+        """``.to()``, ``.half()``, ...: a float32 ``g`` stays float32 for half-precision weights
+        (a half-precision g cannot take small updates); its values are kept exactly."""
         module = cast(nn.Module, self)
-        specs = weight_norm_specs(module)
+        specs: dict[str, WeightNormSpec] = module.__dict__[_SPECS]
         before = {n: _gain(module, n, s).detach() for n, s in specs.items()}
         out = super()._apply(fn, recurse)  # type: ignore[misc]
-        kept_g = False
-        for name, old_g in before.items():
+        module.__dict__[_WATCH].clear()
+        for name, old in before.items():
             g = _gain(module, name, specs[name])
-            v = cast(nn.Parameter, module._parameters[name + "_v"])
-            if v.dtype in _LOW_PRECISION and g.dtype in _LOW_PRECISION:
-                # keep g in float32: a half-precision g cannot take small updates
-                kept = old_g.to(device=g.device, dtype=torch.float32)
-                if specs[name].fixed_gain:  # (a buffer: replaced, as _apply does)
-                    module._buffers[name + "_g"] = kept
-                else:
+            v = cast(Tensor, module._parameters[name + "_v"])
+            if v.dtype in F.LOW_PRECISION and g.dtype in F.LOW_PRECISION:
+                kept = old.to(device=g.device, dtype=torch.float32)
+                if specs[name].gain is None:
                     g.data = kept
-                kept_g = True
-        module.__dict__.pop(_LAST, None)
-        if kept_g:  # an RNN's cache was rebuilt from the half-precision g
-            refresh_rnn_weights(module)
+                else:
+                    module._buffers[name + "_g"] = kept
+                compat.refresh_rnn_weights(module)  # (its cache was built from the half g)
         return out
 
     def extra_repr(self) -> str:
-        base = super().extra_repr()  # type: ignore[misc]
-        specs = self.__dict__.get(_SPECS, _EMPTY)
-        if not specs:
-            return cast(str, base)
+        base = cast(str, super().extra_repr())  # type: ignore[misc]
         parts = [
-            f"{n}(dim={s.dim}{', groups=' + str(s.groups) if s.groups > 1 else ''}"
-            f"{', gain=fixed' if s.fixed_gain else ''})"
-            for n, s in specs.items()
+            f"{n}(dim={s.dim}{f', groups={s.groups}' if s.groups > 1 else ''}"
+            f"{f', gain={s.gain}' if s.gain is not None else ''})"
+            for n, s in self.__dict__[_SPECS].items()
         ]
-        return (
-            f"{base}, weight_norm=[{', '.join(parts)}]"
-            if base
-            else f"weight_norm=[{', '.join(parts)}]"
-        )
+        return ", ".join([*([base] if base else []), f"weight_norm=[{', '.join(parts)}]"])
+
+    # nn.RNNBase keeps a list of its weights (``_flat_weights``) that its forward reads. torch's
+    # refresh reads every weight up to four times per forward, and each read of a computed
+    # weight is a new tensor: these two rebuild the list reading each weight once.
+
+    def _update_flat_weights(self) -> None:
+        """Called by nn.RNNBase's forward."""
+        names = self.__dict__.get("_flat_weights_names")
+        if names is not None:
+            module = cast(nn.Module, self)
+            self.__dict__["_flat_weights"] = [getattr(module, n, None) for n in names]
+
+    def _init_flat_weights(self) -> None:
+        """Called by nn.RNNBase on ``.to()`` and unpickling, and on applying and removing
+        weight norm: the current weights, without a graph."""
+        if "_flat_weights_names" in self.__dict__:
+            with torch.no_grad():
+                self._update_flat_weights()
+            self.__dict__["_flat_weight_refs"] = [
+                None if w is None else weakref.ref(w) for w in self.__dict__["_flat_weights"]
+            ]
 
 
 def _rebuild(root: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
     """Unpickling entry point: an empty instance of the weight-normed subclass of ``root``."""
-    cls = _normed_class(root, frozenset(names))
-    return cast(nn.Module, object.__new__(cls))
+    return cast(nn.Module, object.__new__(_normed_class(root, frozenset(names))))
 
 
-def _dynamic_reduce_ex(self: nn.Module, protocol: Any) -> Any:
+def _reduce_ex(self: nn.Module, protocol: Any) -> Any:
     cls = type(self)
-    state = self.__getstate__()  # type: ignore[no-untyped-call]
-    return (_rebuild, (cls._wn_root, tuple(sorted(cls._wn_props))), state)  # type: ignore[attr-defined]
+    names = tuple(sorted(cls._wn_props))  # type: ignore[attr-defined]
+    return (_rebuild, (cls._wn_root, names), self.__getstate__())  # type: ignore[attr-defined,no-untyped-call]
 
 
 _CLASSES: dict[tuple[type, frozenset[str]], type] = {}
@@ -442,39 +282,37 @@ def _root_class(cls: type) -> type:
 
 
 def _normed_class(root: type, names: frozenset[str]) -> type:
-    """The class for an instance of ``root`` whose parameters ``names`` are weight-normed."""
+    """The class for an instance of ``root`` whose parameters ``names`` are weight-normed:
+    ``root`` itself (a ``WN*`` layer declares its property), its plain class when ``names`` is
+    empty, or a subclass made once with a property per name ``root`` lacks."""
     if not names:
         return cast(type, root.__dict__.get("_wn_plain", root))
-    have: frozenset[str] = getattr(root, "_wn_props", frozenset())
-    missing = names - have
+    missing = names - getattr(root, "_wn_props", frozenset())
     if not missing:
         return root
-    key = (root, missing)
-    cls = _CLASSES.get(key)
+    cls = _CLASSES.get((root, missing))
     if cls is None:
         bases = (root,) if issubclass(root, _WeightNormMixin) else (_WeightNormMixin, root)
-        namespace: dict[str, Any] = {n: _make_property(n) for n in sorted(missing)}
+        namespace: dict[str, Any] = {n: _property(n) for n in sorted(missing)}
         namespace.update(
-            _wn_readers=_readers(root),
             _wn_root=root,
-            _wn_props=have | missing,
-            __reduce_ex__=_dynamic_reduce_ex,
+            _wn_props=getattr(root, "_wn_props", frozenset()) | missing,
+            __reduce_ex__=_reduce_ex,
             __module__=root.__module__,
             __doc__=root.__doc__,
         )
-        cls = type(f"WeightNormed{root.__name__}", bases, namespace)
-        _CLASSES[key] = cls
+        cls = _CLASSES[(root, missing)] = type(f"WeightNormed{root.__name__}", bases, namespace)
     return cls
 
 
 def _set_specs(module: nn.Module, specs: dict[str, WeightNormSpec]) -> None:
     root = _root_class(type(module))
-    module.__dict__[_SPECS] = specs
-    module.__dict__.pop(_LAST, None)
     if specs:
-        module.__dict__.setdefault(_SWAPPED, {})
+        module.__dict__[_SPECS] = specs
+        module.__dict__.setdefault(_WATCH, {})
     else:
-        module.__dict__.pop(_SWAPPED, None)
+        module.__dict__.pop(_SPECS, None)
+        module.__dict__.pop(_WATCH, None)
     module.__class__ = _normed_class(root, frozenset(specs))
 
 
@@ -485,9 +323,36 @@ def weight_norm_specs(module: nn.Module) -> dict[str, WeightNormSpec]:
 
         >>> import torch, weightnorm as wn
         >>> wn.weight_norm_specs(wn.weight_norm(torch.nn.Linear(3, 2)))
-        {'weight': WeightNormSpec(dim=0, eps=1e-12, groups=1, fixed_gain=False)}
+        {'weight': WeightNormSpec(shape=(2, 3), dim=0, groups=1, eps=1e-12, gain=None)}
     """
     return dict(module.__dict__.get(_SPECS, _EMPTY))
+
+
+class Found(NamedTuple):
+    """One weight norm in a model, this library's or torch's."""
+
+    qualname: str  # "encoder.0.weight"
+    module: nn.Module
+    name: str
+    spec: WeightNormSpec
+    g: Tensor
+    v: Tensor
+    kind: Literal["weightnorm", "legacy", "parametrize"]
+
+
+def find_weight_norms(model: nn.Module, *, theirs: bool = False) -> Iterator[Found]:
+    """Every weight norm of this library in ``model`` (and torch's with ``theirs``), in module
+    order; a shared module once. Torch's get the default eps (they have none)."""
+    for qualname, module in model.named_modules():
+        head = f"{qualname}." if qualname else ""
+        specs = module.__dict__.get(_SPECS, _EMPTY)
+        for name, spec in specs.items():
+            g, v = _gain(module, name, spec), cast(Tensor, module._parameters[name + "_v"])
+            yield Found(head + name, module, name, spec, g, v, "weightnorm")
+        if theirs:
+            for t in compat.find_torch_weight_norms(module, head):
+                spec = WeightNormSpec(tuple(t.v.shape), t.dim)
+                yield Found(head + t.name, module, t.name, spec, t.g, t.v, t.kind)
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,37 +369,30 @@ def _accept_other_formats(
     different dim (torch's ``dim=0`` default on a ConvTranspose): those are folded to ``w`` and
     re-split along this module's dim, so the loaded layer computes the same weight.
     """
-    kg, kv = prefix + name + "_g", prefix + name + "_v"
-    p0 = prefix + "parametrizations." + name + ".original0"
-    p1 = prefix + "parametrizations." + name + ".original1"
+    kg, kv, plain = prefix + name + "_g", prefix + name + "_v", prefix + name
+    p0, p1 = (f"{prefix}parametrizations.{name}.original{i}" for i in (0, 1))
+    own_g = _gain(module, name, spec)
     if kg not in state_dict and kv not in state_dict:
         if p0 in state_dict and p1 in state_dict:
-            state_dict[kg] = state_dict.pop(p0)
-            state_dict[kv] = state_dict.pop(p1)
-        elif prefix + name in state_dict:
-            w = state_dict.pop(prefix + name)
-            if isinstance(w, Tensor):
-                state_dict[kg] = F.norm_except_dim(w, spec.dim, groups=spec.groups)
-            state_dict[kv] = w
-            return
-        else:
+            state_dict[kg], state_dict[kv] = state_dict.pop(p0), state_dict.pop(p1)
+        elif plain in state_dict:
+            w = state_dict[kv] = state_dict.pop(plain)
+            if isinstance(w, Tensor) and w.shape == spec.shape:
+                fixed = spec.gain is not None  # (a fixed gain keeps its value)
+                state_dict[kg] = own_g.detach().clone() if fixed else spec.split(w.detach())
             return
     g, v = state_dict.get(kg), state_dict.get(kv)
-    own_g: Tensor | None = _gain(module, name, spec)
-    if not isinstance(g, Tensor) or not isinstance(v, Tensor) or own_g is None:
+    if not isinstance(g, Tensor) or not isinstance(v, Tensor) or g.shape == own_g.shape:
         return
-    if g.shape == own_g.shape:
-        return
-    if g.numel() == 1 and own_g.numel() == 1:  # torch's whole-tensor g is 0-d, ours keeps dims
+    if g.numel() == 1 and own_g.numel() == 1:  # a whole-tensor g: torch's 0-d, or keep-dim
         state_dict[kg] = g.reshape(own_g.shape)
         return
     source_dim = F.dim_of_g(g.shape, v.shape)
-    if source_dim is False:
+    if source_dim is False or v.shape != spec.shape:
         return  # let load_state_dict report the size mismatch
     with torch.no_grad():
         w = F.weight_norm(v, g, source_dim)
-        state_dict[kg] = F.norm_except_dim(w, spec.dim, groups=spec.groups)
-        state_dict[kv] = w
+        state_dict[kg], state_dict[kv] = spec.split(w), w
 
 
 # --------------------------------------------------------------------------------------------
@@ -560,8 +418,29 @@ def default_dim(module: nn.Module, name: str = "weight") -> tuple[int, int]:
     return 0, 1
 
 
-def _describe(module: nn.Module) -> str:
+def _describe(module: object) -> str:
     return _root_class(type(module)).__name__
+
+
+def make_spec(
+    module: nn.Module,
+    name: str,
+    shape: tuple[int, ...],
+    dim: int | PerOutput | None,
+    eps: float = F.DEFAULT_EPS,
+    gain: float | None = None,
+) -> WeightNormSpec:
+    """The spec for parameter ``name`` of ``module``, ``dim`` as :func:`weight_norm` takes it;
+    a WeightNormError naming the parameter for a bad one."""
+    groups = 1
+    if dim == "output":
+        dim, groups = (None, 1) if not shape else default_dim(module, name)
+    elif not (dim is None or (isinstance(dim, int) and not isinstance(dim, bool))):
+        raise WeightNormError(f"dim must be an int, None or 'output', got {dim!r}")
+    try:
+        return WeightNormSpec(shape, dim, groups, eps, gain)
+    except (IndexError, WeightNormError) as err:
+        raise WeightNormError(f"{_describe(module)}.{name} has shape {shape}: {err}") from None
 
 
 def weight_norm(
@@ -579,7 +458,9 @@ def weight_norm(
 
     The parameter is replaced by ``<name>_g`` (one magnitude per unit, kept in float32 for
     half-precision weights) and ``<name>_v`` (the direction: the same Parameter object that was
-    ``<name>``). ``module.<name>`` stays readable at any time and is always current. Outputs are
+    ``<name>``), in that order after the module's other parameters, as PyTorch's own weight
+    norms register them (an optimizer state saved with those loads by position).
+    ``module.<name>`` stays readable at any time and is always current. Outputs are
     unchanged: ``g`` starts at ``||w||`` and ``v`` at ``w``.
 
     With a fixed ``gain=c`` there is no learned magnitude: ``w = c v/||v||``, every unit of norm
@@ -618,12 +499,12 @@ def weight_norm(
 
         >>> import torch, weightnorm as wn
         >>> conv = wn.weight_norm(torch.nn.Conv1d(4, 8, 3))
-        >>> sorted(n for n, _ in conv.named_parameters())
+        >>> [n for n, _ in conv.named_parameters()]
         ['bias', 'weight_g', 'weight_v']
         >>> conv.weight_g.shape
         torch.Size([8, 1, 1])
         >>> mp = wn.weight_norm(torch.nn.Linear(4, 3), gain=1.0)  # fixed: every row of norm 1
-        >>> sorted(n for n, _ in mp.named_parameters()), [n for n, _ in mp.named_buffers()]
+        >>> [n for n, _ in mp.named_parameters()], [n for n, _ in mp.named_buffers()]
         (['bias', 'weight_v'], ['weight_g'])
         >>> bool(torch.allclose(mp.weight.norm(dim=1), torch.ones(3)))
         True
@@ -631,24 +512,24 @@ def weight_norm(
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(module).__name__}")
     kind = _describe(module)
-    specs = weight_norm_specs(module)
-    if name in specs:
+    if name in module.__dict__.get(_SPECS, _EMPTY):
         raise WeightNormError(
             f"{kind}.{name} is already weight-normalized; call wn.remove_weight_norm(module, "
             f"{name!r}) first to change its settings"
         )
-    for found in find_torch_weight_norms(module):
+    for found in compat.find_torch_weight_norms(module):
         if found.name == name:
             raise WeightNormError(
                 f"{kind}.{name} already carries torch's {found.kind} weight norm; convert it with "
                 "wn.replace_torch_weight_norm(model), or remove it with wn.fold(module)"
             )
+    param = module._parameters.get(name)
     if name not in module._parameters:
-        available = ", ".join(module._parameters) or "none"
+        available = ", ".join(n for n, p in module._parameters.items() if p is not None)
         raise WeightNormError(
-            f"{kind} has no parameter {name!r}; expected one of its own parameters: {available}"
+            f"{kind} has no parameter {name!r}; expected one of its own parameters: "
+            f"{available or 'none'}"
         )
-    param = module._parameters[name]
     if param is None:
         raise WeightNormError(f"{kind}.{name} is None; expected a tensor to normalize")
     if isinstance(param, nn.parameter.UninitializedParameter):
@@ -667,73 +548,43 @@ def weight_norm(
     for suffix in ("_g", "_v"):
         if hasattr(module, name + suffix):
             raise WeightNormError(f"{kind} already has an attribute {name + suffix!r}")
-    if eps < 0:
-        raise WeightNormError(f"eps must be >= 0, got {eps}")
-    _check_gain(gain)
-    if dim == "output":
-        unit_dim, groups = default_dim(module, name)
-        if param.ndim == 0:
-            unit_dim = None  # type: ignore[assignment]
-    elif dim is None or (isinstance(dim, int) and not isinstance(dim, bool)):
-        try:
-            unit_dim, groups = F.normalize_dim(dim, param.ndim), 1  # type: ignore[assignment]
-        except IndexError as err:
-            raise WeightNormError(f"{kind}.{name} has shape {tuple(param.shape)}: {err}") from None
-    else:
-        raise WeightNormError(f"dim must be an int, None or 'output', got {dim!r}")
-    spec = WeightNormSpec(
-        dim=unit_dim, eps=float(eps), groups=groups, fixed_gain=gain is not None, ndim=param.ndim
-    )
-
+    F.check_gain(gain)  # (a TypeError before the spec's WeightNormError)
+    spec = make_spec(module, name, tuple(param.shape), dim, eps, gain)
     with torch.no_grad():
-        norm = F.norm_except_dim(param.detach(), spec.dim, groups=spec.groups)
-    g_dtype = torch.float32 if param.dtype in _LOW_PRECISION else param.dtype
-    if gain is None:
-        g = nn.Parameter(norm.to(g_dtype), requires_grad=param.requires_grad)
-        _rename_parameter(module, name, {name + "_g": g, name + "_v": param})
-    else:
-        _rename_parameter(module, name, {name + "_v": param})
-        module.register_buffer(name + "_g", torch.full_like(norm, float(gain), dtype=g_dtype))
-    specs[name] = spec
-    _set_specs(module, specs)
-    refresh_rnn_weights(module)  # an RNN's cache of weights held the Parameter, now v
+        norms = spec.split(param.detach())
+    dtype = torch.float32 if param.dtype in F.LOW_PRECISION else param.dtype
+    g = norms.to(dtype) if gain is None else torch.full_like(norms, gain, dtype=dtype)
+    register(module, name, spec, g, param)
     return module
 
 
-def _check_gain(gain: object) -> None:
-    if gain is None:
-        return
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)):
-        raise TypeError(
-            f"gain must be None (a learned g) or a positive finite number (a fixed gain), got "
-            f"{type(gain).__name__} {gain!r}"
-        )
-    if not (math.isfinite(gain) and gain > 0):
-        raise WeightNormError(
-            f"gain must be None (a learned g) or a positive finite number (a fixed gain), got "
-            f"{gain!r}"
-        )
-
-
-def _rename_parameter(module: nn.Module, old: str, new: dict[str, nn.Parameter]) -> None:
-    """Replace ``old`` in ``module._parameters`` by the entries of ``new``, keeping the order."""
-    items = list(module._parameters.items())
-    module._parameters.clear()
-    for key, value in items:
-        if key == old:
-            module._parameters.update(new)
-        else:
-            module._parameters[key] = value
+def register(
+    module: nn.Module, name: str, spec: WeightNormSpec, g: Tensor, v: nn.Parameter
+) -> None:
+    """Put a weight norm on ``module``: the one place that does (:func:`weight_norm`, and
+    :func:`weightnorm.replace_torch_weight_norm`, which passes torch's own g and v objects).
+    The slot ``name`` stays in ``module._parameters`` holding None; ``<name>_g`` (a Parameter,
+    or with a fixed gain a buffer) and ``<name>_v`` are appended after the other parameters."""
+    module._parameters[name] = None
+    if spec.gain is None:
+        g_param = g if isinstance(g, nn.Parameter) else nn.Parameter(g, v.requires_grad)
+        module.register_parameter(name + "_g", g_param)
+    else:
+        module.register_buffer(name + "_g", g)
+    module.register_parameter(name + "_v", v)
+    _set_specs(module, {**module.__dict__.get(_SPECS, _EMPTY), name: spec})
+    compat.refresh_rnn_weights(module)  # an RNN's cache of weights held the Parameter, now v
 
 
 def remove_weight_norm(module: M, name: str = "weight") -> M:
     r"""Fold the weight norm of ``name`` back into a plain parameter and return the module.
 
     The parameter ``<name>`` becomes an ``nn.Parameter`` holding the current ``g * v / ||v||``,
-    also under ``torch.no_grad()`` and ``torch.inference_mode()``. It is the same Parameter
-    object as ``<name>_v`` was, so an optimizer built on the normalized module keeps training it.
-    When the module carries no weight norm any more its class is the original one again
-    (``WNConv1d`` folds to ``nn.Conv1d``).
+    also under ``torch.no_grad()`` and ``torch.inference_mode()``, in its original place among
+    the module's parameters. It is the same Parameter object as ``<name>_v`` was, so an
+    optimizer built on the normalized module keeps training it. When the module carries no
+    weight norm any more its class is the original one again (``WNConv1d`` folds to
+    ``nn.Conv1d``).
 
     Args:
         module (nn.Module): a module with a weight norm on ``name`` (ours; for PyTorch's use
@@ -750,33 +601,28 @@ def remove_weight_norm(module: M, name: str = "weight") -> M:
 
         >>> import torch, weightnorm as wn
         >>> lin = wn.remove_weight_norm(wn.weight_norm(torch.nn.Linear(3, 2)))
-        >>> type(lin) is torch.nn.Linear, isinstance(lin.weight, torch.nn.Parameter)
-        (True, True)
+        >>> type(lin) is torch.nn.Linear, [n for n, _ in lin.named_parameters()]
+        (True, ['weight', 'bias'])
     """
     specs = weight_norm_specs(module)
     if name not in specs:
         hint = ""
-        if any(f.name == name for f in find_torch_weight_norms(module)):
+        if any(f.name == name for f in compat.find_torch_weight_norms(module)):
             hint = " (it carries torch's weight norm: use wn.fold(module))"
-        normed = ", ".join(specs) or "none"
         raise WeightNormError(
             f"{_describe(module)}.{name} is not weight-normalized{hint}; weight-normalized "
-            f"parameters of this module: {normed}"
+            f"parameters of this module: {', '.join(specs) or 'none'}"
         )
-    _sync(module)
+    _settle(module, name)
     spec = specs.pop(name)
     v = cast(nn.Parameter, module._parameters[name + "_v"])
     with torch.no_grad():
-        w = _compute(module, name, spec)
-        v.copy_(w)
-    if spec.fixed_gain:
-        del module._buffers[name + "_g"]
-        _rename_parameter(module, name + "_v", {name: v})
-    else:
-        del module._parameters[name + "_v"]
-        _rename_parameter(module, name + "_g", {name: v})
+        v.copy_(_compute(module, name, spec))
+    del module._parameters[name + "_v"]
+    del (module._parameters if spec.gain is None else module._buffers)[name + "_g"]
+    module._parameters[name] = v  # back into its slot
     _set_specs(module, specs)
-    refresh_rnn_weights(module)  # an RNN's cache held the computed weight: the Parameter again
+    compat.refresh_rnn_weights(module)  # an RNN's cache held the computed weight: the Parameter
     return module
 
 

@@ -1,8 +1,20 @@
-"""Recognise and take apart PyTorch's own two weight norms.
+"""Every PyTorch internal this library reads, in one place (``tests/test_torch_internals.py``
+checks each one on every torch release CI runs).
 
-``torch.nn.utils.weight_norm`` (legacy: a forward pre-hook, parameters ``<name>_g``/``<name>_v``)
-and ``torch.nn.utils.parametrizations.weight_norm`` (parametrize: ``parametrizations.<name>``
-with ``original0`` = g and ``original1`` = v). Both store ``dim=-1`` for "the whole tensor".
+Each is the only way to get a feature:
+
+- ``torch._weight_norm_interface`` and its backward: PyTorch's fused CPU kernels, one pass each
+  way (the CPU fast path); ``torch._weight_norm``: what torch's own removal computes (folding a
+  torch weight norm bit for bit as torch would);
+- ``torch._C._are_functorch_transforms_active``: whether a ``torch.func`` transform runs (its
+  tensors cannot be read on the host);
+- torch's two weight norms, to recognise and take apart: the legacy forward pre-hook class
+  ``torch.nn.utils.weight_norm.WeightNorm``; the parametrization class named ``_WeightNorm``
+  (``original0`` = g, ``original1`` = v); the local ``_weight_norm_compat_hook`` it leaves on
+  the module; ``nn.RNNBase._init_flat_weights`` (its cache of weights);
+- ``DTensor`` and ``Shard``, whose import moved in torch 2.5.
+
+Nothing here imports the rest of the library (but its error type).
 """
 
 from __future__ import annotations
@@ -13,120 +25,158 @@ from typing import Literal, cast
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.weight_norm import WeightNorm as _LegacyHook
+from torch.nn.utils.weight_norm import WeightNorm as LegacyHook
 
-from . import functional as F
+from ._errors import WeightNormError
 
-__all__ = ["TorchWeightNorm", "find_torch_weight_norms", "refresh_rnn_weights", "take_apart"]
+__all__ = [
+    "TorchWeightNorm",
+    "capturing",
+    "eager",
+    "find_torch_weight_norms",
+    "fused_weight_norm",
+    "fused_weight_norm_backward",
+    "jit_tracing",
+    "local_rows",
+    "refresh_rnn_weights",
+    "take_apart",
+    "torch_removal",
+]
+
+
+def fused_weight_norm(v: Tensor, g: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """``(w, norms)`` by PyTorch's fused kernel (with its C++ autograd node). It needs a
+    contiguous ``v`` and ``g`` (it reads a strided one as if it were contiguous) and divides by
+    the unclamped norms."""
+    return torch._weight_norm_interface(v, g, dim)
+
+
+def fused_weight_norm_backward(
+    grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, dim: int
+) -> tuple[Tensor, Tensor]:
+    """``(grad_v, grad_g)`` of :func:`fused_weight_norm` by its fused C++ backward."""
+    op = torch.ops.aten._weight_norm_interface_backward
+    return cast(tuple[Tensor, Tensor], op(grad_w.contiguous(), v, g, norms, dim))
+
+
+def torch_removal(v: Tensor, g: Tensor, dim: int | None) -> Tensor:
+    """``g v/||v||`` as torch's own removal of its weight norms computes it (NaN for a zero
+    unit); ``dim=None`` is the whole tensor."""
+    return torch._weight_norm(v, g, -1 if dim is None else dim)
+
+
+def capturing() -> bool:
+    """Whether a graph is being captured or a transform runs: ``torch.compile`` or
+    ``torch.export`` (dynamo), ``torch.jit.trace``, or a ``torch.func`` transform. Tensor
+    values cannot be read on the host then, and Python-side bookkeeping does not belong in
+    the graph."""
+    return (
+        torch.compiler.is_compiling()
+        or jit_tracing()
+        or torch._C._are_functorch_transforms_active()
+    )
+
+
+def jit_tracing() -> bool:
+    """Whether ``torch.jit.trace`` runs (a tensor's shape then holds tensors)."""
+    return torch._C._get_tracing_state() is not None
+
+
+_PLAIN = (Tensor, nn.Parameter)
+
+
+def eager(t: Tensor) -> bool:
+    """Whether ``t`` is a plain tensor whose values can be read now (not :func:`capturing`, not
+    a subclass such as a FakeTensor of non-strict export or a DTensor)."""
+    return type(t) in _PLAIN and not capturing()
+
+
+def local_rows(t: Tensor) -> tuple[Tensor, bool] | None:
+    """For a DTensor (``torch.distributed.tensor``; ``torch.distributed._tensor`` before torch
+    2.5): this rank's part of it, and whether that is whole rows (``Shard(0)`` on every mesh
+    dim, as FSDP2 shards); None for any other tensor."""
+    if not torch.distributed.is_available():
+        return None
+    try:
+        from torch.distributed.tensor import DTensor, Shard
+    except ImportError:  # torch < 2.5
+        from torch.distributed._tensor import DTensor, Shard  # type: ignore[attr-defined]
+    if not isinstance(t, DTensor):
+        return None
+    return t.to_local(), all(p == Shard(0) for p in t.placements)
+
+
+# --------------------------------------------------------------------------------------------
+# torch's own weight norms
+# --------------------------------------------------------------------------------------------
 
 Kind = Literal["legacy", "parametrize"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TorchWeightNorm:
-    """One of torch's weight norms found on a module parameter."""
+    """One of torch's weight norms on a module parameter: ``dim`` in our convention (None is
+    the whole tensor), and its ``g`` and ``v`` Parameters."""
 
     kind: Kind
     name: str
-    dim: int | None  # in our convention: None is the whole tensor
+    dim: int | None
+    g: nn.Parameter
+    v: nn.Parameter
 
 
-def _torch_dim(dim: int) -> int | None:
-    return None if dim == -1 else dim
+def find_torch_weight_norms(module: nn.Module, where: str = "") -> list[TorchWeightNorm]:
+    """Torch's weight norms on ``module`` itself (not its children); ``where`` (its qualified
+    name and a dot) starts an error message.
 
-
-def _is_torch_wn_parametrization(p: nn.Module) -> bool:
-    # torch's class is private; match it by name so a rename degrades to "not found", not a crash.
-    return type(p).__name__ == "_WeightNorm" and hasattr(p, "dim")
-
-
-def find_torch_weight_norms(module: nn.Module) -> list[TorchWeightNorm]:
-    """List torch's weight norms on ``module`` itself (not its children)."""
-    found = [
-        TorchWeightNorm("legacy", hook.name, _torch_dim(hook.dim))
-        for hook in module._forward_pre_hooks.values()
-        if isinstance(hook, _LegacyHook)
-    ]
+    Raises:
+        WeightNormError: a parametrized parameter carries more than torch's weight norm.
+    """
+    found = []
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, LegacyHook):
+            g, v = (cast(nn.Parameter, module._parameters[hook.name + s]) for s in ("_g", "_v"))
+            found.append(TorchWeightNorm("legacy", hook.name, _our_dim(hook.dim), g, v))
     if parametrize.is_parametrized(module):
-        for name, plist in module.parametrizations.items():  # type: ignore[union-attr,operator]
-            for p in plist:
-                if _is_torch_wn_parametrization(p):
-                    found.append(TorchWeightNorm("parametrize", name, _torch_dim(p.dim)))
+        plists = cast(dict[str, parametrize.ParametrizationList], module.parametrizations)
+        for name, plist in plists.items():
+            if not any(_is_torch_weight_norm(p) for p in plist):
+                continue
+            if len(plist) != 1:
+                raise WeightNormError(
+                    f"{where or type(module).__name__ + '.'}{name} carries {len(plist)} "
+                    "parametrizations; expected torch's weight norm alone"
+                )
+            dim = _our_dim(cast(int, plist[0].dim))
+            g, v = cast(nn.Parameter, plist.original0), cast(nn.Parameter, plist.original1)
+            found.append(TorchWeightNorm("parametrize", name, dim, g, v))
     return found
 
 
-def take_apart(module: nn.Module, found: TorchWeightNorm, *, fold: bool = True) -> Tensor:
-    """Remove one torch weight norm, leave a plain parameter ``<name>``, return g (detached).
+def _our_dim(dim: int) -> int | None:
+    return None if dim == -1 else dim
 
-    The plain parameter is the original ``v`` Parameter object, so an optimizer that held ``v``
-    keeps training the weight. With ``fold`` it holds ``w = g v/||v||``; without, it keeps the
-    values of ``v``. Works under ``torch.no_grad()`` and ``torch.inference_mode()`` (torch's own
-    removal leaves a buffer there).
-    """
+
+def _is_torch_weight_norm(p: nn.Module) -> bool:
+    # torch's class is private; match it by name so a rename degrades to "not found", not a crash
+    return type(p).__name__ == "_WeightNorm" and hasattr(p, "dim")
+
+
+def take_apart(module: nn.Module, found: TorchWeightNorm) -> None:
+    """Remove one of torch's weight norms from ``module``: its hook or parametrization, the
+    hook's stale copy of the weight, and ``<name>_g``/``<name>_v`` (whose objects ``found``
+    holds), leaving no attribute ``<name>``; the caller registers what replaces it. Works under
+    ``torch.no_grad()`` and ``torch.inference_mode()`` (torch's own removal leaves a buffer)."""
     name = found.name
     if found.kind == "legacy":
-        key = next(
-            k
-            for k, hook in module._forward_pre_hooks.items()
-            if isinstance(hook, _LegacyHook) and hook.name == name
-        )
-        g = cast(nn.Parameter, module._parameters[name + "_g"])
-        v = cast(nn.Parameter, module._parameters[name + "_v"])
-        del module._forward_pre_hooks[key]
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, LegacyHook) and hook.name == name:
+                del module._forward_pre_hooks[key]
         module.__dict__.pop(name, None)  # the hook's stale copy of w
-        del module._parameters[name + "_g"]
-        del module._parameters[name + "_v"]
-    else:
-        plist = cast(parametrize.ParametrizationList, module.parametrizations[name])  # type: ignore[index]
-        if len(plist) != 1:
-            raise ValueError(
-                f"parameter {name!r} of {type(module).__name__} carries {len(plist)} "
-                "parametrizations; only a lone weight norm can be taken apart"
-            )
-        g = cast(nn.Parameter, plist.original0)
-        v = cast(nn.Parameter, plist.original1)
-        # not torch's remove_parametrizations: under no_grad it leaves a buffer, and it makes
-        # a new Parameter, losing the optimizer's handle on v
-        _remove_parametrization_keep_objects(module, name)
-        _drop_compat_hook(module, name)
-    g_value = g.detach().clone()
-    v_param = v if isinstance(v, nn.Parameter) else nn.Parameter(v.detach(), v.requires_grad)
-    if fold:
-        with torch.no_grad():
-            v_param.copy_(_folded_weight(v.detach(), g_value, found.dim))
-    module.register_parameter(name, v_param)
-    refresh_rnn_weights(module)
-    return g_value
-
-
-def _folded_weight(v: Tensor, g: Tensor, dim: int | None) -> Tensor:
-    """``g v/||v||`` as torch's own removal computes it (``torch._weight_norm``, bit for bit),
-    except that a unit with ``||v|| <= eps`` (torch: NaN for a zero v) takes the eps-safe value
-    of :func:`weightnorm.functional.weight_norm` (zero for a zero v).
-
-    The same scheme as the fused path of :mod:`weightnorm.functional`: torch's kernel first, the
-    norms checked against eps, the eps-safe form only where they fail."""
-    w = torch._weight_norm(v, g, -1 if dim is None else dim)
-    norms = F.norm_except_dim(v, dim)
-    degenerate = norms <= F.DEFAULT_EPS
-    if not bool(degenerate.any()):
-        return w
-    safe = F.weight_norm(v, g.to(norms.dtype).reshape(norms.shape), dim)
-    return torch.where(degenerate, safe, w)
-
-
-def refresh_rnn_weights(module: nn.Module) -> None:
-    """Rebuild the cache of weights an ``nn.RNNBase`` keeps (``_flat_weights``) from what its
-    attributes hold now. Needed after a parameter was replaced without ``setattr``: torch's own
-    check at the next forward compares weak references and can miss the change, and between
-    forwards the cache would still hold the old (computed) weight."""
-    if isinstance(module, nn.RNNBase) and "_flat_weights_names" in module.__dict__:
-        with torch.no_grad():
-            module._init_flat_weights()
-
-
-def _remove_parametrization_keep_objects(module: nn.Module, name: str) -> None:
-    """Drop ``parametrizations.<name>`` without computing anything; restore the class if empty."""
+        del module._parameters[name + "_g"], module._parameters[name + "_v"]
+        return
+    # not torch's remove_parametrizations: under no_grad it leaves a buffer, and it makes a new
+    # Parameter, losing the optimizer's handle on v
     parametrizations = cast(nn.ModuleDict, module.parametrizations)
     del parametrizations[name]
     cls = type(module)
@@ -134,21 +184,14 @@ def _remove_parametrization_keep_objects(module: nn.Module, name: str) -> None:
         delattr(module, "parametrizations")
         module.__class__ = cls.__bases__[0]
     elif name in cls.__dict__:
-        # torch's parametrized class holds a property per parametrized name. The class is
-        # shared with every copy of the module (deepcopy keeps it), so deleting the property
-        # from it (as torch's own removal does) would break the copies: give this module a
-        # class of its own without it.
-        namespace = {
-            k: v for k, v in cls.__dict__.items() if k not in (name, "__dict__", "__weakref__")
-        }
+        # torch's parametrized class holds a property per parametrized name and is shared with
+        # every copy of the module (deepcopy keeps it): deleting the property from it (as torch's
+        # removal does) would break the copies, so this module gets a class of its own
+        namespace = {k: v for k, v in cls.__dict__.items() if k not in (name, "__dict__")}
+        namespace.pop("__weakref__", None)
         module.__class__ = type(cls.__name__, cls.__bases__, namespace)
-
-
-def _drop_compat_hook(module: nn.Module, name: str) -> None:
-    """Remove the state-dict pre-hook torch's parametrize weight norm leaves for ``name``.
-
-    It is a local function (it makes the module unpicklable) that renames ``<name>_g``/``_v``.
-    """
+    # the state-dict pre-hook torch's parametrize weight norm leaves: a local function (it
+    # makes the module unpicklable) closing over the name, that renames <name>_g/_v on load
     for key, hook in list(module._load_state_dict_pre_hooks.items()):
         fn = getattr(hook, "hook", hook)
         if getattr(fn, "__name__", "") != "_weight_norm_compat_hook":
@@ -156,3 +199,13 @@ def _drop_compat_hook(module: nn.Module, name: str) -> None:
         cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False))
         if "name" in cells and cells["name"].cell_contents == name:
             del module._load_state_dict_pre_hooks[key]
+
+
+def refresh_rnn_weights(module: nn.Module) -> None:
+    """Rebuild the cache of weights an ``nn.RNNBase`` keeps (``_flat_weights``) from what its
+    attributes hold now: needed after a parameter was replaced without ``setattr`` (torch's
+    own check compares weak references and can miss it; between forwards the cache would hold
+    the old weight)."""
+    if isinstance(module, nn.RNNBase) and "_flat_weights_names" in module.__dict__:
+        with torch.no_grad():
+            module._init_flat_weights()

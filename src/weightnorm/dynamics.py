@@ -18,8 +18,8 @@ the same way.
   ``weight_norm(..., gain=c)``: EDM2's magnitude-preserving layers are ``gain=1.0`` with
   ``norm="sqrt_fan_in"``.
 - :func:`weight_norm_stats` reports ``||v||`` and ``g`` per unit, and
-  :class:`AngularStepTracker` the angle each step turns every unit by: what the paper and EDM2
-  argue about, for loggers.
+  :class:`AngularStepTracker` the angle each step turns every unit by (also of a plain model's
+  weights, the baseline): what the paper and EDM2 argue about, for loggers.
 
 The math is in :mod:`weightnorm.functional` (:func:`~weightnorm.functional.renormalize_`,
 :func:`~weightnorm.functional.angle_between`); this module finds the tensors and holds the hooks.
@@ -28,8 +28,8 @@ The math is in :mod:`weightnorm.functional` (:func:`~weightnorm.functional.renor
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -37,8 +37,8 @@ from torch.utils.hooks import RemovableHandle
 
 from . import functional as F
 from ._errors import WeightNormError
-from ._reparam import _gain, _sync, weight_norm_specs
-from ._torch_compat import find_torch_weight_norms
+from ._model import DEFAULT_LAYERS
+from ._reparam import _sync, find_weight_norms, make_spec
 from .optim import WeightNormOptimizer
 
 __all__ = [
@@ -51,59 +51,46 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, eq=False)  # (identity, not tensor, comparison)
-class _Target:
-    """One weight-normalized weight: its ``v`` and ``g`` and how its units are laid out."""
+class _Target(NamedTuple):
+    """One weight whose units are watched: ``v`` (a plain weight's own tensor) and ``g``."""
 
     name: str  # qualified: "encoder.0.weight"
+    spec: F.WeightNormSpec
+    g: Tensor | None
     v: Tensor
-    g: Tensor
-    dim: int | None
-    groups: int
-    eps: float
-    learned_gain: bool
     module: nn.Module | None  # the module carrying it (None: a WeightNormOptimizer's own v)
-    dims: tuple[int, ...] = field(init=False)  # the reduced dims, fixed once
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "dims", tuple(F._reduce_dims(self.v.ndim, self.dim, self.groups)))
-
-
-def _qualified(qualname: str, name: str) -> str:
-    return f"{qualname}.{name}" if qualname else name
 
 
 def _module_targets(model: nn.Module) -> list[_Target]:
-    """Every weight norm of this library in ``model`` (a shared one once)."""
-    targets: list[_Target] = []
+    """Every weight norm of this library in ``model`` (a shared ``v`` once)."""
     seen: set[int] = set()
-    for qualname, module in model.named_modules():
-        for name, spec in weight_norm_specs(module).items():
-            v = module._parameters[name + "_v"]
-            if v is None or id(v) in seen:
-                continue
-            seen.add(id(v))
-            targets.append(
-                _Target(
-                    _qualified(qualname, name), v, _gain(module, name, spec), spec.dim,
-                    spec.groups, spec.eps, not spec.fixed_gain, module,
-                )
-            )  # fmt: skip
+    targets = []
+    for f in find_weight_norms(model):
+        if id(f.v) not in seen:
+            seen.add(id(f.v))
+            targets.append(_Target(f.qualname, f.spec, f.g, f.v, f.module))
     return targets
 
 
 def _optimizer_targets(optimizer: WeightNormOptimizer) -> list[_Target]:
-    """The ``g`` and ``v`` a :class:`WeightNormOptimizer` owns (its entries, read directly)."""
-    return [
-        _Target(e.name, e.v, e.g, e.dim, e.groups, e.eps, e.learn_g, None)
-        for e in optimizer._entries
-    ]
+    """The ``g`` and ``v`` a :class:`WeightNormOptimizer` owns."""
+    return [_Target(e.name, e.spec, e.g, e.v, None) for e in optimizer._entries]
+
+
+def _plain_targets(model: nn.Module) -> list[_Target]:
+    """The weight of every Linear/Conv/ConvTranspose layer of a plain model, per output unit."""
+    targets = []
+    for qualname, module in model.named_modules():
+        w = module._parameters.get("weight") if isinstance(module, DEFAULT_LAYERS) else None
+        if w is not None:
+            spec = make_spec(module, "weight", tuple(w.shape), "output")
+            targets.append(_Target(f"{qualname}.weight" if qualname else "weight", spec, None,
+                                   w, module))  # fmt: skip
+    return targets
 
 
 def _no_weight_norm(model: nn.Module, what: str) -> WeightNormError:
-    theirs = [
-        _qualified(q, f.name) for q, m in model.named_modules() for f in find_torch_weight_norms(m)
-    ]
+    theirs = [f.qualname for f in find_weight_norms(model, theirs=True) if f.kind != "weightnorm"]
     hint = (
         f" (it carries torch's weight norm on {', '.join(theirs[:4])}: convert it with "
         "wn.replace_torch_weight_norm(model))"
@@ -124,20 +111,17 @@ def _check_types(model: object, optimizer: object, what: str) -> None:
         raise TypeError(f"{what}: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
 
 
-def _owned(model: nn.Module, optimizer: torch.optim.Optimizer, what: str) -> list[_Target]:
-    """The model's weight norms whose ``v`` the optimizer updates."""
-    targets = _module_targets(model)
-    if not targets:
-        raise _no_weight_norm(model, what)
+def _owned(targets: list[_Target], optimizer: torch.optim.Optimizer, what: str) -> list[_Target]:
+    """The targets whose ``v`` the optimizer updates."""
     ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
     owned = [t for t in targets if id(t.v) in ids]
     if not owned:
-        names = ", ".join(t.name + "_v" for t in targets[:4]) + (
-            ", ..." if len(targets) > 4 else ""
-        )
+        shown = ", ".join(f"{t.name}{'_v' if t.g is not None else ''}" for t in targets[:4])
         raise WeightNormError(
-            f"{what}: the optimizer owns none of the model's {len(targets)} weight-normalized "
-            f"v ({names}); expected an optimizer built over the model's parameters"
+            f"{what}: the optimizer owns none of the model's {len(targets)} "
+            f"{'weight-normalized v' if targets[0].g is not None else 'weights'} "
+            f"({shown}{', ...' if len(targets) > 4 else ''}); expected an optimizer built over "
+            "the model's parameters"
         )
     return owned
 
@@ -163,18 +147,17 @@ class ForcedWeightNorm:
         self, targets: list[_Target], norms: list[float], optimizer: torch.optim.Optimizer
     ) -> None:
         self._targets = targets
-        self._norms = norms
+        self._forced = [(t.v, t.spec, n) for t, n in zip(targets, norms, strict=True)]
         # the modules carrying them, each once: their weights read earlier are written back
         # (_sync) before every renormalization
-        modules = {id(t.module): t.module for t in targets if t.module is not None}
-        self._modules = list(modules.values())
+        self._modules = list({id(t.module): t.module for t in targets if t.module}.values())
         self._optimizer = weakref.ref(optimizer)
         self._handle: RemovableHandle | None = None
 
     @property
     def norms(self) -> dict[str, float]:
         """``{weight name: norm}``: the norm every unit of each forced ``v`` is held at."""
-        return {t.name: n for t, n in zip(self._targets, self._norms, strict=True)}
+        return {t.name: n for t, (_, _, n) in zip(self._targets, self._forced, strict=True)}
 
     @property
     def active(self) -> bool:
@@ -193,9 +176,7 @@ class ForcedWeightNorm:
     def _renormalize(self, settled: bool = False) -> None:
         for module in self._modules:
             _sync(module)  # an in-place change to a weight read earlier is applied first
-        for t, norm in zip(self._targets, self._norms, strict=True):
-            rtol = F._settled_rtol(t.v.dtype) if settled else 0.0
-            F._renormalize(t.v, norm, t.dims, t.groups, t.eps, rtol)
+        F.force(self._forced, settled)
 
     def _hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._renormalize()
@@ -290,7 +271,10 @@ def force_weight_norm(
         F.check_forced_norm(norm)
     except ValueError as err:
         raise WeightNormError(f"{what}: {err}") from None
-    targets = _owned(model, optimizer, what)
+    targets = _module_targets(model)
+    if not targets:
+        raise _no_weight_norm(model, what)
+    targets = _owned(targets, optimizer, what)
     for t in targets:
         other = _FORCING.get(id(t.v))
         if other is not None and other.active:
@@ -298,7 +282,7 @@ def force_weight_norm(
                 f"{what}: {t.name}_v is already forced by {other!r}; call .remove() on the "
                 "handle force_weight_norm returned first (to change the norm, or the optimizer)"
             )
-    norms = [F.forced_norm(norm, t.v.shape, t.dim, groups=t.groups) for t in targets]
+    norms = [F.forced_norm(norm, t.spec.shape, t.spec.dim, groups=t.spec.groups) for t in targets]
     handle = ForcedWeightNorm(targets, norms, optimizer)
     handle._renormalize(settled=True)
     handle._handle = optimizer.register_step_post_hook(handle._hook)
@@ -337,9 +321,11 @@ class WeightNormStats:
 
 def _stats(t: _Target) -> WeightNormStats:
     with torch.no_grad():
-        norm = F.norm_except_dim(t.v.detach(), t.dim, groups=t.groups)
+        g = t.g if t.g is not None else t.spec.split(t.v)
         return WeightNormStats(
-            v_norm=norm.reshape(-1), g=t.g.detach().reshape(-1).clone(), learned_gain=t.learned_gain
+            v_norm=t.spec.norms(t.v.detach()).reshape(-1),
+            g=g.detach().reshape(-1).clone(),
+            learned_gain=t.spec.gain is None,
         )
 
 
@@ -434,15 +420,17 @@ class AngularStepTracker:
     when asked.
 
     Args:
-        model (nn.Module): a model carrying this library's weight norms, or, with a
-            :class:`~weightnorm.optim.WeightNormOptimizer`, the plain model it trains.
+        model (nn.Module): a model carrying this library's weight norms (their ``v`` is
+            tracked); with a :class:`~weightnorm.optim.WeightNormOptimizer`, the plain model it
+            trains (its ``v``); or a plain model (the weight of each Linear/Conv/ConvTranspose
+            layer, per output unit: the baseline the effective learning rate is compared to).
         optimizer (torch.optim.Optimizer): the optimizer that updates them (a
             ``WeightNormOptimizer``: its own ``v``).
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or ``optimizer`` not an optimizer.
-        WeightNormError: nothing to track (no weight-normalized parameter, none updated by
-            ``optimizer``, or a ``WeightNormOptimizer`` of another model).
+        WeightNormError: nothing to track (no weight updated by ``optimizer``, or a
+            ``WeightNormOptimizer`` of another model).
 
     Example::
 
@@ -463,16 +451,22 @@ class AngularStepTracker:
         _check_types(model, optimizer, what)
         if isinstance(optimizer, WeightNormOptimizer):
             ours = {id(p) for p in model.parameters()}
-            weights = {name: w for name, w in optimizer._weights().items() if id(w) in ours}
-            if not weights:
+            names = {name for name, w in optimizer._weights().items() if id(w) in ours}
+            if not names:
                 raise WeightNormError(
                     f"{what}: the WeightNormOptimizer trains none of this model's parameters "
                     f"(it normalizes {', '.join(optimizer.dims())}); expected the model it was "
                     "built on"
                 )
-            self._targets = [t for t in _optimizer_targets(optimizer) if t.name in weights]
+            self._targets = [t for t in _optimizer_targets(optimizer) if t.name in names]
         else:
-            self._targets = _owned(model, optimizer, what)
+            targets = _module_targets(model) or _plain_targets(model)
+            if not targets:
+                raise WeightNormError(
+                    f"{what}: {type(model).__name__} has no weight-normalized parameter and no "
+                    "Linear/Conv/ConvTranspose weight to track"
+                )
+            self._targets = _owned(targets, optimizer, what)
         self._before: list[Tensor] | None = None
         self._last: dict[str, AngularStep] = {}
         self._handles = [
@@ -485,12 +479,11 @@ class AngularStepTracker:
 
     def _post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         before, self._before = self._before, None
-        if before is None:
-            return
-        self._last = {  # (the layout of each target was checked once, when it was found)
-            t.name: AngularStep(F._angle(b, t.v.detach(), t.dims, t.groups, t.eps).reshape(-1))
-            for t, b in zip(self._targets, before, strict=True)
-        }
+        if before is not None:
+            self._last = {
+                t.name: AngularStep(F.angle(b, t.v.detach(), t.spec).reshape(-1))
+                for t, b in zip(self._targets, before, strict=True)
+            }
 
     def last(self) -> dict[str, AngularStep]:
         """``{weight name: AngularStep}`` of the last step (empty before the first one)."""

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from . import functional as F
 from ._errors import WeightNormError
-from ._reparam import weight_norm_specs
-from ._torch_compat import find_torch_weight_norms
+from ._reparam import find_weight_norms
+from .functional import WeightNormSpec
 
 __all__ = [
     "FORMATS",
@@ -125,43 +125,27 @@ def detect_formats(state_dict: Mapping[str, Any]) -> dict[str, Format]:
     return {base: fmt for base, (_, _, fmt) in _pairs(state_dict).items()}
 
 
-def _dim_and_groups(g: Tensor, v: Tensor, key: str) -> tuple[int | None, int]:
+def _spec_of(g: Tensor, v: Tensor, key: str) -> WeightNormSpec:
+    """The spec of a ``g``/``v`` pair, its unit dim (and groups) read from g's keep-dim shape."""
     if g.ndim == v.ndim + 1 and g.ndim >= 3 and g.shape[1] == 1:  # grouped ConvTranspose layout
         groups = int(g.shape[0])
-        if tuple(g.shape) == F.g_shape(v.shape, 1, groups):
-            return 1, groups
+        if v.shape[0] % groups == 0 and tuple(g.shape) == F.g_shape(v.shape, 1, groups):
+            return WeightNormSpec(tuple(v.shape), 1, groups)
     dim = F.dim_of_g(g.shape, v.shape)
     if dim is False:
         raise WeightNormError(
             f"{key}: g of shape {tuple(g.shape)} matches no unit dimension of v of shape "
             f"{tuple(v.shape)}; expected a keep-dim shape such as {F.g_shape(v.shape, 0)}"
         )
-    return dim, 1
+    return WeightNormSpec(tuple(v.shape), dim)
 
 
-@dataclass(frozen=True)
-class _Target:
-    """How ``like`` normalizes one parameter: unit dim, groups, and its g's shape if known."""
-
-    dim: int | None
-    groups: int
-    g_shape: tuple[int, ...] | None
-
-
-def _read_like(like: object) -> tuple[dict[str, _Target], set[str]]:
-    """``like``'s normalized parameters (plain key -> target) and its plain keys."""
+def _read_like(like: object) -> tuple[dict[str, WeightNormSpec], set[str]]:
+    """``like``'s normalized parameters (plain key -> spec) and its plain keys."""
     if isinstance(like, nn.Module):
         sd: Mapping[str, Any] = like.state_dict()
         pairs = _pairs(sd)
-        targets: dict[str, _Target] = {}
-        for prefix, sub in like.named_modules(remove_duplicate=False):
-            head = prefix + "." if prefix else ""
-            found = [(n, s.dim, s.groups) for n, s in weight_norm_specs(sub).items()]
-            found += [(t.name, t.dim, 1) for t in find_torch_weight_norms(sub)]
-            for name, unit_dim, groups in found:
-                base = head + name
-                shape = tuple(sd[pairs[base][0]].shape) if base in pairs else None
-                targets[base] = _Target(unit_dim, groups, shape)
+        targets = {f.qualname: f.spec for f in find_weight_norms(like, theirs=True)}
     elif isinstance(like, Mapping):
         _check_keys(like, "like: ")
         sd = like
@@ -174,8 +158,7 @@ def _read_like(like: object) -> tuple[dict[str, _Target], set[str]]:
                     f"like: expected tensors at {g_key} and {v_key}, got "
                     f"{type(g).__name__} and {type(v).__name__}"
                 )
-            unit_dim, groups = _dim_and_groups(g, v, base)
-            targets[base] = _Target(unit_dim, groups, tuple(g.shape))
+            targets[base] = _spec_of(g, v, base)
     else:
         raise WeightNormError(
             "like: expected an nn.Module or a state dict (a mapping of keys to tensors), got "
@@ -185,20 +168,14 @@ def _read_like(like: object) -> tuple[dict[str, _Target], set[str]]:
     return targets, {k for k in sd if k not in pair_keys and k not in targets}
 
 
-def _split(
-    w: Tensor, key: str, unit_dim: int | None, groups: int, shape: tuple[int, ...] | None
-) -> Tensor:
-    """``g = ||w||`` per unit (float32 for half-precision ``w``), shaped like ``shape`` if given."""
+def _split(w: Tensor, key: str, dim: int | None, groups: int = 1) -> Tensor:
+    """``g = ||w||`` per unit along ``dim`` (float32 for half-precision ``w``)."""
     try:
-        if groups == 1:
-            unit_dim = F.normalize_dim(unit_dim, w.ndim)
-        with torch.no_grad():
-            g = F.norm_except_dim(w, unit_dim, groups=groups)
+        spec = WeightNormSpec(tuple(w.shape), dim, groups)
     except (IndexError, TypeError, ValueError) as err:
         raise WeightNormError(f"{key} of shape {tuple(w.shape)}: {err}") from None
-    if shape is not None and g.numel() == torch.Size(shape).numel():
-        g = g.reshape(shape)  # e.g. torch's 0-d g of a whole-tensor norm
-    return g
+    with torch.no_grad():
+        return spec.split(w)
 
 
 def convert_state_dict(
@@ -332,7 +309,7 @@ def convert_with_report(
         >>> report
         ConversionReport(renamed=0, kept=0, folded=1, normalized=0, resplit=0)
         >>> list(report.state_dict)
-        ['0.weight', '0.bias', '1.weight', '1.bias']
+        ['0.bias', '0.weight', '1.weight', '1.bias']
     """
     if to not in FORMATS:
         raise WeightNormError(f"to must be one of {', '.join(FORMATS)}, got {to!r}")
@@ -368,9 +345,8 @@ def convert_with_report(
             g, v = state_dict[g_key], state_dict[v_key]
             done.update(p for p in patterns if fnmatch.fnmatchcase(base, p))
             if to == "plain" or base in like_plain:
-                d, groups = _dim_and_groups(g, v, base)
                 with torch.no_grad():
-                    out[base] = F.weight_norm(v, g, d, groups=groups)
+                    out[base] = _spec_of(g, v, base).weight(v, g)
                 counts["folded"] += 1
                 continue
             target = targets.get(base)
@@ -390,9 +366,9 @@ def convert_with_report(
             continue
         _check_floating(key, value, "a weight to normalize")
         if target is not None:  # like's unit dim wins over dim and dims
-            g = _split(value, key, target.dim, target.groups, target.g_shape)
+            g = _split(value, key, target.dim, target.groups)
         else:
-            g = _split(value, key, per_key.get(key, dim), 1, None)
+            g = _split(value, key, per_key.get(key, dim))
             split_by_include.add(key)
         _write_pair(out, key, g, value, to)
         counts["normalized"] += 1
@@ -433,26 +409,23 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
-def _fit(g: Tensor, v: Tensor, base: str, target: _Target) -> tuple[Tensor, Tensor, bool]:
-    """``(g, v)`` along ``target``'s unit dim: as they are, g reshaped, or re-split (True)."""
+def _fit(g: Tensor, v: Tensor, base: str, target: WeightNormSpec) -> tuple[Tensor, Tensor, bool]:
+    """``(g, v)`` along ``target``'s unit dim (and groups): as they are, g reshaped to the
+    keep-dim shape, or re-split (True: the same weight, its g along the other dim)."""
     try:
-        unit_dim = target.dim if target.groups > 1 else F.normalize_dim(target.dim, v.ndim)
-    except IndexError as err:
+        spec = WeightNormSpec(tuple(v.shape), target.dim, target.groups)
+    except (IndexError, ValueError) as err:
         raise WeightNormError(f"{base} of shape {tuple(v.shape)}: {err}") from None
-    natural = F.g_shape(v.shape, unit_dim, target.groups)
-    shape = target.g_shape
-    if shape is None or torch.Size(shape).numel() != torch.Size(natural).numel():
-        shape = natural  # like's layer has another size: leave that to load_state_dict
-    if tuple(g.shape) == tuple(shape):
+    if g.shape == spec.g_shape:
         return g, v, False
-    if g.numel() == 1 and torch.Size(shape).numel() == 1:
-        return g.reshape(shape), v, False  # torch's 0-d whole-tensor g and ours, keep-dim
-    d, groups = _dim_and_groups(g, v, base)
-    if (d, groups) == (unit_dim, target.groups):
-        return g.reshape(shape), v, False
+    if g.numel() == spec.units == 1:
+        return g.reshape(spec.g_shape), v, False  # a whole-tensor g: torch's 0-d, or keep-dim
+    source = _spec_of(g, v, base)
+    if (source.dim, source.groups) == (spec.dim, spec.groups):
+        return g.reshape(spec.g_shape), v, False
     with torch.no_grad():
-        w = F.weight_norm(v, g, d, groups=groups)
-    return _split(w, base, target.dim, target.groups, shape), w, True
+        w = source.weight(v, g)
+        return spec.split(w), w, True
 
 
 def _write_pair(out: OrderedDict[str, Any], base: str, g: Tensor, v: Tensor, to: Format) -> None:

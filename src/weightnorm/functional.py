@@ -10,40 +10,53 @@ Conventions
 -----------
 ``dim`` names the dimension that indexes the normalized *units* (one scalar ``g`` per index), as in
 :func:`torch.nn.utils.parametrizations.weight_norm`: ``dim=0`` normalizes each row of a Linear
-weight. ``dim=None`` normalizes the whole tensor as one vector. Unlike PyTorch, a negative ``dim``
-counts from the end (``-1`` is the last dimension, not "the whole tensor").
+weight. ``dim=None`` normalizes the whole tensor as one vector (then ``g`` is 0-d, as torch's).
+Unlike PyTorch, a negative ``dim`` counts from the end (``-1`` is the last dimension).
 
 ``groups > 1`` describes a grouped transposed convolution, whose weight has the layout
 ``(in_channels, out_channels // groups, *kernel)``: output channel ``j`` of group ``k`` is fed
 only by the input rows of group ``k``. The weight is viewed as
 ``(groups, in_channels // groups, out_channels // groups, *kernel)`` and normalized per
 ``(group, column)``, so ``g`` has shape ``(groups, 1, out_channels // groups, 1, ...)``; flattened,
-it is ordered like the output channels.
+it is ordered like the output channels. :class:`WeightNormSpec` holds all of this for one weight.
+
+How ``w`` is computed
+---------------------
+While a graph is being traced (``torch.compile``, ``torch.export``, ``torch.jit.trace``,
+``torch.func`` transforms) or for a tensor subclass, by plain differentiable operations. Otherwise
+by the kernel of the tensor's device where it computes exactly: PyTorch's fused kernels for a
+contiguous float32/float64 CPU tensor whose units lie along its first or last dim and whose every
+norm is above ``eps``; this library's Triton kernels on CUDA (the custom ops
+``weightnorm::weight_norm`` and ``weightnorm::weight_norm_backward``, one kernel each, no host
+synchronization); elsewhere by the same plain operations. Every path gives exact gradients of
+every order: when a graph of the backward pass is asked for (``create_graph=True``), it is built
+from the plain form.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 import os
-from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
 from types import ModuleType
 from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
 
+from . import _torch_compat as compat
+from ._errors import WeightNormError
+
 __all__ = [
     "DEFAULT_EPS",
     "FORCED_NORMS",
     "ForcedNorm",
-    "HigherOrderGradientError",
+    "WeightNormSpec",
     "angle_between",
     "check_forced_norm",
     "closed_form_grads",
     "dim_of_g",
-    "exact_gradients",
     "forced_norm",
     "g_shape",
     "mean_only_batch_norm",
@@ -57,7 +70,8 @@ __all__ = [
 #: Lower bound on ``||v||`` in the division: a zero ``v`` gives ``w = 0`` and finite gradients.
 DEFAULT_EPS = 1e-12
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: Dtypes whose norms are accumulated, and whose ``g`` is kept, in float32.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def normalize_dim(dim: int | None, ndim: int) -> int | None:
@@ -86,22 +100,117 @@ def normalize_dim(dim: int | None, ndim: int) -> int | None:
     return dim % ndim
 
 
-def _grouped_view(v: Tensor, groups: int) -> Tensor:
-    if v.ndim < 2 or v.shape[0] % groups != 0:
-        raise ValueError(
-            f"groups={groups} needs a weight of rank >= 2 whose first dimension is divisible by "
-            f"groups, got shape {tuple(v.shape)}"
-        )
-    return v.reshape(groups, v.shape[0] // groups, *v.shape[1:])
+def check_eps(eps: float) -> float:
+    """``eps`` as a float; WeightNormError (a ValueError) unless it is ``>= 0``."""
+    if not eps >= 0:
+        raise WeightNormError(f"eps must be >= 0, got {eps!r}")
+    return float(eps)
 
 
-def _reduce_dims(ndim: int, dim: int | None, groups: int) -> list[int]:
-    if groups > 1:
-        kept = {0, (dim if dim is not None else 1) + 1}
-        return [d for d in range(ndim + 1) if d not in kept]
-    if dim is None:
-        return list(range(ndim))
-    return [d for d in range(ndim) if d != dim]
+def check_gain(gain: object) -> float | None:
+    """``gain`` as a float (or ``None``); TypeError/WeightNormError unless positive and finite."""
+    if gain is None:
+        return None
+    expected = "None (a learned g) or a positive finite number (a fixed gain)"
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)):
+        raise TypeError(f"gain must be {expected}, got {type(gain).__name__} {gain!r}")
+    if not (math.isfinite(gain) and gain > 0):
+        raise WeightNormError(f"gain must be {expected}, got {gain!r}")
+    return float(gain)
+
+
+@dataclass(frozen=True)
+class WeightNormSpec:
+    """How one weight is normalized: ``w = g v / max(||v||, eps)`` per unit.
+
+    ``shape`` is the weight's; ``dim`` the unit dim (normalized on construction: non-negative,
+    or ``None`` for the whole tensor); ``groups > 1`` a grouped transposed convolution (see the
+    module docstring); ``gain`` a fixed gain (``g`` held at that value, not trained) or ``None``.
+    What follows from them is computed once: :attr:`view_shape` (how ``v`` is viewed so that
+    units lie along kept dims), :attr:`reduce_dims` (the dims of that view each norm sums
+    over) and :attr:`g_shape` (torch's keep-dim shape of ``g``, 0-d for the whole tensor).
+
+    Raises:
+        IndexError, TypeError: a ``dim`` out of range or of the wrong type.
+        WeightNormError (a ValueError): ``groups`` that do not divide the first dim, a negative
+            ``eps``, a ``gain`` that is not positive and finite.
+
+    Example::
+
+        >>> spec = WeightNormSpec((8, 3, 5), dim=-1)
+        >>> spec.dim, spec.g_shape, spec.reduce_dims, spec.unit_size
+        (2, (1, 1, 5), (0, 1), 24)
+        >>> WeightNormSpec((6, 4, 3), dim=1, groups=2).g_shape
+        (2, 1, 4, 1)
+    """
+
+    shape: tuple[int, ...]
+    dim: int | None = 0
+    groups: int = 1
+    eps: float = DEFAULT_EPS
+    gain: float | None = None
+    view_shape: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    reduce_dims: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    g_shape: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(s) for s in self.shape)
+        groups, dim = self.groups, self.dim
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise WeightNormError(f"groups must be an int >= 1, got {groups!r}")
+        if groups == 1:
+            dim = normalize_dim(dim, len(shape))
+            view, kept = shape, set() if dim is None else {dim}
+        else:
+            dim = 1 if dim is None else normalize_dim(dim, len(shape))
+            if len(shape) < 2 or shape[0] % groups != 0 or dim == 0:
+                raise WeightNormError(
+                    f"groups={groups} needs a weight of rank >= 2 whose first dimension is "
+                    f"divisible by groups, normalized along a later dim; got shape {shape}, "
+                    f"dim={dim}"
+                )
+            view = (groups, shape[0] // groups, *shape[1:])
+            kept = {0, cast(int, dim) + 1}
+        g = () if not kept else tuple(s if d in kept else 1 for d, s in enumerate(view))
+        for name, value in (
+            ("shape", shape), ("dim", dim), ("eps", check_eps(self.eps)),
+            ("gain", check_gain(self.gain)), ("view_shape", view), ("g_shape", g),
+            ("reduce_dims", tuple(d for d in range(len(view)) if d not in kept)),
+        ):  # fmt: skip
+            object.__setattr__(self, name, value)
+
+    @property
+    def units(self) -> int:
+        """The number of units (one ``g`` each)."""
+        return math.prod(self.g_shape)
+
+    @property
+    def unit_size(self) -> int:
+        """The number of elements of each unit (the fan-in of an output unit)."""
+        return math.prod(self.shape) // self.units if self.units else 0
+
+    @property
+    def fused_layout(self) -> bool:
+        """Whether PyTorch's fused kernels handle the layout: units along the first or the last
+        dim of a tensor of rank >= 2, no groups."""
+        n = len(self.shape)
+        return self.groups == 1 and n > 1 and self.dim in (0, n - 1)
+
+    def view(self, t: Tensor) -> Tensor:
+        """``t`` (the shape of the weight) viewed so that :attr:`reduce_dims` are its units'."""
+        return t if self.groups == 1 else t.reshape(self.view_shape)
+
+    def norms(self, v: Tensor) -> Tensor:
+        """``||v||`` of every unit, in the keep-dim shape of the view (float32 for half ``v``)."""
+        return _norm(self.view(v), self.reduce_dims)
+
+    def split(self, w: Tensor) -> Tensor:
+        """``g = ||w||`` per unit in :attr:`g_shape` (what makes ``weight(w, g) == w``)."""
+        return self.norms(w).reshape(self.g_shape)
+
+    def weight(self, v: Tensor, g: Tensor) -> Tensor:
+        """``w = g v / max(||v||, eps)``: :func:`weight_norm` for tensors of this spec."""
+        return _weight_norm(v, g, self)
 
 
 def g_shape(
@@ -111,18 +220,12 @@ def g_shape(
 
     Example::
 
-        >>> g_shape((8, 3, 5), dim=0)
-        (8, 1, 1)
+        >>> g_shape((8, 3, 5), dim=0), g_shape((8, 3, 5), dim=None)
+        ((8, 1, 1), ())
         >>> g_shape((6, 4, 3), dim=1, groups=2)
         (2, 1, 4, 1)
     """
-    shape = tuple(weight_shape)
-    if groups > 1:
-        dim = 1 if dim is None else dim
-        return (groups, 1, *(s if d == dim else 1 for d, s in enumerate(shape[1:], start=1)))
-    if dim is None:
-        return (1,) * len(shape)
-    return tuple(s if d == dim else 1 for d, s in enumerate(shape))
+    return WeightNormSpec(tuple(weight_shape), dim, groups).g_shape
 
 
 def dim_of_g(
@@ -137,7 +240,7 @@ def dim_of_g(
         >>> dim_of_g((1, 6, 1), (4, 6, 3)), dim_of_g((), (4, 6)), dim_of_g((2, 2), (4, 6))
         (1, None, False)
     """
-    if int(torch.Size(g_shape_).numel()) == 1:
+    if math.prod(g_shape_) == 1:
         return None
     for d in range(len(weight_shape)):
         if tuple(g_shape_) == g_shape(weight_shape, d):
@@ -146,7 +249,7 @@ def dim_of_g(
 
 
 def norm_except_dim(v: Tensor, dim: int | None = 0, *, groups: int = 1) -> Tensor:
-    r"""Compute the Euclidean norm of every unit of ``v``, keeping the shape of ``g``.
+    """Compute the Euclidean norm of every unit of ``v``, in the shape of ``g``.
 
     Half-precision inputs are accumulated and returned in float32.
 
@@ -163,66 +266,7 @@ def norm_except_dim(v: Tensor, dim: int | None = 0, *, groups: int = 1) -> Tenso
         >>> norm_except_dim(torch.tensor([[3.0, 4.0], [0.0, 1.0]]), 0).flatten().tolist()
         [5.0, 1.0]
     """
-    dim = normalize_dim(dim, v.ndim) if groups == 1 else dim
-    x = _grouped_view(v, groups) if groups > 1 else v
-    return _norm(x, _reduce_dims(v.ndim, dim, groups))
-
-
-def weight_norm(
-    v: Tensor, g: Tensor, dim: int | None = 0, eps: float = DEFAULT_EPS, *, groups: int = 1
-) -> Tensor:
-    r"""Compute the weight-normalized tensor ``w = g * v / ||v||``.
-
-    .. math::
-        \mathbf{w} = \frac{g}{\max(\|\mathbf{v}\|, \epsilon)}\,\mathbf{v}
-
-    one scalar :math:`g` per unit, so :math:`\|\mathbf{w}\| = |g|` whatever :math:`\mathbf{v}` is
-    (paper eq. 2). Gradients are exact and follow paper eq. 3; a zero ``v`` gives ``w = 0`` and
-    finite gradients. Norms are computed in float32 for float16/bfloat16 ``v``; the result has the
-    dtype of ``v``.
-
-    On a GPU (CUDA with Triton) this is one fused kernel in the forward pass and one in the
-    backward, with no host synchronization; on the CPU in float32/float64, PyTorch's fused
-    kernels. Either refuses a graph of its backward pass (``create_graph=True``) with
-    :class:`HigherOrderGradientError`; inside :func:`exact_gradients` every order is exact.
-
-    Args:
-        v (Tensor): direction, the shape of the weight.
-        g (Tensor): magnitude, of shape :func:`g_shape` ``(v.shape, dim, groups)`` or anything
-            that broadcasts to it.
-        dim (int or None, optional): the unit dimension; negative counts from the end, ``None``
-            normalizes the whole tensor. Default: ``0``.
-        eps (float, optional): lower bound on the norm. Default: ``1e-12``.
-        groups (int, optional): groups of a grouped transposed convolution (see the module
-            docstring). Default: ``1``.
-
-    Returns:
-        The weight, with the shape and dtype of ``v``.
-
-    Example::
-
-        >>> v = torch.tensor([[3.0, 4.0]])
-        >>> weight_norm(v, torch.tensor([[10.0]]), dim=0)
-        tensor([[6., 8.]])
-    """
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    if groups == 1:
-        dim = normalize_dim(dim, v.ndim)
-    return _weight_norm_core(v, g, dim, eps, groups, tuple(_reduce_dims(v.ndim, dim, groups)))
-
-
-# --------------------------------------------------------------------------------------------
-# Beyond the paper: forced weight normalization, and the angle of a step
-# --------------------------------------------------------------------------------------------
-
-#: The fixed norm of forced weight normalization (:func:`renormalize_`): a positive finite
-#: number, or ``"sqrt_fan_in"``, the square root of the number of elements of each unit (EDM2's
-#: choice, see :func:`forced_norm`).
-ForcedNorm = float | Literal["sqrt_fan_in"]
-FORCED_NORMS: tuple[str, ...] = ("sqrt_fan_in",)
+    return WeightNormSpec(tuple(v.shape), dim, groups).split(v)
 
 
 def unit_size(shape: torch.Size | tuple[int, ...], dim: int | None = 0, *, groups: int = 1) -> int:
@@ -238,10 +282,367 @@ def unit_size(shape: torch.Size | tuple[int, ...], dim: int | None = 0, *, group
         >>> unit_size((2, 3), None)
         6
     """
-    shape = tuple(shape)
-    total = int(torch.Size(shape).numel())
-    units = int(torch.Size(g_shape(shape, dim, groups)).numel())
-    return total // units if units else 0
+    return WeightNormSpec(tuple(shape), dim, groups).unit_size
+
+
+def weight_norm(
+    v: Tensor, g: Tensor, dim: int | None = 0, eps: float = DEFAULT_EPS, *, groups: int = 1
+) -> Tensor:
+    r"""Compute the weight-normalized tensor ``w = g * v / ||v||``.
+
+    .. math::
+        \mathbf{w} = \frac{g}{\max(\|\mathbf{v}\|, \epsilon)}\,\mathbf{v}
+
+    one scalar :math:`g` per unit, so :math:`\|\mathbf{w}\| = |g|` whatever :math:`\mathbf{v}` is
+    (paper eq. 2). Gradients of every order are exact and the first follow paper eq. 3; a zero
+    ``v`` gives ``w = 0`` and finite gradients. Any layout of ``v`` and ``g`` (channels-last,
+    transposed, sliced, expanded) gives the same values. Norms are computed in float32 for
+    float16/bfloat16 ``v``; the result has the dtype of ``v``. See the module docstring for the
+    kernels that compute it.
+
+    Args:
+        v (Tensor): direction, the shape of the weight.
+        g (Tensor): magnitude, of shape :func:`g_shape` ``(v.shape, dim, groups)`` or anything
+            that broadcasts to it.
+        dim (int or None, optional): the unit dimension; negative counts from the end, ``None``
+            normalizes the whole tensor. Default: ``0``.
+        eps (float, optional): lower bound on the norm. Default: ``1e-12``.
+        groups (int, optional): groups of a grouped transposed convolution (see the module
+            docstring). Default: ``1``.
+
+    Returns:
+        The weight, with the shape and dtype of ``v``.
+
+    Raises:
+        IndexError, TypeError, ValueError: see :class:`WeightNormSpec`.
+
+    Example::
+
+        >>> v = torch.tensor([[3.0, 4.0]])
+        >>> weight_norm(v, torch.tensor([[10.0]]), dim=0)
+        tensor([[6., 8.]])
+    """
+    return _weight_norm(v, g, WeightNormSpec(tuple(v.shape), dim, groups, eps))
+
+
+# --------------------------------------------------------------------------------------------
+# The kernels, and the one dispatch among them
+# --------------------------------------------------------------------------------------------
+
+
+def _norm(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Per-unit norms of ``x`` over ``dims``, keep-dim (float32 for half ``x``). No dims: each
+    element is a unit, its norm the absolute value."""
+    dtype = torch.float32 if x.dtype in LOW_PRECISION else None
+    if not dims:  # (vector_norm reads an empty dim list as "every dim")
+        return x.abs() if dtype is None else x.abs().to(dtype)
+    return cast(Tensor, torch.linalg.vector_norm(x, 2, dim=dims, keepdim=True, dtype=dtype))
+
+
+class _Plain:
+    """``w = v * (g / max(||v||, eps))`` in plain differentiable operations: any device, dtype,
+    layout and transform; exact to every order by autograd. Its first-order backward, for the
+    optimizer-level mode, is the paper's closed form (eq. 3)."""
+
+    name = "plain"
+
+    def fits(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> bool:
+        return True
+
+    def forward(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor]:
+        x = spec.view(v)
+        norm = _norm(x, spec.reduce_dims)
+        scale = g / norm.clamp_min(spec.eps)
+        if not compat.jit_tracing() and scale.shape != norm.shape:  # (its shapes are tensors)
+            raise WeightNormError(
+                f"g of shape {tuple(g.shape)} does not broadcast to one value per unit: expected "
+                f"shape {spec.g_shape} for a weight of shape {spec.shape} with dim={spec.dim}"
+                + (f", groups={spec.groups}" if spec.groups > 1 else "")
+            )
+        w = x * scale
+        w = w if w.dtype == v.dtype else w.to(v.dtype)
+        return (w if spec.groups == 1 else w.reshape(v.shape)), norm
+
+    def backward(
+        self, grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, spec: WeightNormSpec
+    ) -> tuple[Tensor, Tensor]:
+        x, gw = spec.view(v), spec.view(grad_w)
+        gv, gg = closed_form_grads(gw, x, g.reshape(norms.shape), norms, spec.reduce_dims, spec.eps)
+        return gv.reshape(v.shape), gg.reshape(g.shape).to(g.dtype)
+
+
+class _TorchFused:
+    """PyTorch's fused CPU kernels (``torch._weight_norm_interface`` and its C++ backward, one
+    pass each): for contiguous float32/float64 tensors in :attr:`WeightNormSpec.fused_layout`
+    with a keep-dim ``g`` of the same dtype. They divide by the unclamped norm, so
+    :meth:`forward` gives ``None`` unless every norm is above ``eps`` (one host read, free on
+    the CPU). PyTorch's double backward of them is wrong (it treats the norms as constants):
+    a hook on the autograd node replaces its output by that of the plain form when a graph of
+    the backward is asked for."""
+
+    name = "torch-fused"
+
+    def fits(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> bool:
+        return (
+            spec.fused_layout
+            and v.dtype in (torch.float32, torch.float64)
+            and g.dtype is v.dtype
+            and v.is_contiguous()
+            and g.is_contiguous()
+            and g.shape == spec.g_shape
+            and v.numel() > 0  # (the kernel dies of SIGFPE on an empty tensor)
+        )
+
+    def forward(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor] | None:
+        w, norms = compat.fused_weight_norm(v, g, cast(int, spec.dim))
+        if not norms.min().item() > spec.eps:
+            return None
+        if w.requires_grad:
+            w.grad_fn.register_hook(partial(_exact_second_order, v, g, spec))  # type: ignore[union-attr]
+        return w, norms
+
+    def backward(
+        self, grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, spec: WeightNormSpec
+    ) -> tuple[Tensor, Tensor]:
+        return compat.fused_weight_norm_backward(grad_w, v, g, norms, cast(int, spec.dim))
+
+
+class _Triton:
+    """This library's Triton kernels, behind the custom ops ``weightnorm::weight_norm`` and
+    ``weightnorm::weight_norm_backward``: eps-safe, one launch each, no host sync; for plain
+    float tensors with a keep-dim ``g`` and no groups, on a CUDA GPU of compute capability 7.0
+    or more with Triton installed. On the ``meta`` device their fake implementations run (how
+    the GPU path is counted without a GPU)."""
+
+    name = "triton"
+
+    def fits(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> bool:
+        return (
+            spec.groups == 1
+            and v.dtype in _TRITON_DTYPES
+            and g.dtype in _TRITON_DTYPES
+            and g.shape == spec.g_shape
+            and g.device == v.device
+            and _triton_runs_on(v.device)
+        )
+
+    def forward(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor]:
+        return cast(tuple[Tensor, Tensor], _weight_norm_op(v, g, spec.dim, spec.eps))
+
+    def backward(
+        self, grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, spec: WeightNormSpec
+    ) -> tuple[Tensor, Tensor]:
+        return cast(
+            tuple[Tensor, Tensor],
+            _weight_norm_backward_op(grad_w, v, g, norms, spec.dim, spec.eps),
+        )
+
+
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+PLAIN, TORCH_FUSED, TRITON = _Plain(), _TorchFused(), _Triton()
+Kernel = _Plain | _TorchFused | _Triton
+#: The kernel of each device type; a device without one, or a tensor it does not fit, gets PLAIN.
+KERNELS: dict[str, Kernel] = {"cpu": TORCH_FUSED, "cuda": TRITON, "meta": TRITON}
+
+
+def kernel_for(v: Tensor, g: Tensor, spec: WeightNormSpec) -> Kernel:
+    """The kernel that computes ``spec.weight(v, g)`` here: PLAIN for a graph being traced or
+    a tensor subclass, else the device's kernel where it fits, else PLAIN."""
+    if not compat.eager(v):
+        return PLAIN
+    kernel = KERNELS.get(v.device.type, PLAIN)
+    return kernel if kernel.fits(v, g, spec) else PLAIN
+
+
+def weight_and_norms(v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor, Kernel]:
+    """``(w, norms, kernel)``: the weight, the unclamped norms of ``v`` (keep-dim), and the
+    kernel that computed them, whose ``backward`` takes those norms."""
+    kernel = kernel_for(v, g, spec)
+    out = kernel.forward(v, g, spec)
+    if out is None:  # (a norm at or below eps: the fused kernel would divide by it)
+        kernel, out = PLAIN, PLAIN.forward(v, g, spec)
+    return out[0], out[1], kernel
+
+
+def _weight_norm(v: Tensor, g: Tensor, spec: WeightNormSpec) -> Tensor:
+    """:func:`weight_norm` for a validated ``spec``: the one dispatch every caller goes through."""
+    return weight_and_norms(v, g, spec)[0]
+
+
+def _exact_grads(
+    v: Tensor, g: Tensor, spec: WeightNormSpec, grad_w: Tensor, needed: tuple[bool, bool]
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(grad_v, grad_g)`` (those ``needed``) as differentiable functions of ``v``, ``g`` and
+    ``grad_w``: the derivative of the plain form, built into the graph (so every higher order
+    is exact)."""
+    with torch.enable_grad():
+        w = PLAIN.forward(v, g, spec)[0]
+        wanted = [t for t, need in zip((v, g), needed, strict=True) if need]
+        grads = iter(torch.autograd.grad(w, wanted, grad_w, create_graph=True))
+    return tuple(next(grads) if need else None for need in needed)  # type: ignore[return-value]
+
+
+def _exact_second_order(
+    v: Tensor, g: Tensor, spec: WeightNormSpec, grad_inputs: Any, grad_outputs: Any
+) -> tuple[Tensor | None, ...] | None:
+    """Post hook of a fused weight-norm node: with ``create_graph=True`` (grad mode is on in
+    the backward pass only then) its outputs are replaced by the exact ones."""
+    if not torch.is_grad_enabled() or grad_outputs[0] is None:
+        return None
+    return _exact_grads(v, g, spec, grad_outputs[0], (grad_inputs[0] is not None,
+                                                      grad_inputs[1] is not None))  # fmt: skip
+
+
+# ``weightnorm::weight_norm(v, g, dim, eps) -> (w, norms)`` and its backward op. ``dim`` is
+# non-negative or None; ``g`` has the keep-dim shape; ``norms`` (unclamped, keep-dim, float32
+# for half v, float64 for float64 v) is a by-product for the backward, not differentiable.
+# The schema is explicit: older torch cannot read this module's string annotations.
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op(
+    "weightnorm::weight_norm",
+    mutates_args=(),
+    schema="(Tensor v, Tensor g, int? dim, float eps) -> (Tensor, Tensor)",
+)
+def _weight_norm_op(v: Tensor, g: Tensor, dim: int | None, eps: float) -> tuple[Tensor, Tensor]:
+    return cast(tuple[Tensor, Tensor], _triton().weight_norm_forward(v, g, dim, eps))
+
+
+@_weight_norm_op.register_fake
+def _(v: Tensor, g: Tensor, dim: int | None, eps: float) -> tuple[Tensor, Tensor]:
+    keepdim = tuple(s if d == dim else 1 for d, s in enumerate(v.shape))
+    return torch.empty_like(v), v.new_empty(keepdim, dtype=_accumulator(v.dtype))
+
+
+@torch.library.custom_op(
+    "weightnorm::weight_norm_backward",
+    mutates_args=(),
+    schema="(Tensor grad_w, Tensor v, Tensor g, Tensor norms, int? dim, float eps) -> "
+    "(Tensor, Tensor)",
+)
+def _weight_norm_backward_op(
+    grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, dim: int | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    return cast(
+        tuple[Tensor, Tensor], _triton().weight_norm_backward(grad_w, v, g, norms, dim, eps)
+    )
+
+
+@_weight_norm_backward_op.register_fake
+def _(
+    grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, dim: int | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(v), torch.empty_like(g)
+
+
+def _op_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    v, g, dim, eps = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # (no zero-filled gradient for the unused norms)
+    ctx.save_for_backward(v, g, output[1])
+    ctx.dim, ctx.eps = dim, eps
+
+
+def _op_backward(
+    ctx: Any, grad_w: Tensor | None, _grad_norms: Tensor | None
+) -> tuple[Tensor | None, Tensor | None, None, None]:
+    if grad_w is None:
+        return None, None, None, None
+    v, g, norms = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the exact graph of the plain form
+        spec = WeightNormSpec(tuple(v.shape), ctx.dim, 1, ctx.eps)
+        return (*_exact_grads(v, g, spec, grad_w, tuple(ctx.needs_input_grad[:2])), None, None)
+    grad_v, grad_g = _weight_norm_backward_op(grad_w, v, g, norms, ctx.dim, ctx.eps)
+    return grad_v, grad_g, None, None
+
+
+_weight_norm_op.register_autograd(_op_backward, setup_context=_op_setup)
+
+_triton_module: ModuleType | None = None
+_TRITON_ON: dict[tuple[str, int | None], bool] = {}  # (device type, index) -> kernels run there
+
+
+def _triton() -> ModuleType:
+    """:mod:`weightnorm._kernels`, imported at the first need (it imports Triton)."""
+    global _triton_module
+    if _triton_module is None:
+        from . import _kernels
+
+        _triton_module = _kernels
+    return _triton_module
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    """Whether the Triton kernels (or, on ``meta``, the ops' fake implementations) run for
+    tensors on ``device``: ``meta`` always; CUDA with Triton importable and compute capability
+    7.0 or more (PyTorch's own bar for Triton); the CPU only under Triton's interpreter
+    (``TRITON_INTERPRET=1``, for tests)."""
+    key = (device.type, device.index)
+    ok = _TRITON_ON.get(key)
+    if ok is None:
+        if device.type == "meta":
+            ok = True
+        elif device.type == "cuda":
+            ok = torch.cuda.get_device_capability(device) >= (7, 0) and _triton().AVAILABLE
+        else:
+            interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+            ok = device.type == "cpu" and interpreting and _triton().AVAILABLE
+        _TRITON_ON[key] = ok
+    return ok
+
+
+def closed_form_grads(
+    grad_w: Tensor,
+    v: Tensor,
+    g: Tensor,
+    norm: Tensor,
+    dims: tuple[int, ...] | list[int],
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    r"""The paper's eq. 3: ``(grad_v, grad_g)`` from ``grad_w`` for ``w = g v / max(||v||, eps)``.
+
+    .. math::
+        \nabla_g L = \frac{\nabla_w L \cdot v}{\|v\|}, \qquad
+        \nabla_v L = \frac{g}{\|v\|}\Big(\nabla_w L - \frac{\nabla_w L \cdot v}{\|v\|^2} v\Big)
+
+    ``norm`` is the unclamped per-unit norm (keep-dim shape, float32 for half ``v``); where it
+    is below ``eps`` the norm's own gradient is zero. ``grad_g`` has the keep-dim shape in the
+    dtype of ``norm``; ``grad_v`` the shape and dtype of ``v``.
+
+    Example::
+
+        >>> v, g = torch.tensor([[3.0, 4.0]]), torch.tensor([[10.0]])
+        >>> norm = v.norm(dim=1, keepdim=True)
+        >>> grad_v, grad_g = closed_form_grads(torch.ones(1, 2), v, g, norm, [1], 1e-12)
+        >>> grad_g
+        tensor([[1.4000]])
+    """
+    normc = norm.clamp_min(eps)
+    product = grad_w * v
+    if dims:  # grad_w . v per unit
+        dot = torch.sum(product, tuple(dims), keepdim=True, dtype=norm.dtype)
+    else:
+        dot = product.to(norm.dtype)
+    grad_g = dot / normc
+    # dot / normc^2; zero where norm < eps (the clamped norm is a constant there)
+    coef = torch.div(grad_g, normc).masked_fill_(norm < eps, 0.0)
+    grad_v = torch.addcmul(grad_w, v, coef, value=-1).mul_(g / normc)
+    return grad_v.to(v.dtype), grad_g
+
+
+# --------------------------------------------------------------------------------------------
+# Beyond the paper: forced weight normalization, and the angle of a step
+# --------------------------------------------------------------------------------------------
+
+#: The fixed norm of forced weight normalization (:func:`renormalize_`): a positive finite
+#: number, or ``"sqrt_fan_in"``, the square root of the number of elements of each unit (EDM2's
+#: choice, see :func:`forced_norm`).
+ForcedNorm = float | Literal["sqrt_fan_in"]
+FORCED_NORMS: tuple[str, ...] = ("sqrt_fan_in",)
 
 
 def check_forced_norm(norm: object) -> None:
@@ -259,21 +660,14 @@ def check_forced_norm(norm: object) -> None:
         ...
         ValueError: norm must be a positive finite number or one of ('sqrt_fan_in',), got 0.0
     """
+    expected = f"a positive finite number or one of {FORCED_NORMS}"
     if isinstance(norm, str):
         if norm not in FORCED_NORMS:
-            raise ValueError(
-                f"norm must be a positive finite number or one of {FORCED_NORMS}, got {norm!r}"
-            )
-        return
-    if isinstance(norm, bool) or not isinstance(norm, (int, float)):
-        raise TypeError(
-            f"norm must be a positive finite number or one of {FORCED_NORMS}, got "
-            f"{type(norm).__name__} {norm!r}"
-        )
-    if not (math.isfinite(norm) and norm > 0):
-        raise ValueError(
-            f"norm must be a positive finite number or one of {FORCED_NORMS}, got {norm!r}"
-        )
+            raise ValueError(f"norm must be {expected}, got {norm!r}")
+    elif isinstance(norm, bool) or not isinstance(norm, (int, float)):
+        raise TypeError(f"norm must be {expected}, got {type(norm).__name__} {norm!r}")
+    elif not (math.isfinite(norm) and norm > 0):
+        raise ValueError(f"norm must be {expected}, got {norm!r}")
 
 
 def forced_norm(
@@ -357,38 +751,39 @@ def renormalize_(
         tensor([[ 6.,  8.],
                 [ 0., 10.]])
     """
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
     if not rtol >= 0:
         raise ValueError(f"rtol must be >= 0, got {rtol}")
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    if groups == 1:
-        dim = normalize_dim(dim, v.ndim)
-    target = forced_norm(norm, v.shape, dim, groups=groups)
-    _renormalize(v, target, tuple(_reduce_dims(v.ndim, dim, groups)), groups, eps, rtol)
+    spec = WeightNormSpec(tuple(v.shape), dim, groups, eps)
+    _renormalize(v, forced_norm(norm, v.shape, spec.dim, groups=groups), spec, rtol)
     return v
 
 
-def _renormalize(
-    v: Tensor, target: float, dims: tuple[int, ...], groups: int, eps: float, rtol: float
-) -> None:
-    """:func:`renormalize_` after validation: ``target`` a number, ``dims`` the reduced dims."""
+def _renormalize(v: Tensor, target: float, spec: WeightNormSpec, rtol: float = 0.0) -> None:
+    """:func:`renormalize_` after validation, ``target`` a number."""
     with torch.no_grad():
-        x = _grouped_view(v, groups) if groups > 1 else v
-        current = _norm(x, dims)  # (float32 for half v)
+        x = spec.view(v)
+        current = _norm(x, spec.reduce_dims)  # (float32 for half v)
         # (a floor above 0 even for eps=0: a zero unit times c/0 would be NaN, not zero)
-        scale = torch.div(target, current.clamp_min(max(eps, torch.finfo(current.dtype).tiny)))
+        floor = max(spec.eps, torch.finfo(current.dtype).tiny)
+        scale = torch.div(target, current.clamp_min(floor))
         if rtol > 0:  # units already at the target keep their bits
-            settled = (current - target).abs() <= rtol * target
-            scale = torch.where(settled, torch.ones_like(scale), scale)
-        if groups == 1:
+            scale = torch.where((current - target).abs() <= rtol * target, 1.0, scale)
+        if spec.groups == 1:
             v.mul_(scale)
         else:  # (the grouped view may be a copy)
             v.copy_((x * scale).reshape(v.shape))
 
 
-def _settled_rtol(dtype: torch.dtype) -> float:
+def force(targets: list[tuple[Tensor, WeightNormSpec, float]], settled: bool = False) -> None:
+    """Forced weight normalization of every ``(v, spec, norm)``: each unit of ``v`` to ``norm``
+    (with ``settled``, as when forcing starts, units already there within rounding keep their
+    bits: :func:`settled_rtol`). The one implementation behind
+    :func:`weightnorm.force_weight_norm` and ``WeightNormOptimizer(forced=...)``."""
+    for v, spec, norm in targets:
+        _renormalize(v, norm, spec, settled_rtol(v.dtype) if settled else 0.0)
+
+
+def settled_rtol(dtype: torch.dtype) -> float:
     """How close to its fixed norm a unit of ``dtype`` counts as already there when forcing
     starts: well above the rounding one renormalization leaves (measured here up to ~9 float32
     ulps for units of 1e5 elements), so that starting to force weights loaded from a forced run
@@ -396,9 +791,7 @@ def _settled_rtol(dtype: torch.dtype) -> float:
     is rescaled, without a tolerance.)"""
     if dtype == torch.float64:
         return 1e-12
-    if dtype in _LOW_PRECISION:
-        return 1e-2
-    return 1e-5
+    return 1e-2 if dtype in LOW_PRECISION else 1e-5
 
 
 def angle_between(
@@ -442,508 +835,20 @@ def angle_between(
             f"angle_between needs two tensors of one shape, got {tuple(a.shape)} and "
             f"{tuple(b.shape)}"
         )
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if groups == 1:
-        dim = normalize_dim(dim, a.ndim)
-    return _angle(a, b, tuple(_reduce_dims(a.ndim, dim, groups)), groups, eps)
+    return angle(a, b, WeightNormSpec(tuple(a.shape), dim, groups, eps))
 
 
-def _angle(a: Tensor, b: Tensor, dims: tuple[int, ...], groups: int, eps: float) -> Tensor:
-    """:func:`angle_between` after validation: ``dims`` the reduced dims."""
+def angle(a: Tensor, b: Tensor, spec: WeightNormSpec) -> Tensor:
+    """:func:`angle_between` for tensors of ``spec``'s shape."""
     dtype = torch.promote_types(a.dtype, b.dtype)
-    if dtype in _LOW_PRECISION:
-        dtype = torch.float32
+    dtype = torch.float32 if dtype in LOW_PRECISION else dtype
+    dims = spec.reduce_dims
     with torch.no_grad():
-        xa = (_grouped_view(a, groups) if groups > 1 else a).to(dtype)
-        xb = (_grouped_view(b, groups) if groups > 1 else b).to(dtype)
-        floor = max(eps, torch.finfo(dtype).tiny)  # (a zero unit: 0/0 would be NaN)
+        xa, xb = spec.view(a).to(dtype), spec.view(b).to(dtype)
+        floor = max(spec.eps, torch.finfo(dtype).tiny)  # (a zero unit: 0/0 would be NaN)
         ua = xa / _norm(xa, dims).clamp_min(floor)
         ub = xb / _norm(xb, dims).clamp_min(floor)
-        return 2 * torch.atan2(_norm(ua - ub, dims), _norm(ua + ub, dims))
-
-
-# --------------------------------------------------------------------------------------------
-# Choosing the implementation
-# --------------------------------------------------------------------------------------------
-
-#: The implementations of :func:`weight_norm`, as :func:`_path` names them:
-#:
-#: - ``"cpu-fused"``: PyTorch's fused CPU kernels (``torch._weight_norm_interface`` and its C++
-#:   backward) after one ``norms.min().item()`` check that every norm is above eps (else
-#:   ``"composite"``). The fastest on the CPU, where a host read costs nothing.
-#: - ``"kernel"``: the custom op ``weightnorm::weight_norm`` and its backward op, eps-safe,
-#:   no host synchronization: one Triton kernel each on CUDA; on the ``meta`` device their
-#:   fake implementations (they allocate only), which is how the GPU path is counted here.
-#: - ``"composite"``: an :class:`torch.autograd.Function` of a few eps-safe whole-tensor ops
-#:   with the paper's closed-form backward (exact to every order when differentiated again);
-#:   any device, any dtype, grouped transposed convolutions.
-#: - ``"traced"``: plain differentiable operations, for ``torch.compile``/``torch.export``,
-#:   ``torch.jit.trace`` and ``torch.func`` transforms, whose graphs need no custom op.
-Path = Literal["cpu-fused", "kernel", "composite", "traced"]
-PATHS: tuple[Path, ...] = ("cpu-fused", "kernel", "composite", "traced")
-
-# None: choose; "exact": inside exact_gradients(); a Path: forced by _force_path (tests)
-_SELECT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "weightnorm_select", default=None
-)
-
-_FUSED_DTYPES = (torch.float32, torch.float64)
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _path(
-    v: Tensor,
-    g: Tensor,
-    dim: int | None,
-    groups: int = 1,
-    layout_fusable: bool | None = None,
-) -> Path:
-    """Which implementation computes ``weight_norm(v, g, dim, groups=groups)`` here.
-
-    ``dim`` is non-negative or ``None``. ``layout_fusable`` is :func:`_fused_layout` (and a
-    keep-dim ``g``) when the caller has it at hand (modules compute it once), else ``None``.
-    In order: ``"traced"`` under ``torch.compile``/``torch.export``, ``torch.jit.trace`` and
-    ``torch.func``; ``"composite"`` inside :func:`exact_gradients`; on the CPU ``"cpu-fused"``
-    where :func:`_torch_fusable`, else ``"composite"``; on other devices ``"kernel"`` where
-    :func:`_kernel_fits`, else ``"composite"``. A path forced by :func:`_force_path` wins
-    after ``"traced"`` (and is checked to be able to run).
-    """
-    if torch.compiler.is_compiling() or _jit_tracing() or _functorch_active():
-        return "traced"
-    select = _SELECT.get()
-    if select is not None:
-        if select == "exact":
-            return "composite"
-        return _checked(cast(Path, select), v, g, dim, groups, layout_fusable)
-    if v.device.type == "cpu":
-        return "cpu-fused" if _torch_fusable(v, g, dim, groups, layout_fusable) else "composite"
-    return "kernel" if _kernel_fits(v, g, dim, groups) else "composite"
-
-
-def _fused_layout(ndim: int, dim: int | None, groups: int = 1) -> bool:
-    """Whether PyTorch's fused weight-norm kernels fit the layout: units along the first or the
-    last dim of a tensor of rank >= 2, no groups. (What ``WeightNormSpec.layout_fusable`` and
-    the optimizer-level ``_Entry.fusable`` compute for themselves.)"""
-    return groups == 1 and dim is not None and ndim > 1 and (dim == 0 or dim == ndim - 1)
-
-
-def _torch_fusable(
-    v: Tensor,
-    g: Tensor,
-    dim: int | None,
-    groups: int = 1,
-    layout_fusable: bool | None = None,
-) -> bool:
-    """Whether PyTorch's fused CPU kernels compute this weight norm: :func:`_fused_layout`, a
-    keep-dim ``g`` of ``v``'s dtype, ``v`` a non-empty float32 or float64 CPU tensor.
-    ``layout_fusable``, when given, stands for the layout (rank included) and g-shape checks
-    (modules fix both when weight norm is applied)."""
-    if layout_fusable is None:
-        layout_fusable = _fused_layout(v.ndim, dim, groups) and tuple(g.shape) == g_shape(
-            v.shape, dim
-        )
-    return (
-        layout_fusable
-        and v.dtype in _FUSED_DTYPES
-        and g.dtype is v.dtype
-        and v.device.type == "cpu"
-        and v.numel() > 0  # torch's fused kernel dies of SIGFPE on an empty tensor
-    )
-
-
-def _kernel_fits(v: Tensor, g: Tensor, dim: int | None, groups: int = 1) -> bool:
-    """Whether the ``weightnorm::weight_norm`` op runs its kernels for these tensors: no groups,
-    one ``g`` per unit in the keep-dim shape, float16/bfloat16/float32/float64, plain tensors
-    (not a subclass such as DTensor, whose ops need sharding rules), on a device with kernels
-    (:func:`_kernels_run_on`)."""
-    return (
-        groups == 1
-        and v.dtype in _KERNEL_DTYPES
-        and g.dtype in _KERNEL_DTYPES
-        and _plain(v)
-        and _plain(g)
-        and (
-            (g.numel() == 1 and g.ndim <= v.ndim)
-            if dim is None
-            else tuple(g.shape) == g_shape(v.shape, dim)
-        )
-        and _kernels_run_on(v.device)
-        and g.device == v.device
-    )
-
-
-def _plain(t: Tensor) -> bool:
-    return type(t) is Tensor or type(t) is torch.nn.Parameter
-
-
-def _checked(
-    path: Path, v: Tensor, g: Tensor, dim: int | None, groups: int, layout: bool | None
-) -> Path:
-    """A forced ``path``, if it can run on these tensors; a ValueError saying why not."""
-    if path == "cpu-fused" and not _torch_fusable(v, g, dim, groups, layout):
-        raise ValueError(
-            "path 'cpu-fused' needs a non-empty float32/float64 CPU tensor of rank >= 2 with "
-            f"units along its first or last dim and a keep-dim g of its dtype; got {v.dtype} "
-            f"{tuple(v.shape)} on {v.device}, dim={dim}, groups={groups}, g {g.dtype} "
-            f"{tuple(g.shape)}"
-        )
-    if path == "kernel" and not _kernel_fits(v, g, dim, groups):
-        raise ValueError(
-            "path 'kernel' needs groups=1, a keep-dim g, a float16/bfloat16/float32/float64 "
-            "tensor on CUDA (with Triton installed) or meta, or on the CPU with Triton's "
-            "interpreter (TRITON_INTERPRET=1 set before the kernels are first built); got "
-            f"{v.dtype} {tuple(v.shape)} on {v.device}, dim={dim}, groups={groups}, g "
-            f"{g.dtype} {tuple(g.shape)}"
-        )
-    return path
-
-
-@contextlib.contextmanager
-def _force_path(path: Path) -> Iterator[None]:
-    """Make :func:`weight_norm` (and the modules) take ``path`` inside the block, for tests.
-
-    Raises:
-        ValueError: ``path`` is not one of :data:`PATHS`; at a call, the path cannot run on
-            those tensors (so that a test cannot silently check another path).
-    """
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    token = _SELECT.set(path)
-    try:
-        yield
-    finally:
-        _SELECT.reset(token)
-
-
-_CUDA_KERNELS: dict[int | None, bool] = {}  # device index -> Triton kernels usable there
-
-
-def _kernels_run_on(device: torch.device) -> bool:
-    """Whether the custom ops run their Triton kernels (or, on ``meta``, their fake
-    implementations) for tensors on ``device``: CUDA with Triton importable and a GPU of
-    compute capability 7.0 or more (PyTorch's own bar for Triton); the CPU only with Triton's
-    interpreter (tests); ``meta`` always. Triton is imported here, at the first need."""
-    kind = device.type
-    if kind == "meta":
-        return True
-    if kind == "cuda":
-        ok = _CUDA_KERNELS.get(device.index)
-        if ok is None:
-            ok = _CUDA_KERNELS[device.index] = (
-                torch.cuda.get_device_capability(device) >= (7, 0) and _kernel_module() is not None
-            )
-        return ok
-    if kind == "cpu":
-        if not _kernels_imported and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-            return False  # (not interpreting: no need to import Triton to know it)
-        kernels = _kernel_module()
-        return kernels is not None and bool(kernels.INTERPRETED)
-    return False
-
-
-_kernels_imported = False
-_kernel_mod: ModuleType | None = None
-
-
-def _kernel_module() -> ModuleType | None:
-    """:mod:`weightnorm._kernels`, imported at the first call; ``None`` without Triton."""
-    global _kernel_mod, _kernels_imported
-    if not _kernels_imported:
-        from . import _kernels  # (imports with AVAILABLE false where Triton is missing)
-
-        _kernel_mod = _kernels if _kernels.AVAILABLE else None
-        _kernels_imported = True
-    return _kernel_mod
-
-
-# --------------------------------------------------------------------------------------------
-# The implementations
-# --------------------------------------------------------------------------------------------
-
-
-def _weight_norm_core(
-    v: Tensor,
-    g: Tensor,
-    dim: int | None,
-    eps: float,
-    groups: int,
-    dims: tuple[int, ...],
-    layout_fusable: bool | None = None,
-) -> Tensor:
-    """:func:`weight_norm` after validation: ``dim`` normalized, ``dims`` the reduced dims,
-    ``layout_fusable`` whether the layout suits PyTorch's fused kernels (see :func:`_path`;
-    ``None``: find out). Modules call this directly with values fixed when weight norm was
-    applied."""
-    path = _path(v, g, dim, groups, layout_fusable)
-    if path == "cpu-fused":
-        # the CPU hot path: PyTorch's fused kernels with their C++ backward (no Python in the
-        # backward pass), used when every norm is above eps, which the kernel reports for free
-        w, norms = torch._weight_norm_interface(v, g, cast(int, dim))
-        if norms.min().item() > eps:
-            if w.requires_grad:
-                w.register_hook(_refuse_higher_order)  # type: ignore[no-untyped-call]
-            return w
-        path = "composite"  # a norm at or below eps: the eps-safe form
-    if path == "kernel":
-        return cast(Tensor, _weight_norm_op(v, g, dim, eps)[0])
-    x = _grouped_view(v, groups) if groups > 1 else v
-    if path == "traced":  # plain differentiable operations: what graphs and transforms take
-        w = _scaled(x, g, _norm(x, dims), eps)
-    else:
-        w = cast(Tensor, _WeightNormFunction.apply(x, g, dims, eps))  # type: ignore[no-untyped-call]
-    return w if groups == 1 else w.reshape(v.shape)
-
-
-class HigherOrderGradientError(RuntimeError):
-    """A second-order gradient through one of weight norm's fused kernels was asked for."""
-
-
-def _higher_order_error(what: str) -> HigherOrderGradientError:
-    return HigherOrderGradientError(
-        "weightnorm: a graph of the backward pass (create_graph=True, e.g. a gradient "
-        f"penalty) goes through weight norm's {what}. Run the forward pass inside "
-        "`with weightnorm.exact_gradients():` for exact higher-order gradients."
-    )
-
-
-def _refuse_higher_order(grad: Tensor) -> None:
-    if torch.is_grad_enabled():  # inside backward, grad mode is on only with create_graph=True
-        raise _higher_order_error(
-            "fused CPU kernel, whose double backward in PyTorch is wrong (it treats the norms "
-            "as constants)"
-        )
-
-
-@contextlib.contextmanager
-def exact_gradients() -> Iterator[None]:
-    """Compute weight norm so that gradients of every order are exact (slower).
-
-    By default the fused paths (PyTorch's kernels on the CPU in float32/float64, this
-    library's Triton kernels on a GPU) give exact first derivatives but no exact double
-    backward; a backward pass with ``create_graph=True`` through them raises
-    :class:`HigherOrderGradientError`. Inside this context the paper's closed-form backward
-    (eq. 3) is used instead, and its own backward is differentiated exactly. Wrap the forward
-    passes whose gradients you differentiate again (gradient penalties, meta-learning).
-
-    Example::
-
-        >>> v = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-        >>> g = torch.ones(3, 1, dtype=torch.float64, requires_grad=True)
-        >>> with exact_gradients():
-        ...     w = weight_norm(v, g)
-        >>> (gv,) = torch.autograd.grad(w.pow(3).sum(), v, create_graph=True)
-        >>> gv.sum().backward()
-    """
-    token = _SELECT.set("exact")
-    try:
-        yield
-    finally:
-        _SELECT.reset(token)
-
-
-# ``weightnorm::weight_norm(v, g, dim, eps) -> (w, norms)`` and its backward op. ``dim`` is
-# non-negative or None; ``g`` has one element per unit; ``norms`` (unclamped, keep-dim, float32
-# for half v, float64 for float64 v) is a by-product for the backward, not differentiable.
-
-
-def _check_op_args(v: Tensor, g: Tensor, dim: int | None) -> None:
-    if dim is not None and not 0 <= dim < v.ndim:
-        raise IndexError(f"dim must be None or in [0, {v.ndim - 1}], got {dim}")
-    units = 1 if dim is None else v.shape[dim]
-    if g.numel() != units:
-        raise ValueError(
-            f"g must have one element per unit ({units} for shape {tuple(v.shape)}, dim={dim}), "
-            f"got shape {tuple(g.shape)}"
-        )
-
-
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-@torch.library.custom_op("weightnorm::weight_norm", mutates_args=())
-def _weight_norm_op(v: Tensor, g: Tensor, dim: int | None, eps: float) -> tuple[Tensor, Tensor]:
-    """``(w, norms)``: Triton kernels where :func:`_kernels_run_on` the device, else the
-    composite form."""
-    _check_op_args(v, g, dim)
-    if _kernels_run_on(v.device):
-        kernels = cast(ModuleType, _kernel_module())
-        return cast(tuple[Tensor, Tensor], kernels.weight_norm_forward(v, g, dim, eps))
-    norm = _norm(v, _reduce_dims(v.ndim, dim, 1))  # (float32 for half v, else v's dtype)
-    return _scaled(v, g.reshape(norm.shape), norm, eps), norm
-
-
-@_weight_norm_op.register_fake
-def _weight_norm_fake(v: Tensor, g: Tensor, dim: int | None, eps: float) -> tuple[Tensor, Tensor]:
-    _check_op_args(v, g, dim)
-    norms = v.new_empty(g_shape(v.shape, dim), dtype=_accumulator(v.dtype))
-    return torch.empty_like(v), norms
-
-
-@torch.library.custom_op("weightnorm::weight_norm_backward", mutates_args=())
-def _weight_norm_backward_op(
-    grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, dim: int | None, eps: float
-) -> tuple[Tensor, Tensor]:
-    """``(grad_v, grad_g)`` of ``weightnorm::weight_norm`` (paper eq. 3)."""
-    _check_op_args(v, g, dim)
-    if _kernels_run_on(v.device):
-        kernels = cast(ModuleType, _kernel_module())
-        return cast(
-            tuple[Tensor, Tensor], kernels.weight_norm_backward(grad_w, v, g, norms, dim, eps)
-        )
-    grad_v, grad_g = closed_form_grads(
-        grad_w, v, g.reshape(norms.shape), norms, _reduce_dims(v.ndim, dim, 1), eps
-    )
-    return grad_v, grad_g.to(g.dtype).reshape(g.shape)
-
-
-@_weight_norm_backward_op.register_fake
-def _weight_norm_backward_fake(
-    grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, dim: int | None, eps: float
-) -> tuple[Tensor, Tensor]:
-    _check_op_args(v, g, dim)
-    return torch.empty_like(v), torch.empty_like(g)
-
-
-def _op_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-    v, g, dim, eps = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.set_materialize_grads(False)  # (no zero-filled gradient for the unused norms)
-    ctx.save_for_backward(v, g, output[1])
-    ctx.dim, ctx.eps = dim, eps
-
-
-def _op_backward(
-    ctx: Any, grad_w: Tensor | None, _grad_norms: Tensor | None
-) -> tuple[Tensor | None, Tensor | None, None, None]:
-    if torch.is_grad_enabled():  # create_graph=True
-        raise _higher_order_error("Triton kernel, which does not differentiate its own backward")
-    if grad_w is None:
-        return None, None, None, None
-    v, g, norms = ctx.saved_tensors
-    grad_v, grad_g = _weight_norm_backward_op(grad_w, v, g, norms, ctx.dim, ctx.eps)
-    return grad_v, grad_g, None, None
-
-
-_weight_norm_op.register_autograd(_op_backward, setup_context=_op_setup)
-
-
-class _WeightNormFunction(torch.autograd.Function):
-    """The ``"composite"`` path: ``w = g v / max(||v||, eps)`` in four whole-tensor operations
-    (norm, clamp, divide, multiply), the paper's closed-form backward (eq. 3) in eight.
-
-    When a graph of the backward is asked for (``create_graph=True``), the backward is computed
-    by differentiating the composite form, so higher derivatives are exact. (PyTorch's own fused
-    double backward is wrong: it treats the saved norms as constants.)
-    """
-
-    @staticmethod
-    def forward(ctx: Any, v: Tensor, g: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
-        norm = _norm(v, dims)
-        normc = norm.clamp_min(eps)
-        scale = g / normc
-        w = v * scale
-        ctx.dims, ctx.eps = dims, eps
-        ctx.save_for_backward(v, g, norm, normc, scale)
-        return w if w.dtype == v.dtype else w.to(v.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad_w: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        v, g, norm, normc, scale = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the composite form
-            return _composite_backward(ctx, v, g, grad_w)
-        grad_v, grad_g = _closed_form(grad_w, v, norm, normc, scale, ctx.dims, ctx.eps)
-        return grad_v, grad_g.sum_to_size(g.shape).to(g.dtype), None, None
-
-
-def closed_form_grads(
-    grad_w: Tensor,
-    v: Tensor,
-    g: Tensor,
-    norm: Tensor,
-    dims: tuple[int, ...] | list[int],
-    eps: float,
-) -> tuple[Tensor, Tensor]:
-    r"""The paper's eq. 3: ``(grad_v, grad_g)`` from ``grad_w`` for ``w = g v / max(||v||, eps)``.
-
-    .. math::
-        \nabla_g L = \frac{\nabla_w L \cdot v}{\|v\|}, \qquad
-        \nabla_v L = \frac{g}{\|v\|}\Big(\nabla_w L - \frac{\nabla_w L \cdot v}{\|v\|^2} v\Big)
-
-    ``norm`` is the unclamped per-unit norm (keep-dim shape, float32 for half ``v``); where it
-    is below ``eps`` the norm's own gradient is zero. ``grad_g`` has the keep-dim shape in the
-    dtype of ``norm``; ``grad_v`` the shape and dtype of ``v``.
-
-    Example::
-
-        >>> v, g = torch.tensor([[3.0, 4.0]]), torch.tensor([[10.0]])
-        >>> norm = v.norm(dim=1, keepdim=True)
-        >>> grad_v, grad_g = closed_form_grads(torch.ones(1, 2), v, g, norm, [1], 1e-12)
-        >>> grad_g
-        tensor([[1.4000]])
-    """
-    normc = norm.clamp_min(eps)
-    return _closed_form(grad_w, v, norm, normc, g / normc, dims, eps)
-
-
-def _closed_form(
-    grad_w: Tensor,
-    v: Tensor,
-    norm: Tensor,
-    normc: Tensor,
-    scale: Tensor,
-    dims: tuple[int, ...] | list[int],
-    eps: float,
-) -> tuple[Tensor, Tensor]:
-    """:func:`closed_form_grads` given ``normc = max(norm, eps)`` and ``scale = g / normc``."""
-    product = grad_w * v
-    if dims:  # grad_w . v per unit
-        dot = torch.sum(product, dims, keepdim=True, dtype=norm.dtype)
-    else:
-        dot = product if product.dtype == norm.dtype else product.to(norm.dtype)
-    grad_g = dot / normc
-    # dot / normc^2; zero where norm < eps (the clamped norm is a constant there)
-    coef = torch.div(grad_g, normc).masked_fill_(norm < eps, 0.0)
-    grad_v = torch.addcmul(grad_w, v, coef, value=-1).mul_(scale)
-    return (grad_v if grad_v.dtype == v.dtype else grad_v.to(v.dtype)), grad_g
-
-
-def _scaled(v: Tensor, g: Tensor, norm: Tensor, eps: float) -> Tensor:
-    """``v * g / max(norm, eps)`` in the dtype of ``v`` (the norm may be float32)."""
-    w = v * (g / norm.clamp_min(eps))
-    return w if w.dtype == v.dtype else w.to(v.dtype)
-
-
-def _norm(v: Tensor, dims: tuple[int, ...] | list[int]) -> Tensor:
-    """Per-unit norms over ``dims`` (keep-dim; float32 for half ``v``). No dims: each element is
-    a unit, its norm the absolute value."""
-    if not dims:  # (vector_norm and sum read an empty dim list as "every dim")
-        return v.abs() if v.dtype not in _LOW_PRECISION else v.abs().float()
-    dtype = torch.float32 if v.dtype in _LOW_PRECISION else None
-    norm: Tensor = torch.linalg.vector_norm(v, 2, dim=dims, keepdim=True, dtype=dtype)
-    return norm
-
-
-def _composite_backward(
-    ctx: Any, v: Tensor, g: Tensor, grad_w: Tensor
-) -> tuple[Tensor | None, Tensor | None, None, None]:
-    wanted = [t for t, need in zip((v, g), ctx.needs_input_grad[:2], strict=True) if need]
-    with torch.enable_grad():
-        w = _scaled(v, g, _norm(v, ctx.dims), ctx.eps)
-        grads = iter(torch.autograd.grad(w, wanted, grad_w, create_graph=True))
-    grad_v = next(grads) if ctx.needs_input_grad[0] else None
-    grad_g = next(grads) if ctx.needs_input_grad[1] else None
-    return grad_v, grad_g, None, None
-
-
-def _jit_tracing() -> bool:
-    return bool(torch._C._get_tracing_state())
-
-
-def _functorch_active() -> bool:
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active()) if active is not None else False
+        return (2 * torch.atan2(_norm(ua - ub, dims), _norm(ua + ub, dims))).reshape(spec.g_shape)
 
 
 def mean_only_batch_norm(
@@ -988,14 +893,11 @@ def mean_only_batch_norm(
         )
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     if training or running_mean is None:
-        dims = [0, *range(2, x.ndim)]
-        mean = x.mean(dim=dims, keepdim=True)
+        mean = x.mean(dim=[0, *range(2, x.ndim)], keepdim=True)
         if training and running_mean is not None:
             with torch.no_grad():
                 running_mean.lerp_(mean.detach().reshape(-1).to(running_mean.dtype), momentum)
     else:
         mean = running_mean.reshape(shape)
     y = x - mean
-    if bias is not None:
-        y = y + bias.reshape(shape)
-    return y
+    return y if bias is None else y + bias.reshape(shape)

@@ -12,10 +12,16 @@ all ranks' batches and ends with identical parameters.
 ``v`` keeps its values unless ``redraw_v=True`` (then ``v ~ N(0, 0.05)`` as in the paper): only
 its direction matters to ``w``, and the direction of torch's default initialization is as good a
 random start as the paper's Gaussian.
+
+A unit whose pre-activations are (almost) constant on the batch (a dead unit: standard deviation
+at most 1e-4 of their root mean square) has no scale to measure: dividing by its deviation would
+make its ``g`` about 1e5. Such a unit keeps the ``g`` it had, its bias still centres it, and a
+warning names the layer and how many units it has.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
@@ -32,7 +38,8 @@ __all__ = ["data_dependent_init", "data_dependent_init_plain"]
 
 M = TypeVar("M", bound=nn.Module)
 
-_VAR_EPS = 1e-10  # added to the variance, as the paper's code does: a constant unit stays finite
+_VAR_EPS = 1e-10  # added to the variance, as the paper's code does
+_DEAD = 1e-4  # a unit whose std is at most this fraction of its root mean square is dead
 
 
 def _unit_axis(module: nn.Module) -> int:
@@ -93,7 +100,7 @@ def _init_targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
             continue
         if not isinstance(module, DEFAULT_LAYERS):
             continue  # recurrent and embedding weights keep their standard init (paper, sec. 3)
-        if spec.fixed_gain:
+        if spec.gain is not None:
             raise WeightNormError(
                 f"data-dependent init sets g, and {qualname or 'the model'} has a fixed gain "
                 "(weight_norm(..., gain=c)); expected a learned g on every weight-normalized "
@@ -115,10 +122,12 @@ def _hooks(
 ) -> Iterator[None]:
     handles = []
     done: set[int] = set()
+    g_before: dict[int, Tensor] = {}
 
     def pre_hook(module: nn.Module, args: Any) -> None:
         if id(module) in done:
             return
+        g_before[id(module)] = cast(Tensor, module.weight_g).detach().reshape(-1).clone()
         module.weight_g.fill_(1.0)  # type: ignore[operator]
         if module.bias is not None:
             module.bias.zero_()  # type: ignore[operator]
@@ -131,6 +140,17 @@ def _hooks(
             axis = _unit_axis(module)
             mean, var = _moments(output, axis, name)
             scale = init_scale / torch.sqrt(var + _VAR_EPS)
+            dead = var <= _DEAD**2 * (var + mean * mean)
+            if bool(dead.any()):  # (the same units on every rank: the statistics are all-reduced)
+                scale = torch.where(dead, g_before[id(module)].to(scale.dtype), scale)
+                warnings.warn(
+                    f"data-dependent init: {int(dead.sum())} of {dead.numel()} units of {name} "
+                    f"have constant pre-activations on the init batch (std <= {_DEAD:g} x their "
+                    "root mean square): they keep the g they had (the paper's 1/std would make it "
+                    f"about {1 / _VAR_EPS**0.5:.0e}), and their bias centres them; a larger or "
+                    "more varied batch may give them a scale",
+                    stacklevel=2,
+                )
             g = cast(Tensor, module.weight_g)
             g.copy_(scale.reshape(g.shape))  # g's flat order is output-unit order
             bias = cast("Tensor | None", module.bias)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ._reparam import PerOutput, _make_property, _readers, _WeightNormMixin, weight_norm
+from ._reparam import PerOutput, _property, _WeightNormMixin, weight_norm
 from .functional import DEFAULT_EPS
 
 __all__ = [
@@ -32,12 +32,8 @@ __all__ = [
 
 
 class _WNLayer(_WeightNormMixin):
-    weight = _make_property("weight")
+    weight = _property("weight")
     _wn_props: ClassVar[frozenset[str]] = frozenset({"weight"})
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._wn_readers = _readers(cls)
 
     def __init__(
         self,

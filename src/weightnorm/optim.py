@@ -5,7 +5,8 @@ normalized weight, and at every step converts ``grad_w`` into ``grad_g`` and ``g
 paper's eq. 3, lets the wrapped optimizer update ``g`` and ``v``, and writes ``w = g v/||v||``
 back into the weight. The forward and backward passes are those of the plain network; the
 trajectory is that of the reparameterized model (the paper authors' own Keras implementation
-worked this way).
+worked this way). The math is that of the modules (:mod:`weightnorm.functional`'s kernels, its
+:class:`~weightnorm.functional.WeightNormSpec` per weight).
 
 It normalizes the weights of a plain model (every ``layers`` module, or the parameters named in
 ``params``), or, through :meth:`WeightNormOptimizer.from_model`, takes over the weight norms a
@@ -20,30 +21,18 @@ from __future__ import annotations
 import fnmatch
 import functools
 from collections.abc import Callable, Iterable, Mapping
-from math import inf
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from . import _torch_compat as compat
 from . import functional as F
 from ._errors import WeightNormError
 from ._model import DEFAULT_LAYERS, fold
-from ._reparam import (
-    PerOutput,
-    WeightNormSpec,
-    _check_gain,
-    _gain,
-    _sync,
-    default_dim,
-    weight_norm_specs,
-)
-from ._torch_compat import find_torch_weight_norms
+from ._reparam import PerOutput, WeightNormSpec, _sync, find_weight_norms, make_spec
 
 __all__ = ["WeightNormOptimizer"]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-_INTERFACE_BACKWARD = torch.ops.aten._weight_norm_interface_backward.default
 
 #: torch.optim optimizers whose update of each element depends on that element (and its own
 #: state) only, with per-tensor state that is the same for every tensor (a step count): one
@@ -74,193 +63,109 @@ def _is_elementwise(factory: Callable[..., Any]) -> bool:
 class _Entry:
     """One normalized weight: the model's tensor ``w`` and the optimizer's ``g`` and ``v``.
 
-    ``g`` and ``v`` are Parameters of their own, or views into the flat Parameter of a
-    :class:`_Pack` (then ``g_grad``/``v_grad`` are the matching views of its gradient). On
-    the CPU in float32/float64 with one g per first or last dim, the gradient conversion and the
-    weight write use PyTorch's fused weight-norm kernels. Elsewhere the closed form is evaluated,
-    and the weight written by the composite form, or on a GPU by this library's kernels. Either
-    way the norms of ``v`` come from the last write (``v`` does not change between a write and
-    the next conversion), so they are not computed twice; only a write by the kernels keeps none.
-
-    Without ``g``/``v``, they start at ``g = ||w||``, ``v = w``. Given (a weight norm taken over
-    from a model), they are copied as they are: ``v`` keeps its own norm, ``g`` its dtype. With
-    ``learn_g=False`` (a fixed gain) ``g`` is a plain tensor that the wrapped optimizer never
-    sees. The weight is first rewritten as ``g v/||v||`` by the optimizer's setup, once every
-    entry has its final ``g`` and ``v`` (a fixed gain, forcing, packing).
+    ``v`` is a contiguous copy of the weight (or of the ``v`` taken over from a model: it keeps
+    its norm), ``g`` ``||w||`` (or the ``g`` taken over: it keeps its dtype); with
+    ``learn_g=False`` (a fixed gain) ``g`` is a plain tensor the wrapped optimizer never sees.
+    Under FSDP2 (a DTensor weight sharded by rows) everything is this rank's rows. ``g`` and
+    ``v`` may become views into the flat Parameter of a :class:`_Pack` (then ``g_grad`` and
+    ``v_grad`` are the matching views of its gradient). Each write of the weight keeps the norms
+    of ``v`` and the kernel that computed them, whose backward converts the next gradient
+    (``v`` does not change in between).
     """
 
     def __init__(
         self,
         name: str,
         w: nn.Parameter,
-        dim: int | None,
-        groups: int,
-        eps: float,
+        spec: WeightNormSpec,
         g: Tensor | None = None,
         v: Tensor | None = None,
-        learn_g: bool = True,
     ) -> None:
-        self.name, self.w, self.dim, self.groups, self.eps = name, w, dim, groups, eps
-        self.learn_g = learn_g
-        self.local = _local_rows(name, w, dim, groups)  # this rank's rows of an FSDP2 weight
+        self.name, self.w, self.spec = name, w, spec
+        self.target: Tensor = w  # what is written: the weight, or this rank's rows of it
+        local = compat.local_rows(w)
+        if local is not None:
+            if not (local[1] and spec.dim == 0 and spec.groups == 1):
+                raise WeightNormError(
+                    f"{name} is a DTensor with placements {cast(Any, w).placements} normalized "
+                    f"along dim={spec.dim}"
+                    f"{f', groups={spec.groups}' if spec.groups > 1 else ''}; the optimizer-level "
+                    "mode supports sharded weights whose units are whole on each rank: dim=0 "
+                    "under Shard(0) (FSDP2). Use the reparameterized modules (wn.weight_norm) "
+                    "for this weight instead"
+                )
+            self.target = local[0]
+            self.spec = spec = WeightNormSpec(tuple(self.target.shape), 0, 1, spec.eps, spec.gain)
         with torch.no_grad():
-            if self.local is not None:
-                w = cast(nn.Parameter, self.local)
-                v = None if v is None else cast(Any, v).to_local()
-                g = None  # (a weight taken over from a model is not sharded: never both)
-            if v is None:
-                v = w.detach()
-            elif v.shape != w.shape:
+            v = (self.target if v is None else v).detach()
+            if v.shape != self.target.shape:
                 raise WeightNormError(
                     f"{name}: v of shape {tuple(v.shape)} given for a weight of shape "
-                    f"{tuple(w.shape)}"
+                    f"{tuple(self.target.shape)}"
                 )
-            if g is None:
-                norm = F.norm_except_dim(v.detach(), dim, groups=groups)
-                g = norm.to(torch.float32 if w.dtype in _LOW_PRECISION else w.dtype)
-            else:
-                shape = F.g_shape(w.shape, dim, groups)
-                if g.numel() != torch.Size(shape).numel():
-                    raise WeightNormError(
-                        f"{name}: g of shape {tuple(g.shape)} given, expected {shape} for a "
-                        f"weight of shape {tuple(w.shape)} with dim={dim}, groups={groups}"
-                    )
-                g = g.detach().reshape(shape)  # torch's whole-tensor g is 0-d
-        # copies: the optimizer owns g and v, never the model's tensors
-        g = g.detach().clone().to(w.device)
-        self.g: Tensor = nn.Parameter(g) if learn_g else g
-        self.v: Tensor = nn.Parameter(v.detach().clone().to(device=w.device, dtype=w.dtype))
+            if spec.gain is not None:
+                dtype = g.dtype if g is not None else _g_dtype(w.dtype)
+                g = torch.full(spec.g_shape, spec.gain, dtype=dtype)
+            elif g is None:
+                g = spec.split(v).to(_g_dtype(w.dtype))
+            elif g.numel() != spec.units:
+                raise WeightNormError(
+                    f"{name}: g of shape {tuple(g.shape)} given, expected {spec.g_shape} for a "
+                    f"weight of shape {spec.shape} with dim={spec.dim}, groups={spec.groups}"
+                )
+            # copies: the optimizer owns g and v, never the model's tensors
+            g = g.detach().reshape(spec.g_shape).clone().to(w.device)
+            v = v.to(device=w.device, dtype=w.dtype).clone(memory_format=torch.contiguous_format)
+        self.g: Tensor = g if spec.gain is not None else nn.Parameter(g)
+        self.v: Tensor = nn.Parameter(v)
         self.g_grad: Tensor | None = None
         self.v_grad: Tensor | None = None
-        self.dims = tuple(F._reduce_dims(w.ndim, dim, groups))
-        # torch's fused kernels compute g v/||v|| here (functional's one test of it)
-        self.fusable = F._torch_fusable(self.v, self.g, dim, groups)
-        # otherwise weight_norm's composite form does, unless its Triton kernels run here
-        self.composite = self.v.device.type == "cpu" or not F._kernel_fits(
-            self.v, self.g, dim, groups
-        )
-        self.norms: Tensor | None = None  # from the last fused write, when every norm > eps
-        self.unit_norms: Tensor | None = None  # ||v|| per unit, from the last composite write
-
-    def fix_gain(self, gain: float) -> None:
-        """Make ``g`` the constant ``gain`` per unit, not trained (before any :class:`_Pack`)."""
-        self.g = torch.full_like(self.g.detach(), gain)
-        self.learn_g = False
+        self.norms: Tensor | None = None
+        self.kernel: F.Kernel = F.PLAIN
 
     def stepped(self) -> tuple[Tensor, ...]:
         """The tensors the wrapped optimizer updates: ``g`` (when learned) and ``v``."""
-        return (self.g, self.v) if self.learn_g else (self.v,)
+        return (self.g, self.v) if self.spec.gain is None else (self.v,)
 
-    def to_g_v_grads(self, copies: tuple[list[Tensor], list[Tensor]] | None = None) -> None:
+    def to_g_v_grads(self, copies: tuple[list[Tensor], list[Tensor]]) -> None:
         """grad_g = grad_w . v/||v||; grad_v = g/||v|| (grad_w - (grad_w . v)/||v||^2 v).
 
-        With ``copies``, writes into the flat gradient views are appended to its two lists
-        (destinations, sources), for the caller to make in one ``torch._foreach_copy_``."""
+        Writes into the flat gradient views are appended to ``copies`` (destinations, sources),
+        for the caller to make in one ``torch._foreach_copy_``."""
         grad_w = self.w.grad
-        if grad_w is not None and self.local is not None:
+        if grad_w is not None and self.target is not self.w:
             grad_w = cast(Any, grad_w).to_local()  # (a DTensor, as the weight)
-        if grad_w is None:
+        learned = self.spec.gain is None
+        if grad_w is None or self.norms is None:
             # separate g, v: not stepped; flat ones take a zero-gradient step (see the class)
-            views = [(self.v, self.v_grad)] + ([(self.g, self.g_grad)] if self.learn_g else [])
-            for t, view in views:
+            for t, view in [(self.v, self.v_grad)] + ([(self.g, self.g_grad)] if learned else []):
                 if view is None:
                     t.grad = None
                 else:
                     view.zero_()
             return
         v, g = self.v.detach(), self.g.detach()
-        if self.norms is not None:
-            grad_v, grad_g = _INTERFACE_BACKWARD(grad_w.contiguous(), v, g, self.norms, self.dim)
-        else:
-            x = F._grouped_view(v, self.groups) if self.groups > 1 else v
-            gw = F._grouped_view(grad_w, self.groups) if self.groups > 1 else grad_w
-            norm = self.unit_norms if self.unit_norms is not None else F._norm(x, self.dims)
-            grad_v, grad_g = F.closed_form_grads(gw, x, g, norm, self.dims, self.eps)
-            grad_v, grad_g = grad_v.reshape(v.shape), grad_g.reshape(g.shape)
-        grads = [(self.v, self.v_grad, grad_v)]
-        if self.learn_g:  # (a fixed g takes no step)
-            if grad_g.dtype != self.g.dtype:
-                grad_g = grad_g.to(self.g.dtype)
-            grads.append((self.g, self.g_grad, grad_g))
+        grad_v, grad_g = self.kernel.backward(grad_w, v, g, self.norms, self.spec)
+        grads = [(self.v, self.v_grad, grad_v)] + (
+            [(self.g, self.g_grad, grad_g)] if learned else []
+        )
         for t, view, grad in grads:
             if view is None:
-                t.grad = grad
-            elif copies is None:
-                view.copy_(grad)
+                t.grad = grad.to(t.dtype)
             else:
                 copies[0].append(view)
                 copies[1].append(grad)
 
     @torch.no_grad()
     def write_weight(self) -> None:
-        """``w = g v/||v||`` into the model's weight (in place: the same Parameter), and the
-        norms of ``v`` for the next :meth:`to_g_v_grads`."""
-        self.norms = self.unit_norms = None
-        w = self.w if self.local is None else self.local
-        if self.fusable:
-            # the kernel of the modules' forward and of _Writer: the same bits either way
-            w_new, norms = torch._weight_norm_interface(self.v, self.g, cast(int, self.dim))
-            if norms.min().item() > self.eps:
-                w.copy_(w_new)
-                self.norms = norms
-                return
-        if self.composite:  # what weight_norm computes here (its composite form), bit for bit
-            x = F._grouped_view(self.v, self.groups) if self.groups > 1 else self.v
-            self.unit_norms = F._norm(x, self.dims)
-            w.copy_(F._scaled(x, self.g, self.unit_norms, self.eps).reshape(w.shape))
-        else:
-            w.copy_(F.weight_norm(self.v, self.g, self.dim, self.eps, groups=self.groups))
+        """``w = g v/||v||`` into the model's weight (in place: the same Parameter), keeping the
+        norms of ``v`` and the kernel for the next :meth:`to_g_v_grads`."""
+        w, self.norms, self.kernel = F.weight_and_norms(self.v, self.g, self.spec)
+        self.target.copy_(w)
 
 
-def _local_rows(name: str, w: Tensor, dim: int | None, groups: int) -> Tensor | None:
-    """This rank's part of a weight sharded by FSDP2 (``fully_shard``), or None if ``w`` is an
-    ordinary tensor. FSDP2 shards along dim 0, so when the units are the rows (``dim=0``) every
-    rank holds whole units and the optimizer works on its own rows, with no communication."""
-    if not torch.distributed.is_available():
-        return None
-    from torch.distributed.tensor import DTensor, Shard
-
-    if not isinstance(w, DTensor):
-        return None
-    if dim != 0 or groups != 1 or any(p != Shard(0) for p in w.placements):
-        raise WeightNormError(
-            f"{name} is a DTensor with placements {w.placements} normalized along dim={dim}"
-            f"{f', groups={groups}' if groups > 1 else ''}; the optimizer-level mode supports "
-            "sharded weights whose units are whole on each rank: dim=0 under Shard(0) (FSDP2). "
-            "Use the reparameterized modules (wn.weight_norm) for this weight instead"
-        )
-    return w.to_local()
-
-
-class _Writer:
-    """:meth:`_Entry.write_weight` for every entry, the fused ones batched: one fused kernel
-    each, then a single eps check (no host read per weight) and a single copy for all of them.
-    Which entries are batched, and where they are written, is fixed when it is built."""
-
-    def __init__(self, entries: list[_Entry]) -> None:
-        fused = [e for e in entries if e.fusable]
-        if len(fused) < 2:  # (batching pays from two weights on)
-            fused = []
-        self.fused = fused
-        self.others = [e for e in entries if not (fused and e.fusable)]
-        self.targets = [e.w if e.local is None else e.local for e in fused]
-        self.eps = max((e.eps for e in fused), default=0.0)
-
-    def __call__(self) -> None:
-        for e in self.others:
-            e.write_weight()
-        if not self.fused:
-            return
-        outs = [torch._weight_norm_interface(e.v, e.g, cast(int, e.dim)) for e in self.fused]
-        norms = [n for _, n in outs]
-        largest_inverse = torch.stack(torch._foreach_norm(torch._foreach_reciprocal(norms), inf))
-        if largest_inverse.max().item() * self.eps < 1.0:  # every norm > eps
-            torch._foreach_copy_(self.targets, [w for w, _ in outs])
-            for e, n in zip(self.fused, norms, strict=True):
-                e.norms, e.unit_norms = n, None
-        else:  # a unit at (or below) eps: each weight through the eps-safe path
-            for e in self.fused:
-                e.write_weight()
+def _g_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in F.LOW_PRECISION else dtype
 
 
 class _Pack:
@@ -276,8 +181,7 @@ class _Pack:
         # one gradient buffer for every step: each slice is written at each step (no zeroing),
         # and no fresh memory for the allocator to fault in
         self.buffer = torch.empty_like(self.param)
-        flat = self.param.detach()
-        offset = 0
+        flat, offset = self.param.detach(), 0
         for e, which in tensors:
             t = getattr(e, which)
             n = t.numel()
@@ -300,34 +204,28 @@ def _qualified(qualname: str, name: str) -> str:
 
 
 def _refuse_normalized(model: nn.Module) -> None:
-    for qualname, module in model.named_modules():
-        ours = list(weight_norm_specs(module))
-        theirs = [
-            f"{found.name} (torch's {found.kind})" for found in find_torch_weight_norms(module)
-        ]
-        if ours or theirs:
-            what = ", ".join(ours + theirs)
-            raise WeightNormError(
-                f"{qualname or 'the model'} is already weight-normalized ({what}); "
-                "WeightNormOptimizer(model, ...) takes a plain model: use "
-                "WeightNormOptimizer.from_model(model, optimizer, ...) to train the weight norms "
-                "it carries, or wn.fold(model) first to drop them"
-            )
+    for found in find_weight_norms(model, theirs=True):
+        what = found.name + ("" if found.kind == "weightnorm" else f" (torch's {found.kind})")
+        where = found.qualname.rpartition(".")[0] or "the model"
+        raise WeightNormError(
+            f"{where} is already weight-normalized ({what}); "
+            "WeightNormOptimizer(model, ...) takes a plain model: use "
+            "WeightNormOptimizer.from_model(model, optimizer, ...) to train the weight norms "
+            "it carries, or wn.fold(model) first to drop them"
+        )
 
 
 def _select_by_layers(
-    model: nn.Module, layers: tuple[type[nn.Module], ...], eps: float
+    model: nn.Module, layers: tuple[type[nn.Module], ...], eps: float, gain: float | None
 ) -> list[_Entry]:
     entries: list[_Entry] = []
     normalized: set[int] = set()
     for qualname, module in model.named_modules():
-        if not isinstance(module, layers):
-            continue
-        w = module._parameters.get("weight")
+        w = module._parameters.get("weight") if isinstance(module, layers) else None
         if w is None or not w.requires_grad or id(w) in normalized:
             continue
-        dim, n_groups = default_dim(module)
-        entries.append(_Entry(_qualified(qualname, "weight"), w, dim, n_groups, eps))
+        spec = make_spec(module, "weight", tuple(w.shape), "output", eps, gain)
+        entries.append(_Entry(_qualified(qualname, "weight"), w, spec))
         normalized.add(id(w))
     if not entries:
         raise WeightNormError(
@@ -336,19 +234,9 @@ def _select_by_layers(
     return entries
 
 
-def _unit(
-    module: nn.Module, name: str, param: Tensor, dim: int | PerOutput | None, full: str
-) -> tuple[int | None, int]:
-    """``(dim, groups)`` asked for by a ``params`` value, checked against the parameter."""
-    if dim == "output":
-        return (None, 1) if param.ndim == 0 else default_dim(module, name)
-    try:
-        return F.normalize_dim(dim, param.ndim), 1
-    except (IndexError, TypeError) as err:
-        raise WeightNormError(f"params: {full} has shape {tuple(param.shape)}: {err}") from None
-
-
-def _select_by_params(model: nn.Module, params: ParamSelection, eps: float) -> list[_Entry]:
+def _select_by_params(
+    model: nn.Module, params: ParamSelection, eps: float, gain: float | None
+) -> list[_Entry]:
     wanted: list[tuple[str, int | PerOutput | None]]
     if isinstance(params, str):
         wanted = [(params, "output")]
@@ -356,22 +244,16 @@ def _select_by_params(model: nn.Module, params: ParamSelection, eps: float) -> l
         wanted = list(params.items())
     else:
         wanted = [(p, "output") for p in params]
-    for pattern, dim in wanted:
+    for pattern, _ in wanted:
         if not isinstance(pattern, str):
             raise WeightNormError(
                 f"params takes parameter names or fnmatch patterns (str), got "
                 f"{type(pattern).__name__} {pattern!r}"
             )
-        if not (
-            dim is None or dim == "output" or (isinstance(dim, int) and not isinstance(dim, bool))
-        ):
-            raise WeightNormError(
-                f"params[{pattern!r}]: dim must be an int, None or 'output', got {dim!r}"
-            )
     if not wanted:
         raise WeightNormError("params is empty; expected parameter names or patterns")
     matched: set[str] = set()
-    chosen: dict[int, tuple[str, int | None, int, str]] = {}  # id -> name, dim, groups, pattern
+    chosen: dict[int, tuple[str, WeightNormSpec, str]] = {}  # id -> name, spec, pattern
     entries: list[_Entry] = []
     names: list[str] = []
     # every path to every parameter, shared modules and tied parameters included
@@ -385,30 +267,32 @@ def _select_by_params(model: nn.Module, params: ParamSelection, eps: float) -> l
             if not hits:
                 continue
             matched.update(p for p, _ in hits)
-            if isinstance(param, nn.parameter.UninitializedParameter):
-                raise WeightNormError(
-                    f"params: {full} is uninitialized (a lazy module); run one forward pass first"
-                )
-            if not param.is_floating_point():
-                raise WeightNormError(
-                    f"params: {full} has dtype {param.dtype}; expected a floating parameter"
-                )
-            if not param.requires_grad:
-                raise WeightNormError(
-                    f"params: {full} does not require grad; expected a trainable parameter "
-                    "(leave frozen ones out of params)"
-                )
+            problem = (
+                "is uninitialized (a lazy module); run one forward pass first"
+                if isinstance(param, nn.parameter.UninitializedParameter)
+                else f"has dtype {param.dtype}; expected a floating parameter"
+                if not param.is_floating_point()
+                else "does not require grad; expected a trainable parameter (leave frozen ones "
+                "out of params)"
+                if not param.requires_grad
+                else None
+            )
+            if problem is not None:
+                raise WeightNormError(f"params: {full} {problem}")
             for pattern, dim in hits:
-                unit_dim, groups = _unit(module, name, param, dim, full)
+                try:
+                    spec = make_spec(module, name, tuple(param.shape), dim, eps, gain)
+                except WeightNormError as err:
+                    raise WeightNormError(f"params[{pattern!r}]: {err}") from None
                 seen = chosen.get(id(param))
                 if seen is None:
-                    chosen[id(param)] = (full, unit_dim, groups, pattern)
-                    entries.append(_Entry(full, param, unit_dim, groups, eps))
-                elif seen[1:3] != (unit_dim, groups):
+                    chosen[id(param)] = (full, spec, pattern)
+                    entries.append(_Entry(full, param, spec))
+                elif (seen[1].dim, seen[1].groups) != (spec.dim, spec.groups):
                     where = full if seen[0] == full else f"{seen[0]} (tied to {full})"
                     raise WeightNormError(
-                        f"params: {where} is asked for dim={seen[1]}, groups={seen[2]} by "
-                        f"{seen[3]!r} and dim={unit_dim}, groups={groups} by {pattern!r}"
+                        f"params: {where} is asked for dim={seen[1].dim}, groups={seen[1].groups}"
+                        f" by {seen[2]!r} and dim={spec.dim}, groups={spec.groups} by {pattern!r}"
                     )
     unmatched = [p for p, _ in wanted if p not in matched]
     if unmatched:
@@ -527,22 +411,18 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         forced: F.ForcedNorm | None = None,
         **defaults: Any,
     ) -> None:
-        if eps < 0:
-            raise WeightNormError(f"eps must be >= 0, got {eps}")
-        _check_gain(gain)
+        F.check_eps(eps)
+        F.check_gain(gain)
         _check_forced(forced)
         _refuse_normalized(model)
         if params is None:
-            entries = _select_by_layers(model, tuple(layers), eps)
+            entries = _select_by_layers(model, tuple(layers), eps, gain)
+        elif tuple(layers) != DEFAULT_LAYERS:
+            raise WeightNormError(
+                "give layers or params, not both: params names the parameters itself"
+            )
         else:
-            if tuple(layers) != DEFAULT_LAYERS:
-                raise WeightNormError(
-                    "give layers or params, not both: params names the parameters itself"
-                )
-            entries = _select_by_params(model, params, eps)
-        if gain is not None:
-            for entry in entries:
-                entry.fix_gain(float(gain))
+            entries = _select_by_params(model, params, eps, gain)
         self._setup(model, entries, optimizer, flat, forced, defaults)
 
     @classmethod
@@ -611,60 +491,36 @@ class WeightNormOptimizer(torch.optim.Optimizer):
             >>> net(torch.randn(3, 2, 8)).pow(2).mean().backward()
             >>> opt.step(); opt.zero_grad()
         """
-        if eps is not None and eps < 0:
-            raise WeightNormError(f"eps must be >= 0, got {eps}")
+        if eps is not None:
+            F.check_eps(eps)
         _check_forced(forced)
-        # (qualified name, module, parameter name, g, v, dim, groups, eps, learned g)
-        found: list[tuple[str, nn.Module, str, Tensor, Tensor, int | None, int, float, bool]] = []
-        frozen = 0
-        owners: dict[int, str] = {}
-        for qualname, module in model.named_modules():
-            here: list[tuple[str, Tensor, Tensor, int | None, int, float, bool]] = []
-            specs = weight_norm_specs(module)
-            if specs:
-                _sync(module)  # an in-place change to a weight read earlier (nn.init) counts
-            for name, spec in specs.items():
-                g = _gain(module, name, spec)
-                v = cast(Tensor, module._parameters[name + "_v"])
-                here.append((name, g, v, spec.dim, spec.groups, spec.eps, not spec.fixed_gain))
-            for theirs in find_torch_weight_norms(module):
-                name = theirs.name
-                if theirs.kind == "legacy":
-                    g = cast(Tensor, module._parameters[name + "_g"])
-                    v = cast(Tensor, module._parameters[name + "_v"])
-                else:
-                    plist = module.parametrizations[name]
-                    if len(plist) != 1:
-                        raise WeightNormError(
-                            f"{_qualified(qualname, name)} carries {len(plist)} parametrizations;"
-                            " expected torch's weight norm alone"
-                        )
-                    g, v = plist.original0, plist.original1
-                dim = None if theirs.dim is None else F.normalize_dim(theirs.dim, v.ndim)
-                here.append((name, g, v, dim, 1, F.DEFAULT_EPS, True))
-            for name, g, v, dim, groups, own_eps, learned in here:
-                full = _qualified(qualname, name)
-                if learned and g.requires_grad != v.requires_grad:
-                    raise WeightNormError(
-                        f"{full}: g {'requires' if g.requires_grad else 'does not require'} grad "
-                        f"and v {'does' if v.requires_grad else 'does not'}; expected both "
-                        "trainable (taken over) or both frozen (folded)"
-                    )
-                if id(v) in owners:
-                    raise WeightNormError(
-                        f"{full} and {owners[id(v)]} share one v; expected one module per "
-                        "normalized weight"
-                    )
-                owners[id(v)] = full
-                if not v.requires_grad:
-                    frozen += 1
-                    continue
-                found.append(
-                    (
-                        full, module, name, g, v, dim, groups,
-                        own_eps if eps is None else eps, learned,
-                    )
-                )  # fmt: skip
+        found: list[tuple[Any, WeightNormSpec, Tensor, Tensor]] = []
+        frozen, owners = 0, dict[int, str]()
+        for f in find_weight_norms(model, theirs=True):
+            if f.kind == "weightnorm":
+                _sync(f.module)  # an in-place change to a weight read earlier (nn.init) counts
+            if f.spec.gain is None and f.g.requires_grad != f.v.requires_grad:
+                raise WeightNormError(
+                    f"{f.qualname}: g {'requires' if f.g.requires_grad else 'does not require'} "
+                    f"grad and v {'does' if f.v.requires_grad else 'does not'}; expected both "
+                    "trainable (taken over) or both frozen (folded)"
+                )
+            if id(f.v) in owners:
+                raise WeightNormError(
+                    f"{f.qualname} and {owners[id(f.v)]} share one v; expected one module per "
+                    "normalized weight"
+                )
+            owners[id(f.v)] = f.qualname
+            if not f.v.requires_grad:
+                frozen += 1
+                continue
+            spec = (
+                f.spec
+                if eps is None
+                else WeightNormSpec(f.spec.shape, f.spec.dim, f.spec.groups, eps, f.spec.gain)
+            )
+            with torch.no_grad():  # the values as they are now, before folding rewrites v
+                found.append((f, spec, f.g.detach().clone(), f.v.detach().clone()))
         if not found:
             raise WeightNormError(
                 "the model carries no trainable weight norm"
@@ -673,17 +529,11 @@ class WeightNormOptimizer(torch.optim.Optimizer):
                 "parametrizations.weight_norm); for a plain model use "
                 "WeightNormOptimizer(model, optimizer, layers=... or params=...)"
             )
-        with torch.no_grad():  # the values as they are now, before folding rewrites v
-            values = [(g.detach().clone(), v.detach().clone()) for _, _, _, g, v, *_ in found]
         fold(model)
         entries = []
-        for (full, module, name, _, _, dim, groups, e, learned), (g, v) in zip(
-            found, values, strict=True
-        ):
-            w = module._parameters[name]
-            if not isinstance(w, nn.Parameter):  # fold leaves the v Parameter as the weight
-                raise WeightNormError(f"{full} is not a Parameter after folding, got {type(w)}")
-            entries.append(_Entry(full, w, dim, groups, e, g=g, v=v, learn_g=learned))
+        for f, spec, g, v in found:
+            w = f.module._parameters[f.name]  # fold leaves the v Parameter as the weight
+            entries.append(_Entry(f.qualname, cast(nn.Parameter, w), spec, g=g, v=v))
         taken = cls.__new__(cls)
         taken._setup(model, entries, optimizer, flat, forced, defaults)
         return taken
@@ -700,19 +550,16 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         self._entries = entries
         if flat is None:
             flat = _is_elementwise(optimizer)
-        stepped: list[Tensor]
+        self._packs: list[_Pack] = []
         if flat:
             by_kind: dict[tuple[torch.dtype, torch.device], list[tuple[_Entry, str]]] = {}
             for e in entries:
-                for which in ("g", "v") if e.learn_g else ("v",):
-                    t = getattr(e, which)
+                for t, which in zip(e.stepped(), ("g", "v")[-len(e.stepped()) :], strict=True):
                     by_kind.setdefault((t.dtype, t.device), []).append((e, which))
             self._packs = [_Pack(tensors) for tensors in by_kind.values()]
-            stepped = [pack.param for pack in self._packs]
+            stepped: list[Tensor] = [pack.param for pack in self._packs]
         else:
-            self._packs = []
             stepped = [t for e in entries for t in e.stepped()]
-        self._write_weights = _Writer(entries)
         normalized = {id(e.w) for e in entries}
         others = [p for p in model.parameters() if p.requires_grad and id(p) not in normalized]
         groups: list[dict[str, Any]] = [{"params": stepped}]
@@ -725,22 +572,19 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         self.state = self.inner.state
         self.defaults = self.inner.defaults
         # forced weight normalization: the fixed norm of each entry's units
-        self._forced = (
-            []
-            if forced is None
-            else [F.forced_norm(forced, e.v.shape, e.dim, groups=e.groups) for e in entries]
-        )
-        if self._forced:  # (v already at its norm, as loaded from a forced run, keeps its bits)
-            self._renormalize(settled=True)
-        with torch.no_grad():  # the weights from g and v, once every entry has its final g and v
-            self._write_weights()
+        self._forced = [] if forced is None else [F.forced_norm(forced, e.v.shape, e.spec.dim,
+                                                                groups=e.spec.groups)
+                                                  for e in entries]  # fmt: skip
+        # (v already at its norm, as loaded from a forced run, keeps its bits)
+        self._renormalize(settled=True)
+        for e in entries:  # the weights from g and v, once every entry has its final g and v
+            e.write_weight()
 
     def _renormalize(self, settled: bool = False) -> None:
-        """Forced weight normalization: every unit of every ``v`` to its fixed norm, in place
-        (``settled``: except units within rounding of it, when forcing starts)."""
-        for e, norm in zip(self._entries, self._forced, strict=True):
-            rtol = F._settled_rtol(e.v.dtype) if settled else 0.0
-            F._renormalize(e.v, norm, e.dims, e.groups, e.eps, rtol)
+        """Forced weight normalization: every unit of every ``v`` to its fixed norm."""
+        F.force(
+            [(e.v, e.spec, n) for e, n in zip(self._entries, self._forced, strict=False)], settled
+        )
 
     def weight_norm_parameters(self) -> dict[str, tuple[Tensor, Tensor]]:
         """``{weight name: (g, v)}`` for every normalized weight (with ``flat``, views into the
@@ -755,17 +599,16 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         A grouped ConvTranspose normalized per output channel reports ``1`` with
         ``groups > 1`` (see :meth:`specs`); give it as ``"output"`` in ``params``.
         """
-        return {e.name: e.dim for e in self._entries}
+        return {e.name: e.spec.dim for e in self._entries}
 
     def specs(self) -> dict[str, WeightNormSpec]:
-        """``{weight name: WeightNormSpec(dim, eps, groups, fixed_gain)}`` for every normalized
-        weight."""
+        """``{weight name: WeightNormSpec}`` for every normalized weight (its whole shape, also
+        for a weight sharded by FSDP2)."""
         return {
-            e.name: WeightNormSpec(
-                dim=e.dim, eps=e.eps, groups=e.groups, fixed_gain=not e.learn_g, ndim=e.w.ndim
-            )
+            e.name: WeightNormSpec(tuple(e.w.shape), e.spec.dim, e.spec.groups, e.spec.eps,
+                                   e.spec.gain)
             for e in self._entries
-        }
+        }  # fmt: skip
 
     def _weights(self) -> dict[str, Tensor]:
         """``{weight name: the model's weight}`` (the tensors written at each step)."""
@@ -791,9 +634,9 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         if copies[0]:
             torch._foreach_copy_(*copies)  # into the flat gradients: one call for all
         self.inner.step()
-        if self._forced:  # before the write: the norms kept for the next backward are v's own
-            self._renormalize()
-        self._write_weights()
+        self._renormalize()  # (before the write: the norms kept for the next backward are v's)
+        for entry in self._entries:
+            entry.write_weight()
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:

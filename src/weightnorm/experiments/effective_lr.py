@@ -243,10 +243,12 @@ def _run(spec: RunSpec, settings: EffectiveLRSettings, data: Dataset) -> Effecti
     n = len(data.train)
     directions = _directions(model, weight_norm)
     layers = list(directions)
-    fns = wn.functional
+    tracker = wn.AngularStepTracker(model, opt)  # (after forcing's hook: it measures the result)
 
     def norms() -> Tensor:
-        return torch.stack([fns.norm_except_dim(d.detach(), 0).mean() for d in directions.values()])
+        return torch.stack(
+            [wn.functional.norm_except_dim(d.detach(), 0).mean() for d in directions.values()]
+        )
 
     initial = norms().tolist()
     curves: dict[str, list[float]] = {k: [] for k in ("train_loss", "train_error", "test_error")}
@@ -269,14 +271,9 @@ def _run(spec: RunSpec, settings: EffectiveLRSettings, data: Dataset) -> Effecti
             loss = loss_fn(out, y)
             opt.zero_grad(set_to_none=True)
             (loss / len(idx)).backward()
-            before = [d.detach().clone() for d in directions.values()]
             opt.step()  # (forced weight norm's hook has renormalized v when this returns)
-            angles += torch.stack(
-                [
-                    fns.angle_between(b, d.detach()).mean()
-                    for b, d in zip(before, directions.values(), strict=True)
-                ]
-            ).double()
+            last = tracker.last()
+            angles += torch.stack([last[layer].per_unit.mean() for layer in layers]).double()
             sums += torch.tensor([loss.item(), float((out.argmax(1) != y).sum()), len(idx)])
         train_loss = float(sums[0] / sums[2])
         v_norm = norms().tolist()
