@@ -828,11 +828,11 @@ BAD_SAFETENSORS: dict[str, tuple[Callable[[], bytes], list[str]]] = {
     ),
     "cut-in-data": (
         lambda: _valid()[:-10],
-        ["is a damaged or truncated safetensors file (", "not fully covered"],
+        ["is a damaged or truncated safetensors file ("],  # safetensors' reason, worded per version
     ),
     "bad-header": (
         lambda: (20).to_bytes(8, "little") + b'{"w": [1, 2, 3], "x"' + b"\x00" * 8,
-        ["is a damaged or truncated safetensors file (", "JSON"],
+        ["is a damaged or truncated safetensors file ("],
     ),
 }
 
@@ -882,11 +882,12 @@ def test_missing_extra_is_named_in_one_line(
         "like": [pt, tmp_path / "out.pt", "--like", path],
         "output": [pt, path],
     }
-    refused(
+    line = refused(
         convert(capsys, *args[role], "--to", "parametrize"),
-        f"{says.format(path=path)} needs the 'safetensors' extra (missing: {blocked})",
+        f"{says.format(path=path)} needs the 'safetensors' extra (missing: ",
         "install it with: pip install 'weightnorm[safetensors]'",
     )
+    assert blocked in line.split("missing: ", 1)[1].split(")", 1)[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.pt"]
     code, _, err = convert(capsys, pt, tmp_path / "out.pt", "--to", "parametrize")
     assert code == 0, err
