@@ -1,9 +1,10 @@
 """The ``weightnorm`` command line: ``reproduce`` (the main job), ``convert`` and ``bench``.
 
-``convert`` needs only the library (and so only torch); ``bench`` needs torch, and the ``zoo``
-extra for ``--zoo``; ``reproduce`` needs the ``experiments`` extra and says so, in one line, when
-it is missing. Every command checks its input before any work and reports bad input as one line,
-``weightnorm ...: error: ...``, with exit code 2.
+``convert`` needs only the library (and so only torch), and the ``safetensors`` extra for
+``.safetensors`` files; ``bench`` needs torch, and the ``zoo`` extra for ``--zoo``;
+``reproduce`` needs the ``experiments`` extra. ``reproduce`` and ``convert`` say so, in one
+line, when theirs is missing. Every command checks its input before any work and reports bad
+input as one line, ``weightnorm ...: error: ...``, with exit code 2.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""``weightnorm convert``: rewrite a checkpoint between weight-norm formats (needs only torch).
+"""``weightnorm convert``: rewrite a checkpoint between weight-norm formats.
 
-Everything that can be wrong with the input is found before anything is written: the output's
-folder, the files (each unreadable kind named), the checkpoint's layout and every state dict in
-it are checked and converted in memory, then the result is written atomically (the output may
-be the input).
+A file whose name ends in ``.safetensors`` is read and written as safetensors (the
+``safetensors`` extra, :mod:`._safetensors`); any other name as ``torch.save``'s format (torch
+alone). Everything that can be wrong with the input is found before anything is written: the
+output's folder, the files (each unreadable kind named), the checkpoint's layout, whether the
+output's format can hold it, and every state dict in it are checked and converted in memory,
+then the result is written atomically (the output may be the input).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import _safetensors
 from ._common import UsageError, check_writable_file, fail
 
 if TYPE_CHECKING:
@@ -26,9 +29,10 @@ __all__ = ["add_parser", "run"]
 _LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 
-def _read_checkpoint(path: str, unsafe_load: bool, what: str) -> Any:
-    """The object in the checkpoint at ``path``, or a one-line :class:`UsageError` that says
-    what the file is instead (``what`` names the file's role: ``""`` or ``"--like "``)."""
+def _read_checkpoint(path: str, unsafe_load: bool, what: str) -> tuple[Any, dict[str, str] | None]:
+    """The object in the checkpoint at ``path`` and, for a safetensors file, its header's
+    metadata (``None`` for torch's format), or a one-line :class:`UsageError` that says what
+    the file is instead (``what`` names the file's role: ``""`` or ``"--like "``)."""
     import io
     import os
     import warnings
@@ -44,12 +48,79 @@ def _read_checkpoint(path: str, unsafe_load: bool, what: str) -> Any:
             raw = handle.read()
     except OSError as err:
         raise UsageError(f"cannot read {what}{path}: {err.strerror or err}") from None
+    if _safetensors.is_safetensors(path):
+        try:
+            return _safetensors.load(raw)
+        except Exception as err:
+            raise UsageError(_why_not_safetensors(f"{what}{path}", raw, err)) from None
     try:
         with warnings.catch_warnings():  # torch's warnings on odd files would add lines
             warnings.simplefilter("ignore")
-            return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=not unsafe_load)
+            obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=not unsafe_load)
     except Exception as err:
         raise UsageError(_why_unreadable(f"{what}{path}", raw, err, unsafe_load)) from None
+    return obj, None
+
+
+def _why_not_safetensors(name: str, raw: bytes, err: Exception) -> str:
+    """One line: what the file ``raw``, named ``*.safetensors``, that safetensors refused
+    (``err``) holds instead."""
+    import re
+
+    if not _safetensors.is_damage(err):  # a valid file, with a tensor type torch lacks here
+        reason = f"{type(err).__name__}: {_reason(err)}"
+        return f"{name}: safetensors cannot read it into torch tensors ({reason})"
+    not_ours = f"{name} is not a safetensors file"
+    if not raw:
+        return f"{not_ours}: empty file"
+    size = int.from_bytes(raw[:8], "little")
+    if raw[8:9] == b"{" and size <= _MAX_HEADER:  # a header size, then JSON: a damaged file
+        if size > len(raw) - 8:
+            return (
+                f"{name} is a truncated safetensors file: {len(raw)} bytes, shorter than its "
+                f"own header ({size} bytes)"
+            )
+        reason = re.sub(r"^Error while deserializing( header)?:\s*", "", _reason(err))
+        return f"{name} is a damaged or truncated safetensors file ({reason})"
+    kind = _what_else(raw)
+    if kind is None:
+        return f"{not_ours}: unrecognized content"
+    if kind.startswith("a PyTorch checkpoint"):
+        return f"{not_ours} but {kind}: name it *.pt to convert it"
+    return f"{not_ours}: it holds text" if kind == "text" else f"{not_ours} but {kind}"
+
+
+def _what_else(raw: bytes) -> str | None:
+    """What the non-empty file ``raw`` holds, by its first bytes: ``"a PyTorch checkpoint
+    (...)"``, another kind, ``"text"`` or ``None`` (unrecognized)."""
+    import io
+    import zipfile
+
+    if raw.startswith(b"PK\x03\x04"):
+        try:
+            names = zipfile.ZipFile(io.BytesIO(raw)).namelist()
+        except zipfile.BadZipFile:
+            return "a damaged zip archive"
+        if any(n.endswith("/constants.pkl") for n in names):
+            return "a TorchScript archive (torch.jit.save)"
+        if any(n.endswith("/data.pkl") for n in names):
+            return "a PyTorch checkpoint (torch.save)"
+        return "a zip archive"
+    if raw.startswith(b"\x80"):
+        if _LEGACY_MAGIC in raw[:32]:
+            return "a PyTorch checkpoint (torch.save, legacy format)"
+        return "a Python pickle"
+    if raw.startswith(_LFS_POINTER):
+        return _LFS_KIND
+    return "text" if _is_text(raw) else None
+
+
+#: The largest header safetensors reads (100 MB): a larger size is not one.
+_MAX_HEADER = 100_000_000
+
+#: How a Git LFS pointer starts: the file a clone without git-lfs leaves instead of the real one.
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_LFS_KIND = "a Git LFS pointer (the file itself was never fetched: run git lfs pull)"
 
 
 def _why_unreadable(name: str, raw: bytes, err: Exception, unsafe_load: bool) -> str:
@@ -82,10 +153,9 @@ def _why_unreadable(name: str, raw: bytes, err: Exception, unsafe_load: bool) ->
             return f"{name} is a damaged or truncated PyTorch checkpoint (legacy format)"
         refused = [] if unsafe_load else _refused_globals_legacy(err)
     elif _is_safetensors(raw):
-        return (
-            f"{not_ours} but a safetensors file: read it with safetensors.torch.load_file and "
-            "torch.save the state dict"
-        )
+        return f"{not_ours} but a safetensors file: name it *{_safetensors.SUFFIX} to convert it"
+    elif raw.startswith(_LFS_POINTER):
+        return f"{not_ours} but {_LFS_KIND}"
     elif _is_text(raw):
         return f"{not_ours}: it holds text"
     else:
@@ -257,7 +327,7 @@ def _layout(obj: object, key: str | None) -> _Layout:
 
 def _template(path: str, unsafe_load: bool, key: str | None) -> dict[str, Any]:
     """The state dict of the ``--like`` checkpoint: its only one, or the one under ``key``."""
-    obj = _read_checkpoint(path, unsafe_load, "--like ")
+    obj, _ = _read_checkpoint(path, unsafe_load, "--like ")
     try:
         layout = _layout(obj, key)
     except ValueError as err:
@@ -295,11 +365,19 @@ def run(args: argparse.Namespace) -> int:
     from ..formats import convert_with_report
 
     check_writable_file(args.output, "output")
-    obj = _read_checkpoint(args.input, args.unsafe_load, "")
+    to_safetensors = _safetensors.is_safetensors(args.output)
+    if to_safetensors:
+        _safetensors.require(args.output, writing=True)
+    for path in (args.input, args.like):
+        if path is not None and _safetensors.is_safetensors(path):
+            _safetensors.require(path, writing=False)
+    obj, metadata = _read_checkpoint(args.input, args.unsafe_load, "")
     try:
         layout = _layout(obj, args.key)
     except ValueError as err:
         raise UsageError(f"{args.input}: {err}") from None
+    if to_safetensors:
+        _check_safetensors_output(args.output, args.input, obj, layout)
     if len(layout.chosen) > 1 and (args.like is not None or args.include):
         raise UsageError(
             f"{args.input} holds several state dicts ({', '.join(map(str, layout.chosen))}): "
@@ -320,10 +398,27 @@ def run(args: argparse.Namespace) -> int:
     for where, report in reports.items():
         if where is not None:
             result[where] = report.state_dict
-    buffer = io.BytesIO()
-    torch.save(result, buffer)
+    notes: list[str] = []
+    if to_safetensors:
+        # the input's header as it was; from a torch file, what transformers' save_pretrained
+        # writes (the tensors are PyTorch's)
+        header = {"format": "pt"} if metadata is None else metadata
+        try:
+            data, shared = _safetensors.to_bytes(result, header or None)
+        except Exception as err:  # what the checks before the work did not foresee
+            raise UsageError(f"cannot write {args.output} as safetensors: {_reason(err)}") from None
+        if shared:
+            notes.append(f"tensors that shared storage written as copies: {_shown(shared)}")
+    else:
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        data = buffer.getvalue()
+        # {"format": "pt"} says what a .pt file says by itself; any other entry is lost
+        dropped = [k for k, v in (metadata or {}).items() if (k, v) != ("format", "pt")]
+        if dropped:
+            notes.append(f"safetensors metadata not kept (a .pt file has none): {_shown(dropped)}")
     try:
-        atomic_write_bytes(args.output, buffer.getvalue())
+        atomic_write_bytes(args.output, data)
     except OSError as err:
         return fail(f"cannot write {args.output}: {err.strerror or err}")
     parts = [
@@ -334,8 +429,26 @@ def run(args: argparse.Namespace) -> int:
     unchanged += [f"{k} (optimizer state)" for k in layout.optimizers]
     if unchanged:
         parts.append(f"copied unchanged: {', '.join(unchanged)}")
-    print(f"wrote {args.output} ({args.to} format): {'; '.join(parts)}")
+    print(f"wrote {args.output} ({args.to} format): {'; '.join(parts + notes)}")
     return 0
+
+
+def _shown(names: list[str], most: int = 3) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
+def _check_safetensors_output(output: str, source: str, obj: Any, layout: _Layout) -> None:
+    """:class:`UsageError` unless the checkpoint ``obj`` (read from ``source``, laid out as
+    ``layout``) can be written to the safetensors file ``output``: one flat dict of tensors."""
+    if layout.chosen != [None]:
+        raise UsageError(
+            f"{output}: a safetensors file holds one flat dict of tensors, and {source} holds "
+            f"several entries ({_shown([str(k) for k in obj], 4)}): write a .pt file"
+        )
+    why = _safetensors.refusal(obj)
+    if why is not None:
+        raise UsageError(f"{output}: {why}: write a .pt file")
 
 
 def add_parser(sub: Any) -> None:
@@ -353,17 +466,24 @@ def add_parser(sub: Any) -> None:
         "A checkpoint holding several state dicts (e.g. generator and discriminator) has "
         "each converted; optimizer states and other entries are copied unchanged. "
         "Checkpoints are loaded with torch.load(weights_only=True): arbitrary pickled "
-        "objects are refused unless --unsafe-load is given. Nothing is written unless the "
-        "whole checkpoint converts.",
+        "objects are refused unless --unsafe-load is given. A file named *.safetensors is "
+        "read and written as safetensors (pip install 'weightnorm[safetensors]'; it holds one "
+        "flat state dict, and keeps its metadata header), any other as torch.save's format. "
+        "Nothing is written unless the whole checkpoint converts.",
     )
-    c.add_argument("input", help="the checkpoint to read")
-    c.add_argument("output", help="where to write the converted checkpoint (its folder must exist)")
+    c.add_argument("input", help="the checkpoint to read (*.safetensors or torch.save's)")
+    c.add_argument(
+        "output",
+        help="where to write the converted checkpoint (its folder must exist); *.safetensors "
+        "is written as safetensors",
+    )
     c.add_argument("--to", required=True, choices=list(FORMATS), help="the format to write")
     c.add_argument(
         "--like",
         metavar="TEMPLATE",
-        help="a checkpoint of the target model: its normalized parameters are "
-        "normalized in the output (with its unit dims), its plain ones folded",
+        help="a checkpoint of the target model (*.safetensors or torch.save's): its "
+        "normalized parameters are normalized in the output (with its unit dims), its plain "
+        "ones folded",
     )
     c.add_argument(
         "--include",
