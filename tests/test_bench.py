@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from weightnorm.experiments import bench
+from weightnorm.experiments import bench, zoo
 
 
 def test_run_benchmarks_reports_ratios_against_plain() -> None:
@@ -96,6 +97,16 @@ def test_unknown_names_raise() -> None:
         bench.run_benchmarks(["nope"])
     with pytest.raises(ValueError, match="unknown implementation 'nope'"):
         bench.run_benchmarks(["mlp-b16"], ["nope"])
+
+
+def test_a_zoo_model_not_installed_says_what_installs_it() -> None:
+    """The torchaudio models are not in the 'zoo' extra: the error names their own command."""
+    absent = [n for n in zoo.ZOO if zoo.missing_packages([n])]
+    if not absent:
+        pytest.skip("every zoo package is installed here")
+    spec = zoo.ZOO[absent[-1]]
+    with pytest.raises(ValueError, match=re.escape(f"need {spec.package}: {spec.install}")):
+        bench.run_benchmarks([absent[-1]], rounds=1, steps_per_round=1)
 
 
 def test_cli_writes_json(tmp_path: Path) -> None:

@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
         runs = [("cpu", args.autocast)]
         if torch.cuda.is_available():  # the fused CUDA path; fp32 and bf16 autocast by default
             runs += [("cuda", a) for a in ([args.autocast] if args.autocast else [None, "bf16"])]
-    models = args.models or (list(zoo.ZOO) if args.zoo else None)
+    # --zoo: the zoo models whose packages are installed here (all of them if none is, for the
+    # error that says what to install)
+    models = args.models or ((zoo.installed() or list(zoo.ZOO)) if args.zoo else None)
     results = []
     try:
         for device, autocast in runs:
@@ -101,14 +103,14 @@ def add_parser(sub: Any) -> None:
         "--models",
         nargs="+",
         metavar="MODEL",
-        help=f"models to time; ours: {', '.join(bench.MODELS)}; the zoo's (extra 'zoo'): "
-        f"{', '.join(zoo.ZOO)} (default: {', '.join(bench.CPU_MODELS)} on the CPU, and the "
-        "large-batch ones on a GPU)",
+        help=f"models to time; ours: {', '.join(bench.MODELS)}; the zoo's (extra 'zoo', and "
+        f".ci/zoo-torch29 for the torchaudio ones): {', '.join(zoo.ZOO)} (default: "
+        f"{', '.join(bench.CPU_MODELS)} on the CPU, and the large-batch ones on a GPU)",
     )
     b.add_argument(
         "--zoo",
         action="store_true",
-        help="time every zoo model (unless --models names some)",
+        help="time every zoo model whose packages are installed (unless --models names some)",
     )
     b.add_argument(
         "--implementations",

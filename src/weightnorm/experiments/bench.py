@@ -427,9 +427,10 @@ def run_benchmarks(
     for i in implementations or []:
         if i not in known:
             raise ValueError(f"unknown implementation {i!r}; expected one of {', '.join(known)}")
-    missing = zoo.missing_packages([n for n in names if n in zoo.ZOO])
+    zoo_names = [n for n in names if n in zoo.ZOO]
+    missing = zoo.missing_packages(zoo_names)
     if missing:
-        raise ValueError(f"the zoo models need {', '.join(missing)}: pip install 'weightnorm[zoo]'")
+        raise ValueError(f"the zoo models need {', '.join(missing)}: {zoo.install_hint(zoo_names)}")
     if autocast is not None and autocast not in _AUTOCAST:
         raise ValueError(
             f"autocast must be one of {', '.join(_AUTOCAST)} or None, got {autocast!r}"

@@ -1,18 +1,20 @@
 """The model zoo: weight-normalized architectures as their own packages build them.
 
 Each :class:`ZooModel` builds a real model from the code of the package its users train it with
-(``transformers``, ``snac``, ``bigvgan``), in a small configuration with random weights (nothing
-is downloaded), carrying the weight norm that package applies: torch's legacy hook
-(``torch.nn.utils.weight_norm``) or its parametrization
-(``torch.nn.utils.parametrizations.weight_norm``). They are the test bed of the library's interop
-(replace, load, convert, fold) and the benchmark of its speed (``weightnorm bench --zoo``).
-
-Standalone packages that need ``torchaudio`` at import (``descript-audio-codec``, ``encodec``,
-``vocos``, ``speechbrain``) are not in the zoo: torchaudio has no CPU wheel for the torch this
-project tests. transformers ports the first two (``EncodecModel``, ``DacModel``).
+(``transformers``, ``snac``, ``bigvgan``, ``descript-audio-codec``, ``encodec``, ``vocos``,
+``speechbrain``), in a small configuration with random weights (nothing is downloaded), carrying
+the weight norm that package applies: torch's legacy hook (``torch.nn.utils.weight_norm``) or its
+parametrization (``torch.nn.utils.parametrizations.weight_norm``). They are the test bed of the
+library's interop (replace, load, convert, fold) and the benchmark of its speed
+(``weightnorm bench --zoo``).
 
 This module belongs to the layer above the library (benchmarks, tests): the library never
-imports it. Install the packages with ``pip install "weightnorm[zoo]"``.
+imports it. Install the packages of the first eight models with ``pip install "weightnorm[zoo]"``.
+The four standalone packages that need ``torchaudio`` at import (``descript-audio-codec``,
+``encodec``, ``vocos``, ``speechbrain``) are not in that extra: torchaudio is served for an older
+torch than the one this project tests (and has no CPU wheel), so ``bash .ci/zoo-torch29`` builds
+them an environment of their own (torch 2.9.1, torchaudio 2.9.1) and runs the zoo checks there.
+Where a model's package is missing, :func:`missing_packages` names it and the tests skip it.
 
 Example::
 
@@ -34,7 +36,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ZOO", "ZooModel", "missing_packages"]
+__all__ = ["ZOO", "ZooModel", "install_hint", "installed", "missing_packages"]
 
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 
@@ -56,6 +58,7 @@ class ZooModel:
     inputs_fn: Callable[[torch.Generator], Inputs]
     output_fn: Callable[[nn.Module, Inputs], Tensor]
     stochastic: bool = False  # samples noise in its forward (``output`` seeds it first)
+    install: str = 'pip install "weightnorm[zoo]"'  # what installs ``package`` beside this one
 
     def build(self, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)
@@ -210,6 +213,73 @@ def _bigvgan() -> nn.Module:
     return cast(nn.Module, BigVGAN(h, use_cuda_kernel=False))
 
 
+# --- standalone packages that need torchaudio (installed by .ci/zoo-torch29) ------------------
+
+
+def _dac_descript() -> nn.Module:
+    """descript-audio-codec's ``dac.DAC``: every conv of its encoder, decoder and quantizer
+    projections built by ``dac.nn.layers.WNConv1d``/``WNConvTranspose1d`` (the legacy hook)."""
+    from dac import DAC
+
+    model = DAC(
+        encoder_dim=8, encoder_rates=[2, 4], decoder_dim=32, decoder_rates=[4, 2],
+        n_codebooks=2, codebook_size=32, codebook_dim=4, sample_rate=16000,
+    )  # fmt: skip
+    return cast(nn.Module, model)
+
+
+def _encodec_meta() -> nn.Module:
+    """encodec's ``EncodecModel`` from its SEANet encoder and decoder with
+    ``norm="weight_norm"`` (``SConv1d``/``SConvTranspose1d``: the legacy hook), as
+    ``EncodecModel._get_model`` assembles the 24 kHz model, and a residual vector quantizer."""
+    from encodec.model import EncodecModel
+    from encodec.modules import SEANetDecoder, SEANetEncoder
+    from encodec.quantization import ResidualVectorQuantizer
+
+    seanet: dict[str, Any] = dict(
+        channels=1, dimension=16, n_filters=4, n_residual_layers=1, ratios=[4, 2],
+        norm="weight_norm", causal=True, lstm=1,
+    )  # fmt: skip
+    quantizer = ResidualVectorQuantizer(dimension=16, n_q=2, bins=32)
+    model = EncodecModel(
+        SEANetEncoder(**seanet), SEANetDecoder(**seanet), quantizer,
+        target_bandwidths=[1.5], sample_rate=8000, channels=1,
+    )  # fmt: skip
+    return cast(nn.Module, model)
+
+
+def _vocos() -> nn.Module:
+    """vocos' ``Vocos`` as its ``configs/vocos-resnet.yaml`` assembles it: mel features, the
+    ``VocosResNetBackbone`` (its ``embed`` conv and HiFi-GAN ``ResBlock1`` convs: the legacy
+    hook) and the ISTFT head."""
+    from vocos import Vocos
+    from vocos.feature_extractors import MelSpectrogramFeatures
+    from vocos.heads import ISTFTHead
+    from vocos.models import VocosResNetBackbone
+
+    model = Vocos(
+        feature_extractor=MelSpectrogramFeatures(
+            sample_rate=8000, n_fft=64, hop_length=16, n_mels=16, padding="center"
+        ),
+        backbone=VocosResNetBackbone(input_channels=16, dim=32, num_blocks=2),
+        head=ISTFTHead(dim=32, n_fft=64, hop_length=16, padding="center"),
+    )
+    return cast(nn.Module, model)
+
+
+def _speechbrain_hifigan() -> nn.Module:
+    """speechbrain's ``HifiganGenerator`` (``speechbrain.lobes.models.HifiGAN``): its
+    ``speechbrain.nnet.CNN`` convs built with ``weight_norm=True`` (torch's parametrization)."""
+    from speechbrain.lobes.models.HifiGAN import HifiganGenerator
+
+    model = HifiganGenerator(
+        in_channels=16, out_channels=1, resblock_type="1",
+        resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], resblock_kernel_sizes=[3, 5],
+        upsample_kernel_sizes=[8, 8], upsample_initial_channel=32, upsample_factors=[4, 4],
+    )  # fmt: skip
+    return cast(nn.Module, model)
+
+
 # --- inputs and outputs ------------------------------------------------------------------------
 
 
@@ -250,11 +320,29 @@ def _call(attr: str | None) -> Callable[[nn.Module, Inputs], Tensor]:
     return output
 
 
+def _item(key: str) -> Callable[[nn.Module, Inputs], Tensor]:
+    def output(model: nn.Module, inputs: Inputs) -> Tensor:
+        args, kwargs = inputs
+        return model(*args, **kwargs)[key]  # type: ignore[no-any-return]
+
+    return output
+
+
+def _vocos_train(model: nn.Module, inputs: Inputs) -> Tensor:
+    """Features, backbone, head: the generator's step in vocos' training module
+    (``Vocos.forward`` runs under ``torch.inference_mode``, for inference only)."""
+    (audio,), _ = inputs  # (batch, samples)
+    m = cast(Any, model)
+    return m.head(m.backbone(m.feature_extractor(audio)))  # type: ignore[no-any-return]
+
+
 def _autoencoder(model: nn.Module, inputs: Inputs) -> Tensor:
     """The codec's encoder and decoder, the quantizer bypassed (its codes pass no gradient)."""
     (audio,), _ = inputs
     return model.decoder(model.encoder(audio))  # type: ignore[operator,no-any-return]
 
+
+_TORCH29 = "bash .ci/zoo-torch29 (an environment of its own: torch 2.9.1, torchaudio)"
 
 ZOO: dict[str, ZooModel] = {
     m.name: m
@@ -276,6 +364,16 @@ ZOO: dict[str, ZooModel] = {
                  _snac, _audio(256), _call(None), stochastic=True),
         ZooModel("bigvgan", "bigvgan", "bigvgan", "legacy",
                  _bigvgan, _frames(16, 16, channels_last=False), _call(None)),
+        ZooModel("dac-descript", "descript-audio-codec", "dac", "legacy",
+                 _dac_descript, _audio(256), _item("audio"), install=_TORCH29),
+        ZooModel("encodec-meta", "encodec", "encodec", "legacy",
+                 _encodec_meta, _audio(320), _autoencoder, install=_TORCH29),
+        ZooModel("vocos", "vocos", "vocos", "legacy",
+                 _vocos, lambda gen: ((torch.randn(2, 256, generator=gen),), {}), _vocos_train,
+                 install=_TORCH29),
+        ZooModel("speechbrain-hifigan", "speechbrain", "speechbrain", "parametrize",
+                 _speechbrain_hifigan, _frames(16, 16, channels_last=False), _call(None),
+                 install=_TORCH29),
     )
 }  # fmt: skip
 
@@ -284,3 +382,15 @@ def missing_packages(names: list[str] | None = None) -> list[str]:
     """The PyPI packages the zoo models ``names`` (default: all) need and that are not installed."""
     need = {ZOO[n].package: ZOO[n].module for n in (list(ZOO) if names is None else names)}
     return sorted(p for p, mod in need.items() if importlib.util.find_spec(mod) is None)
+
+
+def installed(names: list[str] | None = None) -> list[str]:
+    """The zoo models among ``names`` (default: all) whose packages are installed, in order."""
+    return [n for n in (list(ZOO) if names is None else names) if not missing_packages([n])]
+
+
+def install_hint(names: list[str] | None = None) -> str:
+    """How to install the packages that the zoo models ``names`` (default: all) miss."""
+    hints = {ZOO[n].install: None for n in (list(ZOO) if names is None else names)
+             if missing_packages([n])}  # fmt: skip
+    return "; ".join(hints)
