@@ -13,7 +13,12 @@ docstring (and without touching the source):
   public object of ``weightnorm`` becomes a cross-reference (autorefs then fails a strict build
   if that object is not rendered on some page); one that names a private or external object
   (``torch.*``) becomes code; one that names nothing is a warning, so a strict build fails;
-- an ``Args:`` entry for several parameters at once (``a, b (Tensor): ...``) into one entry each.
+- an ``Args:`` entry for several parameters at once (``a, b (Tensor): ...``) into one entry each;
+- Sphinx's ``#:`` comments above a constant into its docstring.
+
+Dunder methods of classes (``__repr__``, ``__post_init__``) are left out of what is rendered
+(``__init__`` is merged into its class); the ``public`` filter of mkdocs.yml leaves out what is
+not in a module's ``__all__``.
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ class Docstrings(griffe.Extension):
         for obj in _walk(pkg):
             if obj.docstring is None and isinstance(obj, griffe.Attribute):
                 _comment_docstring(obj)
+            if isinstance(obj, griffe.Class):  # __repr__, __post_init__: Python's, not our API
+                for name in [n for n in obj.members if _is_dunder(n) and n != "__init__"]:
+                    del obj.members[name]
             if obj.docstring is not None:
                 obj.docstring.value = _rewrite(obj.docstring.value, obj, pkg, public)
 
@@ -89,6 +97,10 @@ def _walk(obj: griffe.Object) -> list[griffe.Object]:
             continue
         found += _walk(member)
     return found
+
+
+def _is_dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
 
 
 def _comment_docstring(attr: griffe.Attribute) -> None:
@@ -106,7 +118,7 @@ def _comment_docstring(attr: griffe.Attribute) -> None:
         number -= 1
     if comment:
         attr.docstring = griffe.Docstring(
-            " ".join(comment), lineno=number + 1, endlineno=attr.lineno - 1, parent=attr
+            "\n".join(comment), lineno=number + 1, endlineno=attr.lineno - 1, parent=attr
         )
 
 

@@ -35,12 +35,31 @@ _ANCHOR = re.compile(r'\bid="([^"]+)"')
 _anchors: set[str] = set()
 
 
+#: A command latex2mathml did not know: it writes it out as text (``<mi>\\foo</mi>``).
+_UNKNOWN_COMMAND = re.compile(r">\\[A-Za-z]+")
+
+
+def _balanced(source: str) -> bool:
+    depth = 0
+    for char in re.sub(r"\\[{}]", "", source):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 def _mathml(latex: str, display: str, where: str) -> str:
     from latex2mathml.converter import convert
 
     source = html.unescape(latex).strip()
     try:
-        return convert(source, display=display)
+        if not _balanced(source):
+            raise ValueError("unbalanced braces")
+        mathml = convert(source, display=display)
+        unknown = _UNKNOWN_COMMAND.search(mathml)
+        if unknown:
+            raise ValueError(f"unknown command {unknown.group(0)[1:]}")
+        return mathml
     except Exception as err:  # latex2mathml raises its own exception types, and a few others
         LOGGER.warning(f"{where}: math that does not render: {source!r} ({err})")
         return f"<code>{html.escape(source)}</code>"
