@@ -43,26 +43,26 @@ _LITERAL_SECTION = re.compile(r"^([ \t]*)(Examples?)::[ \t]*$", re.M)
 _SECTION = re.compile(r"^([ \t]*)(Args|Arguments|Parameters|Attributes):[ \t]*$")
 
 
-def _public_objects(pkg: griffe.Module) -> dict[str, str]:
-    """Canonical path -> public path of every object the API reference documents: the names
-    exported by the public namespaces, and the public members of the classes among them."""
-    found: dict[str, str] = {}
+def _public_objects(pkg: griffe.Module) -> set[str]:
+    """The canonical paths of every object the API reference documents: the names exported by
+    the public namespaces, and the public members of the classes among them."""
+    found: set[str] = set()
 
-    def add(obj: griffe.Object | griffe.Alias, public: str) -> None:
+    def add(obj: griffe.Object | griffe.Alias) -> None:
         target = obj.final_target if isinstance(obj, griffe.Alias) else obj
         if not isinstance(target, griffe.Object):
             return
-        found.setdefault(target.path, public)
+        found.add(target.path)
         if isinstance(target, griffe.Class):
             for name, member in target.members.items():
                 if not name.startswith("_"):
-                    add(member, f"{public}.{name}")
+                    add(member)
 
     for sub in PUBLIC_MODULES:
         module = pkg[sub] if sub else pkg
-        found.setdefault(module.path, module.path)
+        found.add(module.path)
         for name in module.exports or ():
-            add(module[name], f"{module.path}.{name}")
+            add(module[name])
     return found
 
 
@@ -122,7 +122,7 @@ def _comment_docstring(attr: griffe.Attribute) -> None:
         )
 
 
-def _rewrite(text: str, obj: griffe.Object, pkg: griffe.Module, public: dict[str, str]) -> str:
+def _rewrite(text: str, obj: griffe.Object, pkg: griffe.Module, public: set[str]) -> str:
     text = _LITERAL_SECTION.sub(r"\1\2:", text)
     text = _MATH_BLOCK.sub(_math_block, text)
     text = _ROLE.sub(lambda m: _role(m.group(1), m.group(2), obj, pkg, public), text)
@@ -135,9 +135,7 @@ def _math_block(match: re.Match[str]) -> str:
     return f"{indent}$$\n{indent}{body}\n{indent}$$\n\n"
 
 
-def _role(
-    kind: str, target: str, obj: griffe.Object, pkg: griffe.Module, public: dict[str, str]
-) -> str:
+def _role(kind: str, target: str, obj: griffe.Object, pkg: griffe.Module, public: set[str]) -> str:
     if kind == "math":
         return f"${target}$"
     short = target.startswith("~")
@@ -160,18 +158,18 @@ def _resolve(name: str, obj: griffe.Object, pkg: griffe.Module) -> str | None:
         name = f"{package}{name}"
     head, _, rest = name.partition(".")
     if head == pkg.name:
-        start: str | None = pkg.path
+        full = name
     else:
-        start = None
+        start: str | None = None
         scope: griffe.Object | None = obj
         while scope is not None and start is None:
             try:
                 start = scope.resolve(head)
             except griffe.NameResolutionError:
                 scope = scope.parent
-    if start is None:  # not a name there: an absolute path of another package (torch.nn.Linear)?
-        return name if "." in name and importlib.util.find_spec(head) is not None else None
-    full = f"{start}.{rest}" if rest and head != pkg.name else (start if head != pkg.name else name)
+        if start is None:  # not a name there: a path in another package (torch.nn.Linear)?
+            return name if "." in name and importlib.util.find_spec(head) is not None else None
+        full = f"{start}.{rest}" if rest else start
     if not full.startswith(pkg.path + ".") and full != pkg.path:
         return full
     try:
