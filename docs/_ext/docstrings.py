@@ -14,7 +14,8 @@ docstring (and without touching the source):
   if that object is not rendered on some page); one that names a private or external object
   (``torch.*``) becomes code; one that names nothing is a warning, so a strict build fails;
 - an ``Args:`` entry for several parameters at once (``a, b (Tensor): ...``) into one entry each;
-- Sphinx's ``#:`` comments above a constant into its docstring.
+- Sphinx's ``#:`` comments above a constant into its docstring, and a class's ``Attributes:``
+  entries into the docstrings of the attributes they describe.
 
 Dunder methods of classes (``__repr__``, ``__post_init__``) are left out of what is rendered
 (``__init__`` is merged into its class); the ``public`` filter of mkdocs.yml leaves out what is
@@ -86,6 +87,9 @@ class Docstrings(griffe.Extension):
                     del obj.members[name]
             if obj.docstring is not None:
                 obj.docstring.value = _rewrite(obj.docstring.value, obj, pkg, public)
+        for obj in _walk(pkg):
+            if isinstance(obj, griffe.Class) and obj.docstring is not None:
+                _attribute_docstrings(obj)
 
 
 def _walk(obj: griffe.Object) -> list[griffe.Object]:
@@ -97,6 +101,20 @@ def _walk(obj: griffe.Object) -> list[griffe.Object]:
             continue
         found += _walk(member)
     return found
+
+
+def _attribute_docstrings(cls: griffe.Class) -> None:
+    """A class's ``Attributes:`` entries as the docstrings of the attributes they describe (a
+    dataclass's fields have none of their own), so each is rendered once, with its text; the
+    section itself is not shown (``show_docstring_attributes: false`` in mkdocs.yml)."""
+    assert cls.docstring is not None
+    for section in cls.docstring.parse("google"):
+        if section.kind is not griffe.DocstringSectionKind.attributes:
+            continue
+        for item in section.value:
+            member = cls.members.get(item.name)
+            if isinstance(member, griffe.Attribute) and member.docstring is None:
+                member.docstring = griffe.Docstring(item.description, parent=member)
 
 
 def _is_dunder(name: str) -> bool:
