@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import weightnorm
 from weightnorm.cli import build_parser, main
 from weightnorm.cli._common import missing_modules
 from weightnorm.cli.reproduce import default_experiment
@@ -56,6 +58,24 @@ def test_every_option_has_help_and_one_default(name: str, parser: argparse.Argum
     for action in parser._actions:
         if action.option_strings and action.help != argparse.SUPPRESS:
             assert action.help, f"{name}: {action.option_strings} has no help"
+
+
+def pyproject_version() -> str:
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    found = re.search(r'^version = "([^"]+)"$', text, re.M)
+    assert found, "pyproject.toml declares no version"
+    return found.group(1)
+
+
+def test_the_package_reports_pyprojects_version() -> None:
+    """One copy of the version, in pyproject.toml; the package reads its installed metadata."""
+    assert weightnorm.__version__ == importlib.metadata.version("weightnorm") == pyproject_version()
+
+
+def test_version_option_prints_it() -> None:
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"weightnorm {pyproject_version()}\n"
 
 
 def test_bench_help_names_its_models_and_implementations() -> None:

@@ -283,9 +283,11 @@ def test_recurrent_forward_computes_each_weight_once(monkeypatch: pytest.MonkeyP
     calls: list[str] = []
     compute = _reparam._compute
 
-    def counting(module: nn.Module, name: str, spec: object) -> torch.Tensor:
+    def counting(
+        module: nn.Module, name: str, spec: object, captured: object = None
+    ) -> torch.Tensor:
         calls.append(name)
-        return compute(module, name, spec)  # type: ignore[arg-type]
+        return compute(module, name, spec, captured)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_reparam, "_compute", counting)
     rnn = wn.weight_norm(nn.LSTM(3, 4), "weight_hh_l0")

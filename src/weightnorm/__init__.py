@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import importlib.metadata as _metadata
+
 from . import dynamics, functional, optim
 from ._errors import WeightNormError
 from ._model import DEFAULT_LAYERS, apply_weight_norm, fold, replace_torch_weight_norm
@@ -50,7 +52,11 @@ from .layers import (
     WNLinear,
 )
 
-__version__ = "0.1.0"
+try:
+    #: The installed version: ``version`` in pyproject.toml, read from the package's metadata.
+    __version__: str = _metadata.version("weightnorm")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 _REMOVED = {
     "exact_gradients": "every path now gives exact gradients of every order: drop the `with` block",

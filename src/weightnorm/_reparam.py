@@ -67,14 +67,19 @@ def _gain(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
     return cast(Tensor, (module._parameters if spec.gain is None else module._buffers)[name + "_g"])
 
 
-def _compute(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
+def _compute(
+    module: nn.Module, name: str, spec: WeightNormSpec, captured: bool | None = None
+) -> Tensor:
+    """``g v/||v||`` of ``name`` (``captured``: :func:`weightnorm._torch_compat.capturing`)."""
+    if captured is None:
+        captured = compat.capturing()
     v = cast(Tensor, module._parameters[name + "_v"])
-    if not compat.capturing() and v.shape != spec.shape:  # (jit.trace: shapes are tensors)
+    if not captured and v.shape != spec.shape:  # (not under jit.trace: shapes are tensors)
         raise WeightNormError(
             f"{_describe(module)}.{name}_v has shape {tuple(v.shape)}, but {name} was normalized "
             f"with shape {spec.shape}; remove the weight norm and apply it again to change it"
         )
-    return spec.weight(v, _gain(module, name, spec))
+    return F.weight_and_norms(v, _gain(module, name, spec), spec, captured)[0]
 
 
 class _Watch(NamedTuple):
@@ -96,9 +101,9 @@ def _read(module: nn.Module, name: str) -> Tensor:
     if spec is None:  # (a WN* layer while torch's __init__ registers the parameter)
         raise AttributeError(f"{type(module).__name__} has no attribute {name!r} yet")
     if compat.capturing():  # no Python-side bookkeeping inside a graph or a transform
-        return _compute(module, name, spec)
+        return _compute(module, name, spec, True)
     _settle(module, name)
-    w = _compute(module, name, spec)
+    w = _compute(module, name, spec, False)
     if not w.is_inference():
         freed = partial(_freed, weakref.ref(module), name)
         module.__dict__[_WATCH][name] = _Watch(w.detach(), w._version, weakref.ref(w, freed))

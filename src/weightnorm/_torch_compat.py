@@ -30,9 +30,9 @@ from torch.nn.utils.weight_norm import WeightNorm as LegacyHook
 from ._errors import WeightNormError
 
 __all__ = [
+    "PLAIN",
     "TorchWeightNorm",
     "capturing",
-    "eager",
     "find_torch_weight_norms",
     "fused_weight_norm",
     "fused_weight_norm_backward",
@@ -82,13 +82,9 @@ def jit_tracing() -> bool:
     return torch._C._get_tracing_state() is not None
 
 
-_PLAIN = (Tensor, nn.Parameter)
-
-
-def eager(t: Tensor) -> bool:
-    """Whether ``t`` is a plain tensor whose values can be read now (not :func:`capturing`, not
-    a subclass such as a FakeTensor of non-strict export or a DTensor)."""
-    return type(t) in _PLAIN and not capturing()
+#: The tensor types whose values the kernels read (a subclass such as a FakeTensor of
+#: non-strict export or a DTensor gets plain differentiable operations)
+PLAIN = (Tensor, nn.Parameter)
 
 
 def local_rows(t: Tensor) -> tuple[Tensor, bool] | None:

@@ -152,6 +152,9 @@ class WeightNormSpec:
     view_shape: tuple[int, ...] = field(init=False, repr=False, compare=False)
     reduce_dims: tuple[int, ...] = field(init=False, repr=False, compare=False)
     g_shape: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    #: whether PyTorch's fused kernels handle the layout: units along the first or the last dim
+    #: of a tensor of rank >= 2, no groups
+    fused_layout: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.shape)
@@ -176,6 +179,7 @@ class WeightNormSpec:
             ("shape", shape), ("dim", dim), ("eps", check_eps(self.eps)),
             ("gain", check_gain(self.gain)), ("view_shape", view), ("g_shape", g),
             ("reduce_dims", tuple(d for d in range(len(view)) if d not in kept)),
+            ("fused_layout", groups == 1 and len(shape) > 1 and dim in (0, len(shape) - 1)),
         ):  # fmt: skip
             object.__setattr__(self, name, value)
 
@@ -188,13 +192,6 @@ class WeightNormSpec:
     def unit_size(self) -> int:
         """The number of elements of each unit (the fan-in of an output unit)."""
         return math.prod(self.shape) // self.units if self.units else 0
-
-    @property
-    def fused_layout(self) -> bool:
-        """Whether PyTorch's fused kernels handle the layout: units along the first or the last
-        dim of a tensor of rank >= 2, no groups."""
-        n = len(self.shape)
-        return self.groups == 1 and n > 1 and self.dim in (0, n - 1)
 
     def view(self, t: Tensor) -> Tensor:
         """``t`` (the shape of the weight) viewed so that :attr:`reduce_dims` are its units'."""
@@ -210,7 +207,7 @@ class WeightNormSpec:
 
     def weight(self, v: Tensor, g: Tensor) -> Tensor:
         """``w = g v / max(||v||, eps)``: :func:`weight_norm` for tensors of this spec."""
-        return _weight_norm(v, g, self)
+        return weight_and_norms(v, g, self)[0]
 
 
 def g_shape(
@@ -322,7 +319,7 @@ def weight_norm(
         >>> weight_norm(v, torch.tensor([[10.0]]), dim=0)
         tensor([[6., 8.]])
     """
-    return _weight_norm(v, g, WeightNormSpec(tuple(v.shape), dim, groups, eps))
+    return WeightNormSpec(tuple(v.shape), dim, groups, eps).weight(v, g)
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,28 +442,27 @@ Kernel = _Plain | _TorchFused | _Triton
 KERNELS: dict[str, Kernel] = {"cpu": TORCH_FUSED, "cuda": TRITON, "meta": TRITON}
 
 
-def kernel_for(v: Tensor, g: Tensor, spec: WeightNormSpec) -> Kernel:
-    """The kernel that computes ``spec.weight(v, g)`` here: PLAIN for a graph being traced or
-    a tensor subclass, else the device's kernel where it fits, else PLAIN."""
-    if not compat.eager(v):
+def kernel_for(v: Tensor, g: Tensor, spec: WeightNormSpec, captured: bool | None = None) -> Kernel:
+    """The kernel that computes ``spec.weight(v, g)`` here: PLAIN while a graph is being
+    captured (``captured``: :func:`weightnorm._torch_compat.capturing`, asked when ``None``) or
+    for a tensor subclass, else the device's kernel where it fits, else PLAIN."""
+    if captured or (captured is None and compat.capturing()) or type(v) not in compat.PLAIN:
         return PLAIN
     kernel = KERNELS.get(v.device.type, PLAIN)
     return kernel if kernel.fits(v, g, spec) else PLAIN
 
 
-def weight_and_norms(v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor, Kernel]:
-    """``(w, norms, kernel)``: the weight, the unclamped norms of ``v`` (keep-dim), and the
-    kernel that computed them, whose ``backward`` takes those norms."""
-    kernel = kernel_for(v, g, spec)
+def weight_and_norms(
+    v: Tensor, g: Tensor, spec: WeightNormSpec, captured: bool | None = None
+) -> tuple[Tensor, Tensor, Kernel]:
+    """``(w, norms, kernel)``: the weight by the one dispatch (:func:`kernel_for`), the
+    unclamped norms of ``v`` (keep-dim), and the kernel that computed them, whose ``backward``
+    takes those norms."""
+    kernel = kernel_for(v, g, spec, captured)
     out = kernel.forward(v, g, spec)
     if out is None:  # (a norm at or below eps: the fused kernel would divide by it)
         kernel, out = PLAIN, PLAIN.forward(v, g, spec)
     return out[0], out[1], kernel
-
-
-def _weight_norm(v: Tensor, g: Tensor, spec: WeightNormSpec) -> Tensor:
-    """:func:`weight_norm` for a validated ``spec``: the one dispatch every caller goes through."""
-    return weight_and_norms(v, g, spec)[0]
 
 
 def _exact_grads(

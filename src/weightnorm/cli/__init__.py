@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from . import bench, convert, reproduce
 from ._common import Parser, UsageError, fail
 
@@ -23,6 +24,9 @@ def build_parser() -> Parser:
     parser = Parser(
         prog="weightnorm",
         description="Weight normalization (Salimans & Kingma, 2016) for PyTorch.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     reproduce.add_parser(sub)

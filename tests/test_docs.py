@@ -1,0 +1,215 @@
+"""The documentation runs and stays true: every code block of the guides is executed (their
+``>>>`` examples as doctests, collected by pytest from docs/; their shell commands and the
+distributed guide's script here), the README and the main job's page carry the report's tables,
+every public name has a page in the API reference, and the README stays a front door whose test
+command is CI's.
+
+Needs nothing beyond the test extra (the site itself is built by ``mkdocs build --strict`` in
+.ci/run, with the docs extra).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import weightnorm as wn
+from weightnorm.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+GUIDES = sorted((DOCS / "guides").glob("*.md"))
+README = ROOT / "README.md"
+PUBLIC_SUBMODULES = ("functional", "optim", "dynamics", "formats")
+
+_FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```[ \t]*$", re.M | re.S)
+
+
+def fences(path: Path) -> list[tuple[str, str]]:
+    """``(info string, body)`` of every fenced code block of a Markdown file."""
+    return [(m["info"].strip(), m["body"]) for m in _FENCE.finditer(path.read_text())]
+
+
+def shell_lines(paths: list[Path]) -> list[str]:
+    return [
+        line.strip()
+        for path in paths
+        for info, body in fences(path)
+        if info in ("sh", "bash")
+        for line in body.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def script(path: Path, name: str) -> str:
+    """The body of the block titled ``name`` (```` ```python title="name" ````)."""
+    found = [body for info, body in fences(path) if f'title="{name}"' in info]
+    assert len(found) == 1, f"{path.name}: expected one block titled {name}, got {len(found)}"
+    return found[0]
+
+
+@pytest.mark.parametrize("path", GUIDES, ids=lambda p: p.stem)
+def test_every_block_of_a_guide_is_run_by_the_tests(path: Path) -> None:
+    """A ``>>>`` block is a doctest; a shell block holds commands this file runs; a titled
+    Python block is a script this file runs. Any other block would never be executed."""
+    assert fences(path), f"{path.name} has no example"
+    for info, body in fences(path):
+        if body.lstrip().startswith(">>>"):
+            continue
+        if info in ("sh", "bash"):
+            for line in body.strip().splitlines():
+                assert line.startswith(("weightnorm convert ", "torchrun ")), line
+            continue
+        assert info.startswith("python title="), f"{path.name}: a block no test runs: {info!r}"
+
+
+def _vocoder() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.resblocks = nn.ModuleList([nn.Conv1d(4, 4, 3), nn.Conv1d(4, 4, 3)])
+    model.conv_post = nn.ConvTranspose1d(4, 2, 4, stride=2)
+    return model
+
+
+def _checkpoints(folder: Path) -> nn.Module:
+    """The files the checkpoints guide names: ``plain.pt`` (a plain state dict),
+    ``normalized_model.pt`` and ``model.safetensors`` (the same model normalized by ``wn``);
+    returns that model."""
+    from safetensors.torch import save_file
+
+    torch.save(_vocoder().state_dict(), folder / "plain.pt")
+    normalized = wn.apply_weight_norm(_vocoder())
+    torch.save(normalized.state_dict(), folder / "normalized_model.pt")
+    save_file(normalized.state_dict(), str(folder / "model.safetensors"))
+    return normalized
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, weights_only=True)  # type: ignore[no-any-return]
+
+
+CONVERT = [line for line in shell_lines(GUIDES) if line.startswith("weightnorm convert ")]
+
+
+def test_the_guides_show_convert() -> None:
+    assert len(CONVERT) >= 2
+
+
+@pytest.mark.parametrize("line", CONVERT)
+def test_a_guide_convert_command_runs(
+    line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = _checkpoints(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = shlex.split(line, comments=True)[1:]  # convert IN OUT --to FORMAT ...
+    assert main(args) == 0
+    out = _load(tmp_path / args[2])
+    if args[args.index("--to") + 1] == "plain":  # folded: plain weights, as the model's
+        assert set(out) == set(_vocoder().state_dict())
+        return
+    for i in range(2):  # the others normalize (or keep normalized) the resblocks' weights
+        assert f"resblocks.{i}.weight" not in out
+        assert {
+            f"resblocks.{i}.weight_g",
+            f"resblocks.{i}.parametrizations.weight.original0",
+        } & set(out)
+    if "--like" in line or args[3:] == ["--to", "weightnorm"]:  # loads into the model strictly
+        template.load_state_dict(out, strict=True)
+
+
+def test_the_distributed_guide_script_runs_under_torchrun(tmp_path: Path) -> None:
+    guide = DOCS / "guides" / "distributed.md"
+    (tmp_path / "train_ddp.py").write_text(script(guide, "train_ddp.py"))
+    (command,) = [line for line in shell_lines([guide]) if line.startswith("torchrun ")]
+    args = shlex.split(command)[1:]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 ranks, identical parameters" in result.stdout
+
+
+def _sync_script():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("sync_readme", DOCS / "sync_readme.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_and_main_job_page_carry_the_reports_tables() -> None:
+    """Never edited by hand: ``python docs/sync_readme.py`` writes both from the report."""
+    assert _sync_script().out_of_date() == []
+
+
+def _documented() -> set[str]:
+    """What the API reference renders: every ``::: path`` of docs/api, and for a module the
+    names of its ``__all__``."""
+    paths = {
+        line.split(":::", 1)[1].strip()
+        for page in (DOCS / "api").glob("*.md")
+        for line in page.read_text().splitlines()
+        if line.startswith(":::")
+    }
+    found = set(paths)
+    for path in paths:
+        try:
+            module = importlib.import_module(path)
+        except ModuleNotFoundError:  # not a module: a function, a class, a constant
+            continue
+        found |= {f"{path}.{name}" for name in getattr(module, "__all__", ())}
+    return found
+
+
+def _public() -> list[str]:
+    names = [f"weightnorm.{name}" for name in wn.__all__]
+    for sub in PUBLIC_SUBMODULES:
+        module = importlib.import_module(f"weightnorm.{sub}")
+        names += [f"weightnorm.{sub}.{name}" for name in module.__all__]
+    return names
+
+
+@pytest.mark.parametrize("name", _public())
+def test_every_public_name_has_an_api_page(name: str) -> None:
+    documented = _documented()
+    module_name, _, attr = name.rpartition(".")
+    value = getattr(importlib.import_module(module_name), attr)
+    home = getattr(value, "__module__", None)
+    assert name in documented or f"{home}.{attr}" in documented, f"no page documents {name}"
+
+
+def test_readme_is_a_front_door() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) <= 150
+    for target in re.findall(r"\]\((?!https?://|#)([^)#]+)", text):
+        assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    (block,) = [body for info, body in fences(README) if info == "bash"]
+    (command,) = [line.split("#")[0].strip() for line in block.splitlines() if "&& pytest" in line]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert ci[-1] == command
+
+
+def test_getting_started_shows_the_readmes_two_commands() -> None:
+    (readme_block,) = [b for info, b in fences(README) if info == "bash"]
+    assert readme_block in (DOCS / "getting-started.md").read_text()
