@@ -191,7 +191,7 @@ def test_bad_init_scale_raises() -> None:
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:  # type: ignore[type-arg]
     folder = tmp_path_factory.mktemp("ddp")
     launch(worker, 2, (str(folder),), timeout=240)
-    return [torch.load(Path(folder) / f"rank{r}.pt") for r in range(2)]
+    return [torch.load(Path(folder) / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 def test_ddp_ranks_agree_and_match_single_process(ddp_results: list[dict]) -> None:  # type: ignore[type-arg]

@@ -690,6 +690,7 @@ def test_triton_tiles_and_strides(
 
 
 @NO_TRITON
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")  # 2.15
 def test_custom_ops_pass_opcheck() -> None:
     """torch.library.opcheck: schema, autograd registration, fake (meta) implementations,
     AOT dispatch."""
@@ -708,6 +709,7 @@ def test_custom_ops_pass_opcheck() -> None:
     assert not norms.requires_grad  # a by-product for the backward
 
 
+@pytest.mark.filterwarnings("ignore:At pre-dispatch tracing:UserWarning")  # (torch 2.4's export)
 def test_custom_op_is_one_node_under_export_and_compile() -> None:
     """torch.export and torch.compile(fullgraph=True) see weightnorm::weight_norm as one op
     (through its fake implementation), forward and backward."""
@@ -921,45 +923,45 @@ def torch_weight_norm(module: nn.Module) -> nn.Module:
 METADATA = frozenset({"aten.detach"})
 
 
-def data_ops(ops: collections.Counter[str]) -> int:
-    return sum(n for op, n in ops.items() if op not in METADATA)
+def data_ops(ops: collections.Counter[str]) -> collections.Counter[str]:
+    return collections.Counter({op: n for op, n in ops.items() if op not in METADATA})
 
 
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_gpu_path_ops_per_step_on_meta(layer: str) -> None:
     """The path a CUDA GPU takes (the Triton ops), counted on the meta device: per weight and
     training step, the forward op and the backward op (one Triton kernel each on a GPU:
-    test_kernel_ops_launch_one_kernel_each), no host sync, and no more ops that touch data
-    than torch's own fused weight norm. Besides them two detaches (metadata only): one for the
-    gradient of the extra leaf g, as torch's, and the alias that watches the weight handed out
-    (an in-place change to it, nn.init.*_, is written into g and v)."""
+    test_kernel_ops_launch_one_kernel_each) and no host sync: no more ops that touch data than
+    torch's own fused weight norm in the same torch (counted on the CPU: torch 2.4's fused
+    backward has no meta kernel). Besides them ``detach``es (metadata only: no kernel, no data):
+    autograd's own for the extra leaf g, as torch's, and the alias that watches the weight
+    handed out (an in-place change to it, ``nn.init.*_``, is written into g and v). How many
+    detaches autograd makes differs between torch releases (2.13: one per leaf; 2.4: two):
+    bounded against torch's in the same release, not pinned."""
     ours, syncs = extra_ops(layer, "meta", wn.weight_norm)
-    assert ours == collections.Counter(
-        {"weightnorm.weight_norm": 1, "weightnorm.weight_norm_backward": 1, "aten.detach": 2}
-    )
+    assert data_ops(ours) == {"weightnorm.weight_norm": 1, "weightnorm.weight_norm_backward": 1}
     assert syncs == 0
-    theirs, their_syncs = extra_ops(layer, "meta", torch_weight_norm)
+    theirs, their_syncs = extra_ops(layer, "cpu", torch_weight_norm)
     assert their_syncs == 0
-    assert data_ops(ours) <= data_ops(theirs)
-    assert sum(ours.values()) <= sum(theirs.values()) + 1
+    assert data_ops(ours).total() <= data_ops(theirs).total()
+    assert ours["aten.detach"] <= theirs["aten.detach"] + 2
 
 
 def test_cpu_path_ops_per_step() -> None:
-    """The CPU hot path (float32): torch's fused kernels plus the eps check of their norms,
-    one host read (``.item()``) per weight and forward, and the two detaches of the GPU path.
-    Kept on purpose: on the CPU a host read costs nothing and this path is the fastest
-    measured."""
+    """The CPU hot path (float32): torch's fused kernels (as torch's weight norm runs them) plus
+    the eps check of their norms, one host read (``.item()``) per weight and forward, and the
+    watch's ``detach``. Kept on purpose: on the CPU a host read costs nothing and this path is
+    the fastest measured."""
     ours, syncs = extra_ops("linear", "cpu", wn.weight_norm)
-    assert ours == collections.Counter(
-        {
-            "aten._weight_norm_interface": 1,
-            "aten.min": 1,
-            "aten._local_scalar_dense": 1,
-            "aten._weight_norm_interface_backward": 1,
-            "aten.detach": 2,
-        }
-    )
+    theirs, _ = extra_ops("linear", "cpu", torch_weight_norm)
+    assert data_ops(ours) == {
+        "aten._weight_norm_interface": 1,
+        "aten.min": 1,
+        "aten._local_scalar_dense": 1,
+        "aten._weight_norm_interface_backward": 1,
+    }
     assert syncs == 1
+    assert ours["aten.detach"] <= theirs["aten.detach"] + 2
 
 
 def test_plain_path_has_no_host_sync_on_meta(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1005,7 +1007,7 @@ def test_works_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not F._triton().AVAILABLE
     assert not F._triton_runs_on(torch.device("cpu"))
     ours, syncs = extra_ops("linear", "meta", wn.weight_norm)
-    assert data_ops(ours) == 2
+    assert data_ops(ours).total() == 2
     assert syncs == 0
     layer = wn.weight_norm(nn.Linear(4, 3))
     layer(torch.randn(2, 4)).sum().backward()

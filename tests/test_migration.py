@@ -160,7 +160,8 @@ def test_torch_jit_script_says_to_fold_first() -> None:
     model scripts."""
     model = nn.Sequential(wn.WNConv1d(2, 4, 3), nn.ReLU(), wn.weight_norm(nn.Conv1d(4, 2, 3)))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit,
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.15 too
         with pytest.raises(wn.WeightNormError, match=r"torch\.jit\.script .*wn\.fold\(model\)"):
             torch.jit.script(model)
         x = torch.randn(1, 2, 9)

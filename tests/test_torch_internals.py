@@ -93,10 +93,35 @@ def test_capturing() -> None:
 
 
 def test_rnn_cache() -> None:
+    """nn.RNNBase's cache of its weights: its names, the two rebuilds we override, and the
+    list its forward reads (rebuilt by ours reading each weight once)."""
     lstm = nn.LSTM(2, 3)
-    assert "_flat_weights_names" in lstm.__dict__
+    assert compat.rnn_weight_names(lstm) == [
+        "weight_ih_l0",
+        "weight_hh_l0",
+        "bias_ih_l0",
+        "bias_hh_l0",
+    ]
     assert callable(lstm._init_flat_weights)
-    assert callable(lstm._update_flat_weights)  # called by every forward (we override it)
+    assert callable(lstm._update_flat_weights)  # called by every forward
+    compat.read_rnn_weights(lstm, graph=False)
+    assert lstm._flat_weights[0] is lstm.weight_ih_l0
+    assert lstm._flat_weight_refs[0]() is lstm.weight_ih_l0
+    state = lstm.__getstate__()
+    compat.drop_rnn_weights(state, {"weight_hh_l0"})
+    assert state["_flat_weights"][1] is None
+    assert state["_flat_weights"][0] is lstm.weight_ih_l0
+    x = torch.randn(4, 1, 2)
+    torch.testing.assert_close(
+        lstm(x)[0], nn.LSTM(2, 3).load_state_dict(lstm.state_dict()) and lstm(x)[0]
+    )
+
+
+def test_foreach_copy() -> None:
+    a, b = [torch.zeros(2), torch.zeros(3)], [torch.ones(2), torch.full((3,), 2.0)]
+    compat.foreach_copy_(a, b)
+    assert torch.equal(a[0], b[0])
+    assert torch.equal(a[1], b[1])
 
 
 def test_functional_call_swaps_a_parameter_slot_in_place() -> None:

@@ -32,7 +32,7 @@ DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (
 
 
 def _recurrent_weight_names(module: nn.RNNBase) -> list[str]:
-    return [n for n in module._flat_weights_names if n.startswith("weight_")]
+    return [n for n in compat.rnn_weight_names(module) if n.startswith("weight_")]
 
 
 def _targets(

@@ -181,12 +181,7 @@ class _WeightNormMixin:
         with torch.no_grad():  # (nn.RNNBase's refreshes its cache first: no graph needed)
             state = dict(super().__getstate__())  # type: ignore[misc]
         state.pop(_WATCH, None)
-        flat = state.get("_flat_weights")
-        if flat is not None:
-            names, specs = state["_flat_weights_names"], state[_SPECS]
-            state["_flat_weights"] = [
-                None if n in specs else w for n, w in zip(names, flat, strict=True)
-            ]
+        compat.drop_rnn_weights(state, set(state[_SPECS]))
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -246,26 +241,14 @@ class _WeightNormMixin:
         ]
         return ", ".join([*([base] if base else []), f"weight_norm=[{', '.join(parts)}]"])
 
-    # nn.RNNBase keeps a list of its weights (``_flat_weights``) that its forward reads. torch's
-    # refresh reads every weight up to four times per forward, and each read of a computed
-    # weight is a new tensor: these two rebuild the list reading each weight once.
-
     def _update_flat_weights(self) -> None:
-        """Called by nn.RNNBase's forward."""
-        names = self.__dict__.get("_flat_weights_names")
-        if names is not None:
-            module = cast(nn.Module, self)
-            self.__dict__["_flat_weights"] = [getattr(module, n, None) for n in names]
+        """nn.RNNBase's rebuild of its cache of weights at every forward: each read once."""
+        compat.read_rnn_weights(cast(nn.Module, self))
 
     def _init_flat_weights(self) -> None:
-        """Called by nn.RNNBase on ``.to()`` and unpickling, and on applying and removing
-        weight norm: the current weights, without a graph."""
-        if "_flat_weights_names" in self.__dict__:
-            with torch.no_grad():
-                self._update_flat_weights()
-            self.__dict__["_flat_weight_refs"] = [
-                None if w is None else weakref.ref(w) for w in self.__dict__["_flat_weights"]
-            ]
+        """nn.RNNBase's rebuild of its cache on ``.to()`` and unpickling (and on applying and
+        removing weight norm): the current weights, without a graph."""
+        compat.read_rnn_weights(cast(nn.Module, self), graph=False)
 
 
 def _rebuild(root: type[nn.Module], names: tuple[str, ...]) -> nn.Module:

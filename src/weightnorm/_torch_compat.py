@@ -11,7 +11,8 @@ Each is the only way to get a feature:
 - torch's two weight norms, to recognise and take apart: the legacy forward pre-hook class
   ``torch.nn.utils.weight_norm.WeightNorm``; the parametrization class named ``_WeightNorm``
   (``original0`` = g, ``original1`` = v); the local ``_weight_norm_compat_hook`` it leaves on
-  the module; ``nn.RNNBase._init_flat_weights`` (its cache of weights);
+  the module; ``nn.RNNBase``'s cache of its weights (``_flat_weights``);
+- ``torch._foreach_copy_``: one call for many copies (the optimizer-level mode's gradients);
 - ``DTensor`` and ``Shard``, whose import moved in torch 2.5.
 
 Nothing here imports the rest of the library (but its error type).
@@ -19,6 +20,7 @@ Nothing here imports the rest of the library (but its error type).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -33,12 +35,16 @@ __all__ = [
     "PLAIN",
     "TorchWeightNorm",
     "capturing",
+    "drop_rnn_weights",
     "find_torch_weight_norms",
     "fused_weight_norm",
+    "foreach_copy_",
     "fused_weight_norm_backward",
     "jit_tracing",
     "local_rows",
+    "read_rnn_weights",
     "refresh_rnn_weights",
+    "rnn_weight_names",
     "take_apart",
     "torch_removal",
 ]
@@ -197,11 +203,52 @@ def take_apart(module: nn.Module, found: TorchWeightNorm) -> None:
             del module._load_state_dict_pre_hooks[key]
 
 
+# nn.RNNBase keeps a list of its weights, ``_flat_weights`` (their names in
+# ``_flat_weights_names``), that its forward reads. torch rebuilds it at every forward
+# (``_update_flat_weights``, which reads every weight up to four times: each read of a computed
+# weight is a new tensor) and on ``.to()`` and unpickling (``_init_flat_weights``); a
+# weight-normalized RNN overrides both with :func:`read_rnn_weights`.
+
+
+def rnn_weight_names(module: nn.Module) -> list[str]:
+    """The names of the weights (and biases) an ``nn.RNNBase`` keeps in its cache; none for
+    any other module."""
+    return list(module.__dict__.get("_flat_weights_names", ()))
+
+
+def read_rnn_weights(module: nn.Module, *, graph: bool = True) -> None:
+    """Rebuild an RNN's cache reading each of its weights once (``graph=False``: without
+    autograd, as its cache between forwards)."""
+    names = rnn_weight_names(module)
+    if graph:
+        module.__dict__["_flat_weights"] = [getattr(module, n, None) for n in names]
+    elif names:
+        with torch.no_grad():
+            flat = [getattr(module, n, None) for n in names]
+        module.__dict__["_flat_weights"] = flat
+        module.__dict__["_flat_weight_refs"] = [None if w is None else weakref.ref(w) for w in flat]
+
+
+def drop_rnn_weights(state: dict[str, object], names: set[str]) -> None:
+    """In a pickled ``state`` of an RNN, drop the cached weights ``names`` (computed tensors,
+    which deepcopy refuses): unpickling rebuilds the cache."""
+    flat = state.get("_flat_weights")
+    if isinstance(flat, list):
+        keys = cast(list[str], state["_flat_weights_names"])
+        state["_flat_weights"] = [
+            None if n in names else w for n, w in zip(keys, flat, strict=True)
+        ]
+
+
 def refresh_rnn_weights(module: nn.Module) -> None:
-    """Rebuild the cache of weights an ``nn.RNNBase`` keeps (``_flat_weights``) from what its
-    attributes hold now: needed after a parameter was replaced without ``setattr`` (torch's
-    own check compares weak references and can miss it; between forwards the cache would hold
-    the old weight)."""
-    if isinstance(module, nn.RNNBase) and "_flat_weights_names" in module.__dict__:
+    """Rebuild the cache of weights an ``nn.RNNBase`` keeps from what its attributes hold now:
+    needed after a parameter was replaced without ``setattr`` (torch's own check compares weak
+    references and can miss it; between forwards the cache would hold the old weight)."""
+    if isinstance(module, nn.RNNBase) and rnn_weight_names(module):
         with torch.no_grad():
             module._init_flat_weights()
+
+
+def foreach_copy_(destinations: list[Tensor], sources: list[Tensor]) -> None:
+    """``d.copy_(s)`` for every pair, in one call."""
+    torch._foreach_copy_(destinations, sources)

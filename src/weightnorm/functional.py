@@ -230,19 +230,20 @@ def dim_of_g(
 ) -> int | Literal[False] | None:
     """The unit dim for which ``g_shape_`` is the keep-dim shape of ``g``; ``False`` if none.
 
-    A single-element g means the whole tensor (``None``).
+    Another single-element g means the whole tensor (``None``); a keep-dim one of a single unit
+    (torch's ``(1, 1, 1)`` of a one-channel conv, ``dim=0``) keeps its dim.
 
     Example::
 
         >>> dim_of_g((1, 6, 1), (4, 6, 3)), dim_of_g((), (4, 6)), dim_of_g((2, 2), (4, 6))
         (1, None, False)
+        >>> dim_of_g((1, 1, 1), (1, 6, 3)), dim_of_g((1, 1), (4, 6))
+        (0, None)
     """
-    if math.prod(g_shape_) == 1:
-        return None
     for d in range(len(weight_shape)):
         if tuple(g_shape_) == g_shape(weight_shape, d):
             return d
-    return False
+    return None if math.prod(g_shape_) == 1 else False
 
 
 def norm_except_dim(v: Tensor, dim: int | None = 0, *, groups: int = 1) -> Tensor:

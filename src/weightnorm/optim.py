@@ -131,7 +131,7 @@ class _Entry:
         """grad_g = grad_w . v/||v||; grad_v = g/||v|| (grad_w - (grad_w . v)/||v||^2 v).
 
         Writes into the flat gradient views are appended to ``copies`` (destinations, sources),
-        for the caller to make in one ``torch._foreach_copy_``."""
+        for the caller to make in one call."""
         grad_w = self.w.grad
         if grad_w is not None and self.target is not self.w:
             grad_w = cast(Any, grad_w).to_local()  # (a DTensor, as the weight)
@@ -632,7 +632,7 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         for entry in self._entries:
             entry.to_g_v_grads(copies)
         if copies[0]:
-            torch._foreach_copy_(*copies)  # into the flat gradients: one call for all
+            compat.foreach_copy_(*copies)  # into the flat gradients: one call for all
         self.inner.step()
         self._renormalize()  # (before the write: the norms kept for the next backward are v's)
         for entry in self._entries:

@@ -143,7 +143,7 @@ def _why_unreadable(name: str, raw: bytes, err: Exception, unsafe_load: bool) ->
             )
         if not any(n.endswith("/data.pkl") for n in names):
             return f"{not_ours}: a zip archive that torch.save did not write (no data.pkl in it)"
-        refused = [] if unsafe_load else _refused_globals_zip(raw)
+        refused = [] if unsafe_load else _refused_globals_zip(raw, err)
     elif raw.startswith(b"\x80"):
         if _LEGACY_MAGIC not in raw[:32]:
             if not _whole_pickles(raw, 1):
@@ -180,16 +180,16 @@ def _refused_message(name: str, refused: list[str]) -> str:
     )
 
 
-def _refused_globals_zip(raw: bytes) -> list[str]:
+def _refused_globals_zip(raw: bytes, err: Exception) -> list[str]:
     """The classes and functions pickled in a torch.save zip file that weights-only loading
-    refuses (none known on a torch without the function that lists them)."""
+    refuses (before torch 2.5, which cannot list them, the one its error ``err`` names)."""
     import io
 
     import torch
 
     find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
     if find is None:
-        return []
+        return _refused_globals_legacy(err)
     try:
         return [str(name) for name in find(io.BytesIO(raw))]
     except Exception:  # a pickle too damaged to list
