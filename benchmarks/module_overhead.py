@@ -4,10 +4,10 @@ Both run the same fused kernels (forward and backward). Ours adds, per weight an
 check of the norms the kernel returns (``norms.min().item()``: what makes a zero row finite); a
 post hook on the kernel's autograd node that makes second derivatives exact (a Python call in
 every backward, which returns at once unless a graph of the backward is being built); and the
-watch of the weight handed out (a ``detach`` and a weak reference per read, so that an in-place
-change such as ``nn.init.*_`` is written into g and v). This times a forward and backward of one
-weight-normalized Conv1d, the variants interleaved, and prints the median cost of each per
-weight and step.
+watch of the weight handed out (an entry per read, ended by the same hook, so that an in-place
+change such as ``nn.init.*_`` is written into g and v). This times a forward and
+backward of one weight-normalized Conv1d, the variants interleaved, and prints the median cost
+of each per weight and step.
 
     python benchmarks/module_overhead.py
 """
@@ -18,7 +18,6 @@ import argparse
 import random
 import statistics
 import time
-import weakref
 from collections.abc import Callable
 from functools import partial
 
@@ -44,13 +43,21 @@ def _variants(
 
     def hooked() -> torch.Tensor:
         w = checked()
-        w.grad_fn.register_hook(partial(F._exact_second_order, v, g, spec))  # type: ignore[union-attr]
+        F._after_backward(w, (v, g, spec), None)
         return w
 
-    def watched() -> torch.Tensor:
-        w = hooked()
-        keep = (w.detach(), w._version, weakref.ref(w, lambda ref: None))
-        del keep
+    watch: dict[str, tuple[torch.Tensor, int, object]] = {}
+
+    def end(token: object) -> None:
+        if watch.get("w", (None, 0, None))[2] is token:
+            del watch["w"]
+
+    def watched() -> torch.Tensor:  # (the entry, and the same hook ending the watch)
+        w, norms = torch._weight_norm_interface(v, g, 0)
+        norms.min().item()
+        token = object()
+        F._after_backward(w, (v, g, spec), partial(end, token))
+        watch["w"] = (w, w._version, token)
         return w
 
     def ours() -> torch.Tensor:  # what a module's forward reads

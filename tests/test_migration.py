@@ -20,7 +20,7 @@ from weightnorm.experiments import zoo
 # one model per kind of torch weight norm: BigVGAN (torch's legacy hook, its ConvTranspose
 # normalized per input channel) and transformers' SpeechT5 HiFi-GAN (torch's parametrize)
 MODELS = ["bigvgan", "speecht5-hifigan"]
-MISSING = zoo.missing_packages()
+MISSING = zoo.missing_packages(MODELS)
 needs_zoo = pytest.mark.skipif(
     bool(MISSING), reason=f"zoo packages not installed: {', '.join(MISSING)} (extra 'zoo')"
 )

@@ -283,11 +283,9 @@ def test_recurrent_forward_computes_each_weight_once(monkeypatch: pytest.MonkeyP
     calls: list[str] = []
     compute = _reparam._compute
 
-    def counting(
-        module: nn.Module, name: str, spec: object, captured: object = None
-    ) -> torch.Tensor:
+    def counting(module: nn.Module, name: str, *args: object) -> torch.Tensor:
         calls.append(name)
-        return compute(module, name, spec, captured)  # type: ignore[arg-type]
+        return compute(module, name, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_reparam, "_compute", counting)
     rnn = wn.weight_norm(nn.LSTM(3, 4), "weight_hh_l0")
@@ -447,9 +445,9 @@ def test_the_weight_read_by_forward_is_not_kept_between_steps(make: Any) -> None
 )
 def test_forward_leaves_no_state_and_is_not_wrapped(make: Any) -> None:
     """Issue 14: the class's forward is torch's own function (no per-call wrapper or depth
-    counter). Issue 20: a weight handed out (in forward or not) is watched only while it is
-    alive, through an alias that holds no autograd graph: once the graph is freed nothing is
-    left in the module but an RNN's own cache of its weights."""
+    counter). Issue 20: a weight handed out (in forward or not) is watched until a backward pass
+    has used it, or, without a graph, through an alias until it is freed: after a training step
+    nothing is left in the module but an RNN's own cache."""
     module = make()
     root = wn.fold(make()).__class__
     assert type(module).forward is root.forward
@@ -460,20 +458,61 @@ def test_forward_leaves_no_state_and_is_not_wrapped(make: Any) -> None:
     gc.collect()
     watched = module.__dict__["_wn_watch"]
     if isinstance(module, nn.LSTM):  # its cache holds the weights it read
-        assert all(
-            t.alias.data_ptr() == module._flat_weights[1].data_ptr() for t in watched.values()
-        )
+        assert all(t[0].data_ptr() == module._flat_weights[1].data_ptr() for t in watched.values())
     else:
         assert watched == {}
     name = next(iter(wn.weight_norm_specs(module)))
     w = getattr(module, name)  # outside forward: a tied weight, a logger, nn.init
     assert w.grad_fn is not None
-    alias = watched[name].alias
-    assert alias.grad_fn is None
+    del w  # in a graph: watched until a backward pass uses it, or the next read
+    gc.collect()
+    assert name in watched
+    with torch.no_grad():  # without a graph: watched through an alias until it is freed
+        w = getattr(module, name)
+    alias = watched[name][0]
+    assert alias is not w
+    assert alias.data_ptr() == w.data_ptr()
     assert not alias.requires_grad
     del w
     gc.collect()
-    assert name not in watched  # freed: no longer watched
+    assert name not in watched
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: wn.weight_norm(nn.Conv1d(2, 3, 3)),
+        lambda: wn.WNLinear(5, 3),
+        lambda: wn.weight_norm(nn.LSTM(5, 3), "weight_ih_l0"),
+    ],
+)
+def test_training_steps_leave_no_tensor_behind(make: Any) -> None:
+    """A reference cycle through an autograd node (Python's collector cannot see into one)
+    would keep every weight of every step alive: count the tensors Python holds around 20
+    steps, with and without a graph, with the collector off."""
+    module = make()
+    x = torch.randn(1, 5) if isinstance(module, nn.Linear) else torch.randn(3, 2, 5)
+    if isinstance(module, nn.Conv1d):
+        x = torch.randn(2, 2, 5)
+
+    def step() -> None:
+        out = module(x)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+        with torch.no_grad():
+            module(x)
+        getattr(module, next(iter(wn.weight_norm_specs(module))))
+
+    step()
+    gc.collect()
+    gc.disable()
+    try:
+        before = sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects())
+        for _ in range(20):
+            step()
+        after = sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert after - before <= 1, f"{after - before} tensors left behind by 20 steps"
 
 
 def test_forward_keeps_its_signature_and_recovers_from_errors() -> None:

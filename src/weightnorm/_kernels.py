@@ -57,15 +57,29 @@ _MAX_TILE = 2048  # elements per program and loop step (registers: 16 per thread
 
 
 @_jit
-def _offsets(units, idx, N, B, UB, UNITS_CONTIGUOUS: tl.constexpr):  # type: ignore[no-untyped-def]
-    """Memory offsets of elements ``idx`` of ``units`` (a BLOCK_U x BLOCK_R tile)."""
+def _tile(U, BIG: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_R: tl.constexpr):  # type: ignore[no-untyped-def]
+    """This program's ``BLOCK_U`` units, which of them exist, and ``BLOCK_R`` element indices
+    (64-bit when ``BIG``)."""
+    units = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
+    r = tl.arange(0, BLOCK_R)
+    if BIG:
+        units = units.to(tl.int64)
+        r = r.to(tl.int64)
+    return units, units < U, r
+
+
+@_jit
+def _addresses(units, unit_ok, idx, N, B, UB, UNITS_CONTIGUOUS: tl.constexpr):  # type: ignore[no-untyped-def]
+    """The mask and memory offsets of elements ``idx`` of ``units`` (a BLOCK_U x BLOCK_R
+    tile)."""
+    mask = unit_ok[:, None] & (idx < N)[None, :]
     if UNITS_CONTIGUOUS:  # A == 1: unit u is the N elements from u * N
         offsets = units[:, None] * N + idx[None, :]
     else:
         a = idx // B  # (B == 1 is specialized by Triton: no division then)
         b = idx - a * B
         offsets = a[None, :] * UB + units[:, None] * B + b[None, :]
-    return offsets
+    return mask, offsets
 
 
 @_jit
@@ -106,18 +120,10 @@ def _forward_kernel(  # type: ignore[no-untyped-def]
     BLOCK_R: tl.constexpr,
 ):
     acc_t = norm_ptr.dtype.element_ty
-    units = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
-    if BIG:
-        units = units.to(tl.int64)
-    unit_ok = units < U
-    r = tl.arange(0, BLOCK_R)
-    if BIG:
-        r = r.to(tl.int64)
+    units, unit_ok, r = _tile(U, BIG, BLOCK_U, BLOCK_R)
     squares = tl.zeros((BLOCK_U, BLOCK_R), dtype=acc_t)
     for start in range(0, N, BLOCK_R):
-        idx = start + r
-        mask = unit_ok[:, None] & (idx < N)[None, :]
-        offs = _offsets(units, idx, N, B, UB, UNITS_CONTIGUOUS)
+        mask, offs = _addresses(units, unit_ok, start + r, N, B, UB, UNITS_CONTIGUOUS)
         # (no `other=`: a constant of the element type, bfloat16 included, is not needed)
         x = tl.where(mask, tl.load(v_ptr + offs, mask=mask).to(acc_t), 0.0)
         squares += x * x
@@ -128,9 +134,7 @@ def _forward_kernel(  # type: ignore[no-untyped-def]
     g = tl.load(g_ptr + units * g_stride, mask=unit_ok).to(acc_t)
     scale = _div(g, normc)
     for start in range(0, N, BLOCK_R):
-        idx = start + r
-        mask = unit_ok[:, None] & (idx < N)[None, :]
-        offs = _offsets(units, idx, N, B, UB, UNITS_CONTIGUOUS)
+        mask, offs = _addresses(units, unit_ok, start + r, N, B, UB, UNITS_CONTIGUOUS)
         x = tl.load(v_ptr + offs, mask=mask).to(acc_t)
         tl.store(w_ptr + offs, (x * scale[:, None]).to(w_ptr.dtype.element_ty), mask=mask)
 
@@ -156,18 +160,10 @@ def _backward_kernel(  # type: ignore[no-untyped-def]
     BLOCK_R: tl.constexpr,
 ):
     acc_t = norm_ptr.dtype.element_ty
-    units = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
-    if BIG:
-        units = units.to(tl.int64)
-    unit_ok = units < U
-    r = tl.arange(0, BLOCK_R)
-    if BIG:
-        r = r.to(tl.int64)
+    units, unit_ok, r = _tile(U, BIG, BLOCK_U, BLOCK_R)
     products = tl.zeros((BLOCK_U, BLOCK_R), dtype=acc_t)
     for start in range(0, N, BLOCK_R):
-        idx = start + r
-        mask = unit_ok[:, None] & (idx < N)[None, :]
-        offs = _offsets(units, idx, N, B, UB, UNITS_CONTIGUOUS)
+        mask, offs = _addresses(units, unit_ok, start + r, N, B, UB, UNITS_CONTIGUOUS)
         gw = tl.load(grad_w_ptr + offs, mask=mask).to(acc_t)
         x = tl.load(v_ptr + offs, mask=mask).to(acc_t)
         products += tl.where(mask, gw * x, 0.0)
@@ -186,9 +182,7 @@ def _backward_kernel(  # type: ignore[no-untyped-def]
     g = tl.load(g_ptr + units * g_stride, mask=unit_ok).to(acc_t)
     scale = _div(g, normc)
     for start in range(0, N, BLOCK_R):
-        idx = start + r
-        mask = unit_ok[:, None] & (idx < N)[None, :]
-        offs = _offsets(units, idx, N, B, UB, UNITS_CONTIGUOUS)
+        mask, offs = _addresses(units, unit_ok, start + r, N, B, UB, UNITS_CONTIGUOUS)
         gw = tl.load(grad_w_ptr + offs, mask=mask).to(acc_t)
         x = tl.load(v_ptr + offs, mask=mask).to(acc_t)
         grad_v = scale[:, None] * (gw - coef[:, None] * x)

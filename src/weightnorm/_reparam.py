@@ -12,9 +12,12 @@ normalized names; removing the last weight norm restores the original class. The
 (``WNLinear`` ...) are the same mechanism with the property declared on the class.
 
 - ``module.weight = t`` sets ``g = ||t||`` and ``v = t`` (with a fixed gain, only ``v``).
-- A tensor the property hands out is watched until it is freed: an in-place change to it
-  (``nn.init.*_``, ``w.mul_``) is written into ``g`` and ``v`` then, or at the next read of the
-  weight or ``state_dict()``, whichever comes first. Writes through ``.data`` bypass PyTorch's
+- A tensor the property hands out is watched: an in-place change to it (``nn.init.*_``,
+  ``w.mul_``) is written into ``g`` and ``v`` at the next read of the weight, at
+  ``state_dict()``, or when the tensor is freed. A weight in an autograd graph is held until
+  the backward pass has used it (the node hook that makes second derivatives exact also ends
+  the watch: one Python call per weight and step), or until the next read; one without a graph
+  through a detached alias, until it is freed. Writes through ``.data`` bypass PyTorch's
   version counter and cannot be seen.
 - ``torch.func.functional_call(module, {"weight": W})`` fills the slot for the call; the
   property returns what fills it, and ``g`` and ``v`` are not touched.
@@ -68,7 +71,11 @@ def _gain(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
 
 
 def _compute(
-    module: nn.Module, name: str, spec: WeightNormSpec, captured: bool | None = None
+    module: nn.Module,
+    name: str,
+    spec: WeightNormSpec,
+    captured: bool | None = None,
+    on_backward: F.Callback = None,
 ) -> Tensor:
     """``g v/||v||`` of ``name`` (``captured``: :func:`weightnorm._torch_compat.capturing`)."""
     if captured is None:
@@ -79,22 +86,23 @@ def _compute(
             f"{_describe(module)}.{name}_v has shape {tuple(v.shape)}, but {name} was normalized "
             f"with shape {spec.shape}; remove the weight norm and apply it again to change it"
         )
-    return F.weight_and_norms(v, _gain(module, name, spec), spec, captured)[0]
+    g = _gain(module, name, spec)
+    return F.weight_and_norms(v, g, spec, captured, on_backward)[0]
 
 
-class _Watch(NamedTuple):
-    """A weight handed out: a detached alias (it shares the storage and version counter of the
-    tensor, not its graph), the version it had, and a weak reference whose callback settles
-    it when the tensor is freed."""
-
-    alias: Tensor
-    version: int
-    ref: weakref.ref[Tensor]
+#: A weight handed out, the version it had, and the token of the read that made it: the tensor
+#: itself while a backward pass may use it (in a graph), else a detached alias (it shares the
+#: tensor's storage and version counter, not its life) and a weak reference whose callback
+#: settles it when the tensor is freed. Nothing the callbacks hold refers to the tensor, so no
+#: reference cycle runs through an autograd node (Python's collector cannot see into one).
+_Watch = tuple[Tensor, int, object] | tuple[Tensor, int, object, "weakref.ref[Tensor]"]
 
 
 def _read(module: nn.Module, name: str) -> Tensor:
-    """The property's getter: what fills the slot (functional_call), else ``g v/||v||``."""
-    slot = module._parameters.get(name)
+    """The property's getter: what fills the slot (functional_call), else ``g v/||v||``,
+    watched: see the module docstring."""
+    params = module._parameters
+    slot = params.get(name)
     if slot is not None:
         return slot
     spec = module.__dict__.get(_SPECS, _EMPTY).get(name)
@@ -102,25 +110,32 @@ def _read(module: nn.Module, name: str) -> Tensor:
         raise AttributeError(f"{type(module).__name__} has no attribute {name!r} yet")
     if compat.capturing():  # no Python-side bookkeeping inside a graph or a transform
         return _compute(module, name, spec, True)
-    _settle(module, name)
-    w = _compute(module, name, spec, False)
-    if not w.is_inference():
-        freed = partial(_freed, weakref.ref(module), name)
-        module.__dict__[_WATCH][name] = _Watch(w.detach(), w._version, weakref.ref(w, freed))
+    watch = module.__dict__[_WATCH]
+    if name in watch:
+        _settle(module, name)
+    token = object()
+    end = partial(_end, weakref.ref(module), name, token)
+    w = _compute(module, name, spec, False, end)
+    if w.grad_fn is not None:  # ended by the backward pass (the node's hook)
+        watch[name] = (w, w._version, token)
+    elif not w.is_inference():  # ended when w is freed
+        watch[name] = (w.detach(), w._version, token, weakref.ref(w, lambda _: end()))
     return w
 
 
 def _settle(module: nn.Module, name: str) -> None:
     """Stop watching the weight handed out last; write an in-place change of it into g, v."""
     watch = module.__dict__[_WATCH].pop(name, None)
-    if watch is not None and watch.alias._version != watch.version:
-        _set_weight(module, name, watch.alias)
+    if watch is not None and watch[0]._version != watch[1]:
+        _set_weight(module, name, watch[0])
 
 
-def _freed(module_ref: weakref.ref[nn.Module], name: str, ref: weakref.ref[Tensor]) -> None:
+def _end(module_ref: weakref.ref[nn.Module], name: str, token: object) -> None:
+    """The weight of the read ``token`` was used by a backward pass (changed in place before,
+    it would have failed it) or freed: settle it if it is still the one watched."""
     module = module_ref()
-    watch = None if module is None else module.__dict__.get(_WATCH, {}).get(name)
-    if watch is not None and watch.ref is ref:
+    watch = None if module is None else module.__dict__.get(_WATCH, _EMPTY).get(name)
+    if watch is not None and watch[2] is token:
         _settle(cast(nn.Module, module), name)
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
@@ -69,6 +70,9 @@ __all__ = [
 
 #: Lower bound on ``||v||`` in the division: a zero ``v`` gives ``w = 0`` and finite gradients.
 DEFAULT_EPS = 1e-12
+
+#: A function called when a backward pass has used the weight (or None).
+Callback = Callable[[], None] | None
 
 #: Dtypes whose norms are accumulated, and whose ``g`` is kept, in float32.
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -347,7 +351,9 @@ class _Plain:
     def fits(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> bool:
         return True
 
-    def forward(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, v: Tensor, g: Tensor, spec: WeightNormSpec, on_backward: Callback = None
+    ) -> tuple[Tensor, Tensor]:
         x = spec.view(v)
         norm = _norm(x, spec.reduce_dims)
         scale = g / norm.clamp_min(spec.eps)
@@ -359,7 +365,9 @@ class _Plain:
             )
         w = x * scale
         w = w if w.dtype == v.dtype else w.to(v.dtype)
-        return (w if spec.groups == 1 else w.reshape(v.shape)), norm
+        w = w if spec.groups == 1 else w.reshape(v.shape)
+        _after_backward(w, None, on_backward)
+        return w, norm
 
     def backward(
         self, grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, spec: WeightNormSpec
@@ -391,12 +399,13 @@ class _TorchFused:
             and v.numel() > 0  # (the kernel dies of SIGFPE on an empty tensor)
         )
 
-    def forward(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor] | None:
+    def forward(
+        self, v: Tensor, g: Tensor, spec: WeightNormSpec, on_backward: Callback = None
+    ) -> tuple[Tensor, Tensor] | None:
         w, norms = compat.fused_weight_norm(v, g, cast(int, spec.dim))
         if not norms.min().item() > spec.eps:
             return None
-        if w.requires_grad:
-            w.grad_fn.register_hook(partial(_exact_second_order, v, g, spec))  # type: ignore[union-attr]
+        _after_backward(w, (v, g, spec), on_backward)
         return w, norms
 
     def backward(
@@ -424,8 +433,12 @@ class _Triton:
             and _triton_runs_on(v.device)
         )
 
-    def forward(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor]:
-        return cast(tuple[Tensor, Tensor], _weight_norm_op(v, g, spec.dim, spec.eps))
+    def forward(
+        self, v: Tensor, g: Tensor, spec: WeightNormSpec, on_backward: Callback = None
+    ) -> tuple[Tensor, Tensor]:
+        out = cast(tuple[Tensor, Tensor], _weight_norm_op(v, g, spec.dim, spec.eps))
+        _after_backward(out[0], None, on_backward)
+        return out
 
     def backward(
         self, grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, spec: WeightNormSpec
@@ -434,6 +447,34 @@ class _Triton:
             tuple[Tensor, Tensor],
             _weight_norm_backward_op(grad_w, v, g, norms, spec.dim, spec.eps),
         )
+
+
+def _after_backward(
+    w: Tensor, exact: tuple[Tensor, Tensor, WeightNormSpec] | None, on_backward: Callback
+) -> None:
+    """One post hook on the autograd node that made ``w``, where needed: ``exact``, the
+    ``(v, g, spec)`` of the fused kernel, whose double backward PyTorch gets wrong (its output
+    is replaced by the plain form's when a graph of the backward is built); ``on_backward``,
+    called when the backward pass has used ``w`` (the modules stop watching it then)."""
+    node = w.grad_fn
+    if node is not None and (exact is not None or on_backward is not None):
+        node.register_hook(partial(_node_hook, exact, on_backward))
+
+
+def _node_hook(
+    exact: tuple[Tensor, Tensor, WeightNormSpec] | None,
+    on_backward: Callback,
+    grad_inputs: Any,
+    grad_outputs: Any,
+) -> tuple[Tensor | None, ...] | None:
+    if on_backward is not None:
+        on_backward()
+    # grad mode is on in the backward pass only when it builds a graph (create_graph=True)
+    if exact is None or not torch.is_grad_enabled() or grad_outputs[0] is None:
+        return None
+    v, g, spec = exact
+    needed = (grad_inputs[0] is not None, grad_inputs[1] is not None)
+    return _exact_grads(v, g, spec, grad_outputs[0], needed)
 
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -454,15 +495,19 @@ def kernel_for(v: Tensor, g: Tensor, spec: WeightNormSpec, captured: bool | None
 
 
 def weight_and_norms(
-    v: Tensor, g: Tensor, spec: WeightNormSpec, captured: bool | None = None
+    v: Tensor,
+    g: Tensor,
+    spec: WeightNormSpec,
+    captured: bool | None = None,
+    on_backward: Callback = None,
 ) -> tuple[Tensor, Tensor, Kernel]:
     """``(w, norms, kernel)``: the weight by the one dispatch (:func:`kernel_for`), the
     unclamped norms of ``v`` (keep-dim), and the kernel that computed them, whose ``backward``
-    takes those norms."""
+    takes those norms. ``on_backward`` is called when a backward pass has used ``w``."""
     kernel = kernel_for(v, g, spec, captured)
-    out = kernel.forward(v, g, spec)
+    out = kernel.forward(v, g, spec, on_backward)
     if out is None:  # (a norm at or below eps: the fused kernel would divide by it)
-        kernel, out = PLAIN, PLAIN.forward(v, g, spec)
+        kernel, out = PLAIN, PLAIN.forward(v, g, spec, on_backward)
     return out[0], out[1], kernel
 
 
@@ -477,17 +522,6 @@ def _exact_grads(
         wanted = [t for t, need in zip((v, g), needed, strict=True) if need]
         grads = iter(torch.autograd.grad(w, wanted, grad_w, create_graph=True))
     return tuple(next(grads) if need else None for need in needed)  # type: ignore[return-value]
-
-
-def _exact_second_order(
-    v: Tensor, g: Tensor, spec: WeightNormSpec, grad_inputs: Any, grad_outputs: Any
-) -> tuple[Tensor | None, ...] | None:
-    """Post hook of a fused weight-norm node: with ``create_graph=True`` (grad mode is on in
-    the backward pass only then) its outputs are replaced by the exact ones."""
-    if not torch.is_grad_enabled() or grad_outputs[0] is None:
-        return None
-    return _exact_grads(v, g, spec, grad_outputs[0], (grad_inputs[0] is not None,
-                                                      grad_inputs[1] is not None))  # fmt: skip
 
 
 # ``weightnorm::weight_norm(v, g, dim, eps) -> (w, norms)`` and its backward op. ``dim`` is
