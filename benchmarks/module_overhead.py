@@ -4,8 +4,8 @@ Both run the same fused kernels (forward and backward). Ours adds, per weight an
 check of the norms the kernel returns (``norms.min().item()``: what makes a zero row finite); a
 post hook on the kernel's autograd node that makes second derivatives exact (a Python call in
 every backward, which returns at once unless a graph of the backward is being built); and the
-watch of the weight handed out (an entry per read, ended by the same hook, so that an in-place
-change such as ``nn.init.*_`` is written into g and v). This times a forward and
+watch of the weight handed out (a detached alias and a weak reference per read, so that an
+in-place change such as ``nn.init.*_`` is written into g and v). This times a forward and
 backward of one weight-normalized Conv1d, the variants interleaved, and prints the median cost
 of each per weight and step.
 
@@ -18,6 +18,7 @@ import argparse
 import random
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 from functools import partial
 
@@ -42,22 +43,20 @@ def _variants(
         return w
 
     def hooked() -> torch.Tensor:
-        w = checked()
-        F._after_backward(w, (v, g, spec), None)
-        return w
-
-    watch: dict[str, tuple[torch.Tensor, int, object]] = {}
-
-    def end(token: object) -> None:
-        if watch.get("w", (None, 0, None))[2] is token:
-            del watch["w"]
-
-    def watched() -> torch.Tensor:  # (the entry, and the same hook ending the watch)
         w, norms = torch._weight_norm_interface(v, g, 0)
         norms.min().item()
-        token = object()
-        F._after_backward(w, (v, g, spec), partial(end, token))
-        watch["w"] = (w, w._version, token)
+        w.grad_fn.register_hook(partial(F._exact_double_backward, v, g, spec))
+        return w
+
+    watch: dict[str, tuple[torch.Tensor, int, weakref.ref[torch.Tensor]]] = {}
+
+    def freed(ref: weakref.ref[torch.Tensor]) -> None:
+        if "w" in watch and watch["w"][2] is ref:
+            del watch["w"]
+
+    def watched() -> torch.Tensor:  # (the alias and weak reference of a module's read)
+        w = hooked()
+        watch["w"] = (w.detach(), w._version, weakref.ref(w, freed))
         return w
 
     def ours() -> torch.Tensor:  # what a module's forward reads

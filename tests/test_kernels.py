@@ -933,11 +933,11 @@ def test_gpu_path_ops_per_step_on_meta(layer: str) -> None:
     training step, the forward op and the backward op (one Triton kernel each on a GPU:
     test_kernel_ops_launch_one_kernel_each) and no host sync: no more ops that touch data than
     torch's own fused weight norm in the same torch (counted on the CPU: torch 2.4's fused
-    backward has no meta kernel). Besides them ``detach``es (metadata only: no kernel, no data):
-    autograd's own for the extra leaf g, as torch's, and the alias that watches the weight
-    handed out (an in-place change to it, ``nn.init.*_``, is written into g and v). How many
-    detaches autograd makes differs between torch releases (2.13: one per leaf; 2.4: two):
-    bounded against torch's in the same release, not pinned."""
+    backward has no meta kernel). Besides them ``detach``es (metadata only: no kernel, no
+    data): autograd's own for the leaves, as torch's, and one for the alias that watches the
+    weight handed out (an in-place change to it, ``nn.init.*_``, is written into g and v). How
+    many are dispatched differs between torch releases and layers: bounded against torch's in
+    the same release, not pinned."""
     ours, syncs = extra_ops(layer, "meta", wn.weight_norm)
     assert data_ops(ours) == {"weightnorm.weight_norm": 1, "weightnorm.weight_norm_backward": 1}
     assert syncs == 0

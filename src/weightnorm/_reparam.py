@@ -12,13 +12,12 @@ normalized names; removing the last weight norm restores the original class. The
 (``WNLinear`` ...) are the same mechanism with the property declared on the class.
 
 - ``module.weight = t`` sets ``g = ||t||`` and ``v = t`` (with a fixed gain, only ``v``).
-- A tensor the property hands out is watched: an in-place change to it (``nn.init.*_``,
-  ``w.mul_``) is written into ``g`` and ``v`` at the next read of the weight, at
-  ``state_dict()``, or when the tensor is freed. A weight in an autograd graph is held until
-  the backward pass has used it (the node hook that makes second derivatives exact also ends
-  the watch: one Python call per weight and step), or until the next read; one without a graph
-  through a detached alias, until it is freed. Writes through ``.data`` bypass PyTorch's
-  version counter and cannot be seen.
+- The tensor the property handed out last is watched while it is alive (a detached alias and a
+  weak reference: the watch holds its storage, not the tensor, and ends when the tensor is
+  freed): an in-place change to it (``nn.init.*_``, ``w.mul_``) is written into ``g`` and
+  ``v`` at the next read of the weight, at ``state_dict()``, or when the tensor is freed. A
+  weight read in ``forward`` is freed when the backward pass has released it. Writes through
+  ``.data`` bypass PyTorch's version counter and cannot be seen.
 - ``torch.func.functional_call(module, {"weight": W})`` fills the slot for the call; the
   property returns what fills it, and ``g`` and ``v`` are not touched.
 - With a fixed gain (``gain=c``) ``weight_g`` is a buffer filled with ``c``: saved, loaded,
@@ -71,11 +70,7 @@ def _gain(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
 
 
 def _compute(
-    module: nn.Module,
-    name: str,
-    spec: WeightNormSpec,
-    captured: bool | None = None,
-    on_backward: F.Callback = None,
+    module: nn.Module, name: str, spec: WeightNormSpec, captured: bool | None = None
 ) -> Tensor:
     """``g v/||v||`` of ``name`` (``captured``: :func:`weightnorm._torch_compat.capturing`)."""
     if captured is None:
@@ -87,15 +82,14 @@ def _compute(
             f"with shape {spec.shape}; remove the weight norm and apply it again to change it"
         )
     g = _gain(module, name, spec)
-    return F.weight_and_norms(v, g, spec, captured, on_backward)[0]
+    return F.weight_and_norms(v, g, spec, captured)[0]
 
 
-#: A weight handed out, the version it had, and the token of the read that made it: the tensor
-#: itself while a backward pass may use it (in a graph), else a detached alias (it shares the
-#: tensor's storage and version counter, not its life) and a weak reference whose callback
-#: settles it when the tensor is freed. Nothing the callbacks hold refers to the tensor, so no
-#: reference cycle runs through an autograd node (Python's collector cannot see into one).
-_Watch = tuple[Tensor, int, object] | tuple[Tensor, int, object, "weakref.ref[Tensor]"]
+#: A weight handed out: a detached alias of it (it shares the tensor's storage and version
+#: counter, not its life), the version it had, and a weak reference to it whose callback settles
+#: it when the tensor is freed. Nothing the callback holds refers to the tensor, so no reference
+#: cycle runs through an autograd node (Python's collector cannot see into one).
+_Watch = tuple[Tensor, int, "weakref.ref[Tensor]"]
 
 
 def _read(module: nn.Module, name: str) -> Tensor:
@@ -113,13 +107,10 @@ def _read(module: nn.Module, name: str) -> Tensor:
     watch = module.__dict__[_WATCH]
     if name in watch:
         _settle(module, name)
-    token = object()
-    end = partial(_end, weakref.ref(module), name, token)
-    w = _compute(module, name, spec, False, end)
-    if w.grad_fn is not None:  # ended by the backward pass (the node's hook)
-        watch[name] = (w, w._version, token)
-    elif not w.is_inference():  # ended when w is freed
-        watch[name] = (w.detach(), w._version, token, weakref.ref(w, lambda _: end()))
+    w = _compute(module, name, spec, False)
+    if not w.is_inference():  # (an inference tensor cannot be changed in place)
+        freed = partial(_freed, weakref.ref(module), name)
+        watch[name] = (w.detach(), w._version, weakref.ref(w, freed))
     return w
 
 
@@ -130,12 +121,11 @@ def _settle(module: nn.Module, name: str) -> None:
         _set_weight(module, name, watch[0])
 
 
-def _end(module_ref: weakref.ref[nn.Module], name: str, token: object) -> None:
-    """The weight of the read ``token`` was used by a backward pass (changed in place before,
-    it would have failed it) or freed: settle it if it is still the one watched."""
+def _freed(module_ref: weakref.ref[nn.Module], name: str, ref: weakref.ref[Tensor]) -> None:
+    """The weight behind ``ref`` was freed: settle it if it is still the one watched."""
     module = module_ref()
     watch = None if module is None else module.__dict__.get(_WATCH, _EMPTY).get(name)
-    if watch is not None and watch[2] is token:
+    if watch is not None and watch[2] is ref:
         _settle(cast(nn.Module, module), name)
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
@@ -70,9 +69,6 @@ __all__ = [
 
 #: Lower bound on ``||v||`` in the division: a zero ``v`` gives ``w = 0`` and finite gradients.
 DEFAULT_EPS = 1e-12
-
-#: A function called when a backward pass has used the weight (or None).
-Callback = Callable[[], None] | None
 
 #: Dtypes whose norms are accumulated, and whose ``g`` is kept, in float32.
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -351,9 +347,7 @@ class _Plain:
     def fits(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> bool:
         return True
 
-    def forward(
-        self, v: Tensor, g: Tensor, spec: WeightNormSpec, on_backward: Callback = None
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor]:
         x = spec.view(v)
         norm = _norm(x, spec.reduce_dims)
         scale = g / norm.clamp_min(spec.eps)
@@ -366,7 +360,6 @@ class _Plain:
         w = x * scale
         w = w if w.dtype == v.dtype else w.to(v.dtype)
         w = w if spec.groups == 1 else w.reshape(v.shape)
-        _after_backward(w, None, on_backward)
         return w, norm
 
     def backward(
@@ -399,13 +392,12 @@ class _TorchFused:
             and v.numel() > 0  # (the kernel dies of SIGFPE on an empty tensor)
         )
 
-    def forward(
-        self, v: Tensor, g: Tensor, spec: WeightNormSpec, on_backward: Callback = None
-    ) -> tuple[Tensor, Tensor] | None:
+    def forward(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor] | None:
         w, norms = compat.fused_weight_norm(v, g, cast(int, spec.dim))
         if not norms.min().item() > spec.eps:
             return None
-        _after_backward(w, (v, g, spec), on_backward)
+        if w.grad_fn is not None:
+            w.grad_fn.register_hook(partial(_exact_double_backward, v, g, spec))
         return w, norms
 
     def backward(
@@ -433,12 +425,8 @@ class _Triton:
             and _triton_runs_on(v.device)
         )
 
-    def forward(
-        self, v: Tensor, g: Tensor, spec: WeightNormSpec, on_backward: Callback = None
-    ) -> tuple[Tensor, Tensor]:
-        out = cast(tuple[Tensor, Tensor], _weight_norm_op(v, g, spec.dim, spec.eps))
-        _after_backward(out[0], None, on_backward)
-        return out
+    def forward(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor]:
+        return cast(tuple[Tensor, Tensor], _weight_norm_op(v, g, spec.dim, spec.eps))
 
     def backward(
         self, grad_w: Tensor, v: Tensor, g: Tensor, norms: Tensor, spec: WeightNormSpec
@@ -449,30 +437,14 @@ class _Triton:
         )
 
 
-def _after_backward(
-    w: Tensor, exact: tuple[Tensor, Tensor, WeightNormSpec] | None, on_backward: Callback
-) -> None:
-    """One post hook on the autograd node that made ``w``, where needed: ``exact``, the
-    ``(v, g, spec)`` of the fused kernel, whose double backward PyTorch gets wrong (its output
-    is replaced by the plain form's when a graph of the backward is built); ``on_backward``,
-    called when the backward pass has used ``w`` (the modules stop watching it then)."""
-    node = w.grad_fn
-    if node is not None and (exact is not None or on_backward is not None):
-        node.register_hook(partial(_node_hook, exact, on_backward))
-
-
-def _node_hook(
-    exact: tuple[Tensor, Tensor, WeightNormSpec] | None,
-    on_backward: Callback,
-    grad_inputs: Any,
-    grad_outputs: Any,
+def _exact_double_backward(
+    v: Tensor, g: Tensor, spec: WeightNormSpec, grad_inputs: Any, grad_outputs: Any
 ) -> tuple[Tensor | None, ...] | None:
-    if on_backward is not None:
-        on_backward()
+    """The post hook on the fused kernel's autograd node, whose double backward PyTorch gets
+    wrong: when a graph of the backward is built, its output is replaced by the plain form's."""
     # grad mode is on in the backward pass only when it builds a graph (create_graph=True)
-    if exact is None or not torch.is_grad_enabled() or grad_outputs[0] is None:
+    if not torch.is_grad_enabled() or grad_outputs[0] is None:
         return None
-    v, g, spec = exact
     needed = (grad_inputs[0] is not None, grad_inputs[1] is not None)
     return _exact_grads(v, g, spec, grad_outputs[0], needed)
 
@@ -499,15 +471,14 @@ def weight_and_norms(
     g: Tensor,
     spec: WeightNormSpec,
     captured: bool | None = None,
-    on_backward: Callback = None,
 ) -> tuple[Tensor, Tensor, Kernel]:
     """``(w, norms, kernel)``: the weight by the one dispatch (:func:`kernel_for`), the
     unclamped norms of ``v`` (keep-dim), and the kernel that computed them, whose ``backward``
-    takes those norms. ``on_backward`` is called when a backward pass has used ``w``."""
+    takes those norms."""
     kernel = kernel_for(v, g, spec, captured)
-    out = kernel.forward(v, g, spec, on_backward)
+    out = kernel.forward(v, g, spec)
     if out is None:  # (a norm at or below eps: the fused kernel would divide by it)
-        kernel, out = PLAIN, PLAIN.forward(v, g, spec, on_backward)
+        kernel, out = PLAIN, PLAIN.forward(v, g, spec)
     return out[0], out[1], kernel
 
 
