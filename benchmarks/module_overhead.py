@@ -4,8 +4,8 @@ Both run the same fused kernels (forward and backward). Ours adds, per weight an
 check of the norms the kernel returns (``norms.min().item()``: what makes a zero row finite); a
 post hook on the kernel's autograd node that makes second derivatives exact (a Python call in
 every backward, which returns at once unless a graph of the backward is being built); and the
-watch of the weight handed out (a detached alias and a weak reference per read, so that an
-in-place change such as ``nn.init.*_`` is written into g and v). This times a forward and
+watch of the weight handed out (an entry per read and a pre hook on the node that ends it, so
+that an in-place change such as ``nn.init.*_`` is written into g and v). This times a forward and
 backward of one weight-normalized Conv1d, the variants interleaved, and prints the median cost
 of each per weight and step.
 
@@ -18,7 +18,6 @@ import argparse
 import random
 import statistics
 import time
-import weakref
 from collections.abc import Callable
 from functools import partial
 
@@ -48,15 +47,17 @@ def _variants(
         w.grad_fn.register_hook(partial(F._exact_double_backward, v, g, spec))
         return w
 
-    watch: dict[str, tuple[torch.Tensor, int, weakref.ref[torch.Tensor]]] = {}
+    watch: dict[str, tuple[torch.Tensor, int, object]] = {}
 
-    def freed(ref: weakref.ref[torch.Tensor]) -> None:
-        if "w" in watch and watch["w"][2] is ref:
+    def end(token: object, _: object) -> None:
+        if "w" in watch and watch["w"][2] is token:
             del watch["w"]
 
-    def watched() -> torch.Tensor:  # (the alias and weak reference of a module's read)
+    def watched() -> torch.Tensor:  # (the entry and pre hook of a module's read)
         w = hooked()
-        watch["w"] = (w.detach(), w._version, weakref.ref(w, freed))
+        token = object()
+        w.grad_fn.register_prehook(partial(end, token))
+        watch["w"] = (w, w._version, token)
         return w
 
     def ours() -> torch.Tensor:  # what a module's forward reads

@@ -933,25 +933,24 @@ def test_gpu_path_ops_per_step_on_meta(layer: str) -> None:
     training step, the forward op and the backward op (one Triton kernel each on a GPU:
     test_kernel_ops_launch_one_kernel_each) and no host sync: no more ops that touch data than
     torch's own fused weight norm in the same torch (counted on the CPU: torch 2.4's fused
-    backward has no meta kernel). Besides them ``detach``es (metadata only: no kernel, no
-    data): autograd's own for the leaves, as torch's, and one for the alias that watches the
-    weight handed out (an in-place change to it, ``nn.init.*_``, is written into g and v). How
-    many are dispatched differs between torch releases and layers: bounded against torch's in
-    the same release, not pinned."""
+    backward has no meta kernel). Besides them autograd's own ``detach``es for the leaves
+    (metadata only: no kernel, no data), as many as torch's: the watch of the weight handed out
+    adds none. How many autograd makes differs between torch releases (2.13: one; 2.4: two):
+    compared with torch's in the same release, not pinned."""
     ours, syncs = extra_ops(layer, "meta", wn.weight_norm)
     assert data_ops(ours) == {"weightnorm.weight_norm": 1, "weightnorm.weight_norm_backward": 1}
     assert syncs == 0
     theirs, their_syncs = extra_ops(layer, "cpu", torch_weight_norm)
     assert their_syncs == 0
     assert data_ops(ours).total() <= data_ops(theirs).total()
-    assert ours["aten.detach"] <= theirs["aten.detach"] + 2
+    assert ours["aten.detach"] <= theirs["aten.detach"]
 
 
 def test_cpu_path_ops_per_step() -> None:
     """The CPU hot path (float32): torch's fused kernels (as torch's weight norm runs them) plus
-    the eps check of their norms, one host read (``.item()``) per weight and forward, and the
-    watch's ``detach``. Kept on purpose: on the CPU a host read costs nothing and this path is
-    the fastest measured."""
+    the eps check of their norms, one host read (``.item()``) per weight and forward; as many
+    ``detach``es as torch's. Kept on purpose: on the CPU a host read costs nothing and this path
+    is the fastest measured."""
     ours, syncs = extra_ops("linear", "cpu", wn.weight_norm)
     theirs, _ = extra_ops("linear", "cpu", torch_weight_norm)
     assert data_ops(ours) == {
@@ -961,7 +960,7 @@ def test_cpu_path_ops_per_step() -> None:
         "aten._weight_norm_interface_backward": 1,
     }
     assert syncs == 1
-    assert ours["aten.detach"] <= theirs["aten.detach"] + 2
+    assert ours["aten.detach"] <= theirs["aten.detach"]
 
 
 def test_plain_path_has_no_host_sync_on_meta(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -408,6 +408,21 @@ def test_nn_init_on_weight_takes_effect() -> None:
     assert torch.equal(layer.state_dict()["weight_v"], torch.eye(3, 4))
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_nn_init_then_a_copy_keeps_the_init(grad: bool) -> None:
+    """``init_weights(model); ema = copy.deepcopy(model)`` (or ``torch.save(model)``) with no
+    read of the weight in between: the copy has the initialized weights."""
+    layer = wn.weight_norm(nn.Linear(4, 3))
+    with torch.set_grad_enabled(grad):
+        nn.init.constant_(layer.weight, 0.5)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    for copied in (copy.deepcopy(layer), torch.load(buffer, weights_only=False)):
+        torch.testing.assert_close(copied.weight, torch.full((3, 4), 0.5))
+        torch.testing.assert_close(copied.weight_v, torch.full((3, 4), 0.5))
+
+
 @pytest.mark.parametrize(
     "make", [lambda: wn.weight_norm(nn.Linear(4, 3)), lambda: wn.WNLinear(4, 3)]
 )
@@ -446,8 +461,9 @@ def test_the_weight_read_by_forward_is_not_kept_between_steps(make: Any) -> None
 )
 def test_forward_leaves_no_state_and_is_not_wrapped(make: Any) -> None:
     """Issue 14: the class's forward is torch's own function (no per-call wrapper or depth
-    counter). Issue 20: the weight handed out last (in forward or not) is watched through a
-    detached alias until it is freed: after a training step nothing is left in the module but
+    counter). Issue 20: the weight handed out last (in forward or not) is watched: read with a
+    graph, until its backward is about to run (or the next read); without a graph, through a
+    detached alias until it is freed. After a training step nothing is left in the module but
     an RNN's own cache."""
     module = make()
     root = wn.fold(make()).__class__
@@ -463,24 +479,27 @@ def test_forward_leaves_no_state_and_is_not_wrapped(make: Any) -> None:
     else:
         assert watched == {}
     name = next(iter(wn.weight_norm_specs(module)))
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            w = getattr(module, name)  # outside forward: a tied weight, a logger, nn.init
-        assert (w.grad_fn is not None) is grad
-        alias = watched[name][0]
-        assert alias is not w
-        assert alias.data_ptr() == w.data_ptr()
-        assert alias.grad_fn is None
-        assert not alias.requires_grad
-        del w, alias
-        gc.collect()
-        assert name not in watched
+    w = getattr(module, name)  # outside forward: a tied weight, a logger, nn.init
+    assert w.grad_fn is not None
+    assert watched[name][0] is w  # (no alias: the node's pre hook ends the watch)
+    w.sum().backward()
+    assert name not in watched
+    with torch.no_grad():
+        w = getattr(module, name)
+    alias = watched[name][0]
+    assert alias is not w
+    assert alias.data_ptr() == w.data_ptr()
+    assert alias.grad_fn is None
+    assert not alias.requires_grad
+    del w, alias
+    gc.collect()
+    assert name not in watched
 
 
 def test_the_watch_frees_a_weight_when_the_backward_pass_releases_it() -> None:
     """The watch keeps a weight read in forward no longer than the graph does: the consumer's
     backward releases it, before the weight norm's own backward allocates grad_v (holding it
-    until then raised the MLP's peak step memory by 8%)."""
+    until then, the watch raised the MLP's peak step memory by 8%)."""
     layer = wn.weight_norm(nn.Linear(64, 64))
     x = torch.randn(8, 64, requires_grad=True)  # (so that linear saves the weight)
     w = layer.weight

@@ -7,17 +7,18 @@ optimizer built before keeps its handle on it), records a
 :class:`~weightnorm.functional.WeightNormSpec` for it, and gives the module a subclass of its
 class with a property ``weight`` that computes ``g * v / ||v||`` (:mod:`weightnorm.functional`)
 at every read: the weight is current everywhere, inside and outside ``forward``, and there are
-no hooks. The subclass is made once per original class and pickles as that class plus the
+no module hooks. The subclass is made once per original class and pickles as that class plus the
 normalized names; removing the last weight norm restores the original class. The layer classes
 (``WNLinear`` ...) are the same mechanism with the property declared on the class.
 
 - ``module.weight = t`` sets ``g = ||t||`` and ``v = t`` (with a fixed gain, only ``v``).
-- The tensor the property handed out last is watched while it is alive (a detached alias and a
-  weak reference: the watch holds its storage, not the tensor, and ends when the tensor is
-  freed): an in-place change to it (``nn.init.*_``, ``w.mul_``) is written into ``g`` and
-  ``v`` at the next read of the weight, at ``state_dict()``, or when the tensor is freed. A
-  weight read in ``forward`` is freed when the backward pass has released it. Writes through
-  ``.data`` bypass PyTorch's version counter and cannot be seen.
+- The tensor the property handed out last is watched: an in-place change to it (``nn.init.*_``,
+  ``w.mul_``) is written into ``g`` and ``v`` at the next read of the weight, at
+  ``state_dict()``, deepcopy and pickling, or when the watch ends. Read with a graph, it is
+  watched until a backward pass is about to compute its gradient (a pre hook on its autograd
+  node), read without one until it is freed (a detached alias and a weak reference); a change
+  made to a tensor after a backward pass went through it is not seen (read the weight again).
+  Writes through ``.data`` bypass PyTorch's version counter and cannot be seen.
 - ``torch.func.functional_call(module, {"weight": W})`` fills the slot for the call; the
   property returns what fills it, and ``g`` and ``v`` are not touched.
 - With a fixed gain (``gain=c``) ``weight_g`` is a buffer filled with ``c``: saved, loaded,
@@ -85,11 +86,15 @@ def _compute(
     return F.weight_and_norms(v, g, spec, captured)[0]
 
 
-#: A weight handed out: a detached alias of it (it shares the tensor's storage and version
-#: counter, not its life), the version it had, and a weak reference to it whose callback settles
-#: it when the tensor is freed. Nothing the callback holds refers to the tensor, so no reference
-#: cycle runs through an autograd node (Python's collector cannot see into one).
-_Watch = tuple[Tensor, int, "weakref.ref[Tensor]"]
+#: The weight handed out last, the version it had, the token of the read that made it, and, read
+#: without a graph, a weak reference to it. Read with a graph, the tensor itself, until a pre hook
+#: on its autograd node ends the watch: when that node's backward is about to run, every consumer
+#: of the weight has run its own backward and released it, so the watch adds no memory to a
+#: training step (and no op). Read without a graph (no node), a detached alias (it shares the
+#: tensor's storage and version counter, not its life), until the weak reference's callback ends
+#: the watch when the tensor is freed. The hooks and callbacks hold only the module's weak
+#: reference and the token, so no reference cycle runs through an autograd node.
+_Watch = tuple[Tensor, int, object, "weakref.ref[Tensor] | None"]
 
 
 def _read(module: nn.Module, name: str) -> Tensor:
@@ -108,9 +113,13 @@ def _read(module: nn.Module, name: str) -> Tensor:
     if name in watch:
         _settle(module, name)
     w = _compute(module, name, spec, False)
-    if not w.is_inference():  # (an inference tensor cannot be changed in place)
-        freed = partial(_freed, weakref.ref(module), name)
-        watch[name] = (w.detach(), w._version, weakref.ref(w, freed))
+    token = object()
+    end = partial(_end, weakref.ref(module), name, token)
+    if w.grad_fn is not None:
+        w.grad_fn.register_prehook(end)
+        watch[name] = (w, w._version, token, None)
+    elif not w.is_inference():  # (an inference tensor cannot be changed in place)
+        watch[name] = (w.detach(), w._version, token, weakref.ref(w, end))
     return w
 
 
@@ -121,11 +130,12 @@ def _settle(module: nn.Module, name: str) -> None:
         _set_weight(module, name, watch[0])
 
 
-def _freed(module_ref: weakref.ref[nn.Module], name: str, ref: weakref.ref[Tensor]) -> None:
-    """The weight behind ``ref`` was freed: settle it if it is still the one watched."""
+def _end(module_ref: weakref.ref[nn.Module], name: str, token: object, *_: Any) -> None:
+    """The weight of the read ``token`` is about to be used by a backward pass, or was freed:
+    settle it if it is still the one watched."""
     module = module_ref()
     watch = None if module is None else module.__dict__.get(_WATCH, _EMPTY).get(name)
-    if watch is not None and watch[2] is ref:
+    if watch is not None and watch[2] is token:
         _settle(cast(nn.Module, module), name)
 
 
@@ -181,8 +191,10 @@ class _WeightNormMixin:
             super().__setattr__(name, value)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickling and deepcopy: the watched weights are not part of the module, and an RNN's
-        cache of computed weights (non-leaf tensors) is rebuilt by ``__setstate__``."""
+        """Pickling and deepcopy: an in-place change to a weight handed out is written first; the
+        watched weights are not part of the module, and an RNN's cache of computed weights
+        (non-leaf tensors) is rebuilt by ``__setstate__``."""
+        _sync(cast(nn.Module, self))
         with torch.no_grad():  # (nn.RNNBase's refreshes its cache first: no graph needed)
             state = dict(super().__getstate__())  # type: ignore[misc]
         state.pop(_WATCH, None)
