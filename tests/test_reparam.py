@@ -496,6 +496,43 @@ def test_forward_leaves_no_state_and_is_not_wrapped(make: Any) -> None:
     assert name not in watched
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: wn.weight_norm(nn.Conv1d(2, 3, 3)),
+        lambda: wn.WNLinear(5, 3),
+        lambda: wn.weight_norm(nn.LSTM(5, 3), "weight_ih_l0"),
+    ],
+)
+def test_training_steps_leave_no_tensor_behind(make: Any) -> None:
+    """A reference cycle through an autograd node (Python's collector cannot see into one)
+    would keep every weight of every step alive: count the tensors Python holds around 20
+    steps, with and without a graph, with the collector off."""
+    module = make()
+    x = torch.randn(1, 5) if isinstance(module, nn.Linear) else torch.randn(3, 2, 5)
+    if isinstance(module, nn.Conv1d):
+        x = torch.randn(2, 2, 5)
+
+    def step() -> None:
+        out = module(x)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+        with torch.no_grad():
+            module(x)
+        getattr(module, next(iter(wn.weight_norm_specs(module))))
+
+    step()
+    gc.collect()
+    gc.disable()
+    try:
+        before = sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects())
+        for _ in range(20):
+            step()
+        after = sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert after - before <= 1, f"{after - before} tensors left behind by 20 steps"
+
+
 def test_the_watch_frees_a_weight_when_the_backward_pass_releases_it() -> None:
     """The watch keeps a weight read in forward no longer than the graph does: the consumer's
     backward releases it, before the weight norm's own backward allocates grad_v (holding it
