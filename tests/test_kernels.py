@@ -368,13 +368,14 @@ EPS_SAFE = (F.PLAIN, F.TRITON)  # (the fused kernel declines units at eps: teste
         kernel_param(k, s, d, t, id=f"{k.name}-{'x'.join(map(str, s))}-dim{d}-{str(t)[6:]}")
         for k in EPS_SAFE
         for s, d in [((3, 4), 0), ((3, 4), 1), ((3, 4), None), ((2, 3, 4), 1)]
-        for t in (torch.float32, torch.float64, torch.bfloat16)
+        for t in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
     ],
 )
 def test_zero_units_are_finite(
     kernel: Kernel, shape: tuple[int, ...], dim: int | None, dtype: torch.dtype
 ) -> None:
-    """A zero unit gives w = 0 there and finite gradients (torch's own weight norm: NaN)."""
+    """A zero unit gives w = 0 there and finite gradients (torch's own weight norm: NaN), in
+    float16 too, where g/eps times the gradient is beyond its range (issue 27: it gave inf)."""
     v, g = inputs(shape, dim, dtype=dtype, device=device_of(kernel))
     if dim is None:
         v.zero_()

@@ -197,26 +197,25 @@ def test_data_dependent_init_leaves_a_dead_unit_alone() -> None:
     assert norms.max() / norms.min() < 100  # it was ~85,000
 
 
-def test_writes_through_data_are_lost_as_with_torchs_and_nn_init_works() -> None:
-    """Item 5: ``m.weight.data.normal_(0, 0.01)`` (HiFi-GAN's init_weights, applied after weight
-    norm) writes into a computed tensor, bypassing the version counter: the change is lost, as
-    it is with torch's weight norm (its init_weights has always been a no-op there). The
-    documented alternative, ``nn.init.normal_(m.weight, 0, 0.01)``, is written into g and v."""
+def test_writes_through_data_are_applied_where_torchs_are_lost() -> None:
+    """``m.weight.data.normal_(0, 0.01)`` (HiFi-GAN's init_weights, applied after weight norm):
+    torch's weight norm loses it (its init_weights has always been a no-op there); ours writes
+    it into g and v when it is made (issue 27; 0.2.0 lost it as torch does)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.manual_seed(0)
         theirs = nn.utils.weight_norm(nn.Conv1d(4, 4, 3))
         torch.manual_seed(0)
         ours = wn.replace_torch_weight_norm(nn.utils.weight_norm(nn.Conv1d(4, 4, 3)))
-    before = ours.weight.detach().clone()
-    for m in (theirs, ours):
-        m.weight.data.normal_(0.0, 0.01)
+    before = theirs.weight.detach().clone()
     x = torch.randn(1, 4, 8)
-    torch.testing.assert_close(ours(x), theirs(x))  # both unchanged by the write
-    torch.testing.assert_close(ours.weight, before)
-    torch.manual_seed(3)
-    nn.init.normal_(ours.weight, 0.0, 0.01)
+    for m in (theirs, ours):
+        torch.manual_seed(3)
+        m.weight.data.normal_(0.0, 0.01)
     torch.manual_seed(3)
     expected = torch.empty_like(before).normal_(0.0, 0.01)
-    torch.testing.assert_close(ours.weight, expected)
-    torch.testing.assert_close(ours.weight_v.detach(), expected)
+    theirs(x)  # (its hook recomputes the weight from the unchanged g and v)
+    torch.testing.assert_close(theirs.weight.detach(), before)  # lost
+    torch.testing.assert_close(ours.weight_v.detach(), expected)  # applied, bit for bit in v
+    torch.testing.assert_close(ours.weight_g.detach().flatten(), expected.norm(dim=(1, 2)))
+    torch.testing.assert_close(ours(x), nn.functional.conv1d(x, expected, ours.bias))

@@ -5,6 +5,7 @@ names what to update, instead of a migration silently doing the wrong thing."""
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import torch
 from torch import nn
@@ -104,7 +105,7 @@ def test_rnn_cache() -> None:
     ]
     assert callable(lstm._init_flat_weights)
     assert callable(lstm._update_flat_weights)  # called by every forward
-    compat.read_rnn_weights(lstm, graph=False)
+    compat.read_rnn_weights(lstm, partial(getattr, lstm), graph=False)
     assert lstm._flat_weights[0] is lstm.weight_ih_l0
     assert lstm._flat_weight_refs[0]() is lstm.weight_ih_l0
     state = lstm.__getstate__()

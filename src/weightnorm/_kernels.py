@@ -158,6 +158,7 @@ def _backward_kernel(  # type: ignore[no-untyped-def]
     BIG: tl.constexpr,
     BLOCK_U: tl.constexpr,
     BLOCK_R: tl.constexpr,
+    FINITE: tl.constexpr,
 ):
     acc_t = norm_ptr.dtype.element_ty
     units, unit_ok, r = _tile(U, BIG, BLOCK_U, BLOCK_R)
@@ -186,6 +187,8 @@ def _backward_kernel(  # type: ignore[no-untyped-def]
         gw = tl.load(grad_w_ptr + offs, mask=mask).to(acc_t)
         x = tl.load(v_ptr + offs, mask=mask).to(acc_t)
         grad_v = scale[:, None] * (gw - coef[:, None] * x)
+        if FINITE > 0:  # float16 v: clamped to its range (a zero unit's g/eps scale)
+            grad_v = tl.where(grad_v > FINITE, FINITE, tl.where(grad_v < -FINITE, -FINITE, grad_v))
         tl.store(grad_v_ptr + offs, grad_v.to(grad_v_ptr.dtype.element_ty), mask=mask)
 
 
@@ -299,6 +302,7 @@ def weight_norm_backward(
             g_stride, grad_g_stride,
             EPS=float(eps), UNITS_CONTIGUOUS=contiguous, BIG=v.numel() >= 2**31,
             BLOCK_U=block_u, BLOCK_R=block_r,
+            FINITE=torch.finfo(v.dtype).max if v.dtype is torch.float16 else 0.0,
         )  # fmt: skip
     return grad_v, grad_g
 

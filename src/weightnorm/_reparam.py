@@ -12,13 +12,10 @@ normalized names; removing the last weight norm restores the original class. The
 (``WNLinear`` ...) are the same mechanism with the property declared on the class.
 
 - ``module.weight = t`` sets ``g = ||t||`` and ``v = t`` (with a fixed gain, only ``v``).
-- The tensor the property handed out last is watched: an in-place change to it (``nn.init.*_``,
-  ``w.mul_``) is written into ``g`` and ``v`` at the next read of the weight, at
-  ``state_dict()``, deepcopy and pickling, or when the watch ends. Read with a graph, it is
-  watched until a backward pass is about to compute its gradient (a pre hook on its autograd
-  node), read without one until it is freed (a detached alias and a weak reference); a change
-  made to a tensor after a backward pass went through it is not seen (read the weight again).
-  Writes through ``.data`` bypass PyTorch's version counter and cannot be seen.
+- The property hands out a :class:`ComputedWeight`: an in-place change to it, to a view of it,
+  to its ``.data`` or to its ``.detach()`` (``nn.init.*_``, ``w.mul_``, ``w.data = t``) is
+  written into ``g`` and ``v`` before the operation returns, so nothing is ever pending. A
+  change to a weight read before ``g`` or ``v`` changed (an optimizer step, a load) is refused.
 - ``torch.func.functional_call(module, {"weight": W})`` fills the slot for the call; the
   property returns what fills it, and ``g`` and ``v`` are not touched.
 - With a fixed gain (``gain=c``) ``weight_g`` is a buffer filled with ``c``: saved, loaded,
@@ -27,7 +24,6 @@ normalized names; removing the last weight norm restores the original class. The
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, cast
@@ -41,6 +37,7 @@ from ._errors import WeightNormError
 from .functional import WeightNormSpec
 
 __all__ = [
+    "ComputedWeight",
     "PerOutput",
     "WeightNormSpec",
     "default_dim",
@@ -56,7 +53,6 @@ M = TypeVar("M", bound=nn.Module)
 PerOutput = Literal["output"]
 
 _SPECS = "_wn_specs"  # module.__dict__[_SPECS]: {name: WeightNormSpec}
-_WATCH = "_wn_watch"  # module.__dict__[_WATCH]: {name: _Watch}, the weights handed out
 _EMPTY: dict[str, WeightNormSpec] = {}
 
 
@@ -86,20 +82,212 @@ def _compute(
     return F.weight_and_norms(v, g, spec, captured)[0]
 
 
-#: The weight handed out last, the version it had, the token of the read that made it, and, read
-#: without a graph, a weak reference to it. Read with a graph, the tensor itself, until a pre hook
-#: on its autograd node ends the watch: when that node's backward is about to run, every consumer
-#: of the weight has run its own backward and released it, so the watch adds no memory to a
-#: training step (and no op). Read without a graph (no node), a detached alias (it shares the
-#: tensor's storage and version counter, not its life), until the weak reference's callback ends
-#: the watch when the tensor is freed. The hooks and callbacks hold only the module's weak
-#: reference and the token, so no reference cycle runs through an autograd node.
-_Watch = tuple[Tensor, int, object, "weakref.ref[Tensor] | None"]
+class _Link:
+    """What a computed weight knows of where it came from: the module, the parameter's name, and
+    ``g`` and ``v`` with the versions they had when it was computed (or last written back)."""
+
+    __slots__ = ("g", "g_version", "module", "name", "v", "v_version")
+
+    def __init__(self, module: nn.Module, name: str, g: Tensor, v: Tensor) -> None:
+        self.module, self.name, self.g, self.v = module, name, g, v
+        self.g_version, self.v_version = g._version, v._version
+
+
+class _ComparesWithParameters(type(Tensor)):  # type: ignore[misc]
+    """``torch.testing.assert_close`` compares two tensors only if one's type is an instance of
+    the other's: a Parameter counts as an instance of :class:`ComputedWeight`, so that a
+    computed weight compares with a Parameter as a plain tensor does (torch's
+    ``_ParameterMeta`` answers ``isinstance`` in the same way)."""
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        return isinstance(instance, nn.Parameter) or super().__instancecheck__(instance)
+
+
+class ComputedWeight(Tensor, metaclass=_ComparesWithParameters):
+    r"""The type of a weight read from a weight-normalized module: ``g * v / ||v||``.
+
+    It is an ordinary tensor in every computation (results that do not share its memory are
+    plain tensors), with one addition: a change to its values is a change to the module's
+    weight. After any operation that changes it in place, or changes a view of it, its
+    ``.data`` or its ``.detach()`` (``nn.init.*_``, ``w.mul_(2)``, ``w[0] = 0``,
+    ``w.data = t``, ``w.data.normal_()``), ``g = ||w||`` and ``v = w`` are written before the
+    operation returns (with a fixed gain only ``v``): no other code can see ``g`` and ``v``
+    disagree with it. A weight read before ``g`` or ``v`` changed (an optimizer step, a load)
+    no longer is the module's weight: changing it raises :class:`~weightnorm.WeightNormError`.
+    Passed to ``nn.Parameter`` or ``nn.Buffer`` it becomes an ordinary one (no longer tied to
+    the module). Pickled or deep-copied, it is a plain tensor.
+
+    Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2.
+
+    Example::
+
+        >>> import torch, weightnorm as wn
+        >>> layer = wn.weight_norm(torch.nn.Linear(4, 3))
+        >>> isinstance(layer.weight, wn.ComputedWeight)
+        True
+        >>> _ = torch.nn.init.constant_(layer.weight, 0.5)   # written into g and v at once
+        >>> layer.weight_g.flatten().tolist()
+        [1.0, 1.0, 1.0]
+        >>> layer.weight_v[0].tolist()
+        [0.5, 0.5, 0.5, 0.5]
+    """
+
+    @classmethod
+    def __torch_function__(
+        cls,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if kwargs is None:
+            kwargs = {}
+        special = _SPECIAL.get(func)
+        with compat.no_torch_function():
+            if special is not None:
+                return special(func, args, kwargs)
+            mine = _computed_weights(args, kwargs)
+            before = [_version(t) for t in mine]
+            out = func(*args, **kwargs)
+            for t, version in zip(mine, before, strict=True):
+                if version is None or _version(t) != version or func == _DATA_SET:
+                    _write_back(t, func, version is None)
+            if mine:
+                out = _link_aliases(func, out, mine)
+        return out
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``nn.Parameter(w)`` and ``nn.Buffer(w)`` mark their result so: it becomes an
+        ordinary Parameter or tensor, no longer tied to the module."""
+        if name in ("_is_param", "_is_buffer") and value:
+            self.__dict__.pop("_wn_link", None)
+            self.__dict__.pop("_wn_root", None)
+            self.__class__ = nn.Parameter if name == "_is_param" else Tensor  # type: ignore[assignment]
+            if name == "_is_param":
+                return
+        super().__setattr__(name, value)
+
+
+def _version(t: Tensor) -> int | None:
+    """``t``'s version counter; None for an inference tensor (it has none)."""
+    return None if t.is_inference() else t._version
+
+
+def _computed_weights(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[ComputedWeight]:
+    """The computed weights among a torch function's arguments (and in its lists of tensors)."""
+    found = []
+    for a in (*args, *kwargs.values()):
+        if type(a) is ComputedWeight:
+            found.append(a)
+        elif type(a) in (list, tuple):
+            found += [t for t in a if type(t) is ComputedWeight]
+    return found
+
+
+def _link(t: Tensor, link: _Link, root: Tensor | None) -> ComputedWeight:
+    t.__class__ = ComputedWeight
+    t.__dict__["_wn_link"] = link
+    if root is not None:  # a view of part of the weight: what is written back is its root's
+        t.__dict__["_wn_root"] = root
+    return cast(ComputedWeight, t)
+
+
+def _write_back(t: ComputedWeight, func: Any, inference: bool) -> None:
+    """An operation may have changed ``t`` (an inference tensor has no version: any in-place
+    method counts): write its weight into g and v, or refuse if it is stale."""
+    name = getattr(func, "__name__", "")
+    if inference and not (name.endswith("_") or name == "__setitem__" or func == _DATA_SET):
+        return
+    link: _Link = t.__dict__["_wn_link"]
+    root: Tensor = t.__dict__.get("_wn_root", t)
+    module = link.module
+    g = module._buffers.get(link.name + "_g", module._parameters.get(link.name + "_g"))
+    v = module._parameters.get(link.name + "_v")
+    current = link.name in module.__dict__.get(_SPECS, _EMPTY) and v is link.v and g is link.g
+    if not (current and g._version == link.g_version and v._version == link.v_version):  # type: ignore[union-attr]
+        raise WeightNormError(
+            f"this tensor was read from {_describe(module)}.{link.name} before its "
+            f"{link.name}_g or {link.name}_v changed (an optimizer step, a load, a removal), so "
+            "it no longer is the module's weight and changing it in place cannot be applied; "
+            f"read {link.name} again and change that (e.g. nn.init.normal_(module.{link.name}))"
+        )
+    if func == _DATA_SET and root is not t:
+        raise WeightNormError(
+            f"'.data = ...' on a view of {_describe(module)}.{link.name} cannot be applied; "
+            f"assign the whole weight: module.{link.name} = tensor"
+        )
+    _set_weight(module, link.name, root)
+    link.g_version, link.v_version = link.g._version, link.v._version
+
+
+def _link_aliases(func: Any, out: Any, mine: list[ComputedWeight]) -> Any:
+    """Results that share a computed weight's memory (views, ``.data``, ``.detach()``) are
+    computed weights of the same module; every other result is a plain tensor."""
+    if type(out) in (list, tuple):
+        return type(out)(_link_aliases(func, o, mine) for o in out)
+    if type(out) is not Tensor:
+        return out
+    if func in _ALIASES:  # (one argument: the computed weight)
+        t = mine[0]
+        return _link(out, t.__dict__["_wn_link"], t.__dict__.get("_wn_root"))
+    base = out._base
+    if base is not None:
+        for t in mine:
+            if base is (t._base if t._base is not None else t):  # a view of it
+                return _link(out, t.__dict__["_wn_link"], t.__dict__.get("_wn_root", t))
+    return out
+
+
+def _plain(t: Tensor) -> Tensor:
+    """A plain tensor sharing ``t``'s memory, ``requires_grad`` kept for a leaf."""
+    alias = t.detach()
+    return alias.requires_grad_(t.requires_grad) if t.is_leaf else alias
+
+
+def _as_plain_tensor(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Pickling and deepcopy: a plain tensor (its module is not part of it). A non-leaf's
+    deepcopy raises as torch's does."""
+    t = args[0]
+    return func(_plain(t) if t.is_leaf or func is not Tensor.__deepcopy__ else t, *args[1:], **kwargs)
+
+
+def _shown_as_a_tensor(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``repr``/``str``/``format``: printed as torch prints a tensor."""
+    t = args[0]
+    t.__class__ = Tensor
+    try:
+        return func(*args, **kwargs)
+    finally:
+        t.__class__ = ComputedWeight
+
+
+#: ``w.data = t`` (it changes no version counter); compared with ``==``: each access to a
+#: descriptor's ``__set__`` makes a new method-wrapper, equal to the others.
+_DATA_SET = Tensor.data.__set__  # type: ignore[attr-defined]
+#: Functions whose result shares all of its argument's memory without being a view of it.
+_ALIASES = frozenset({Tensor.detach, torch.detach, Tensor.data.__get__})  # type: ignore[attr-defined]
+_SPECIAL: dict[Any, Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]] = {
+    Tensor.__reduce_ex__: _as_plain_tensor,
+    Tensor.__deepcopy__: _as_plain_tensor,
+    Tensor.__repr__: _shown_as_a_tensor,
+    Tensor.__str__: _shown_as_a_tensor,
+    Tensor.__format__: _shown_as_a_tensor,
+}
+
+
+def _read_plain(module: nn.Module, name: str) -> Tensor | None:
+    """An RNN's cache of its weights (read by its forward, and by ``flatten_parameters`` on
+    CUDA, which rewrites them in place): plain tensors, computed or not."""
+    spec = module.__dict__.get(_SPECS, _EMPTY).get(name)
+    if spec is None or module._parameters.get(name) is not None:
+        return cast("Tensor | None", getattr(module, name, None))
+    return _compute(module, name, spec)
 
 
 def _read(module: nn.Module, name: str) -> Tensor:
-    """The property's getter: what fills the slot (functional_call), else ``g v/||v||``,
-    watched: see the module docstring."""
+    """The property's getter: what fills the slot (functional_call), else ``g v/||v||`` as a
+    :class:`ComputedWeight` (a plain tensor while a graph is captured, and a tensor subclass
+    such as a DTensor as it is)."""
     params = module._parameters
     slot = params.get(name)
     if slot is not None:
@@ -109,40 +297,11 @@ def _read(module: nn.Module, name: str) -> Tensor:
         raise AttributeError(f"{type(module).__name__} has no attribute {name!r} yet")
     if compat.capturing():  # no Python-side bookkeeping inside a graph or a transform
         return _compute(module, name, spec, True)
-    watch = module.__dict__[_WATCH]
-    if name in watch:
-        _settle(module, name)
     w = _compute(module, name, spec, False)
-    token = object()
-    end = partial(_end, weakref.ref(module), name, token)
-    if w.grad_fn is not None:
-        w.grad_fn.register_prehook(end)
-        watch[name] = (w, w._version, token, None)
-    elif not w.is_inference():  # (an inference tensor cannot be changed in place)
-        watch[name] = (w.detach(), w._version, token, weakref.ref(w, end))
+    if type(w) is Tensor:
+        g, v = _gain(module, name, spec), cast(Tensor, params[name + "_v"])
+        _link(w, _Link(module, name, g, v), None)
     return w
-
-
-def _settle(module: nn.Module, name: str) -> None:
-    """Stop watching the weight handed out last; write an in-place change of it into g, v."""
-    watch = module.__dict__[_WATCH].pop(name, None)
-    if watch is not None and watch[0]._version != watch[1]:
-        _set_weight(module, name, watch[0])
-
-
-def _end(module_ref: weakref.ref[nn.Module], name: str, token: object, *_: Any) -> None:
-    """The weight of the read ``token`` is about to be used by a backward pass, or was freed:
-    settle it if it is still the one watched."""
-    module = module_ref()
-    watch = None if module is None else module.__dict__.get(_WATCH, _EMPTY).get(name)
-    if watch is not None and watch[2] is token:
-        _settle(cast(nn.Module, module), name)
-
-
-def _sync(module: nn.Module) -> None:
-    """Write every in-place change of a weight handed out into its g and v."""
-    for name in list(module.__dict__.get(_WATCH, ())):
-        _settle(module, name)
 
 
 def _set_weight(module: nn.Module, name: str, value: Any) -> None:
@@ -156,13 +315,13 @@ def _set_weight(module: nn.Module, name: str, value: Any) -> None:
             f"{_describe(module)}.{name} is weight-normalized: it can be assigned a tensor of "
             f"shape {tuple(v.shape)}, got {got}"
         )
-    module.__dict__[_WATCH].pop(name, None)
-    with torch.no_grad():
+    with torch.no_grad(), compat.no_torch_function():  # (value may be a ComputedWeight)
         src = value.detach()
         if spec.gain is None:
             g = _gain(module, name, spec)
             g.copy_(spec.split(src).reshape(g.shape))
         v.copy_(src)
+    compat.refresh_rnn_weights(module)  # (an RNN's cache between forwards: the new weight)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,19 +350,15 @@ class _WeightNormMixin:
             super().__setattr__(name, value)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickling and deepcopy: an in-place change to a weight handed out is written first; the
-        watched weights are not part of the module, and an RNN's cache of computed weights
-        (non-leaf tensors) is rebuilt by ``__setstate__``."""
-        _sync(cast(nn.Module, self))
+        """Pickling and deepcopy: an RNN's cache of computed weights is rebuilt by
+        ``__setstate__``."""
         with torch.no_grad():  # (nn.RNNBase's refreshes its cache first: no graph needed)
             state = dict(super().__getstate__())  # type: ignore[misc]
-        state.pop(_WATCH, None)
         compat.drop_rnn_weights(state, set(state[_SPECS]))
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]
-        self.__dict__[_WATCH] = {}
         compat.refresh_rnn_weights(cast(nn.Module, self))
 
     def __prepare_scriptable__(self) -> nn.Module:
@@ -214,10 +369,6 @@ class _WeightNormMixin:
             "with the same weights) and script that, or use torch.jit.trace / torch.export"
         )
 
-    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
-        _sync(cast(nn.Module, self))
-        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
-
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
@@ -226,7 +377,6 @@ class _WeightNormMixin:
         module = cast(nn.Module, self)
         for name, spec in module.__dict__[_SPECS].items():
             _accept_other_formats(module, state_dict, prefix, name, spec)
-        module.__dict__[_WATCH].clear()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
@@ -236,7 +386,6 @@ class _WeightNormMixin:
         specs: dict[str, WeightNormSpec] = module.__dict__[_SPECS]
         before = {n: _gain(module, n, s).detach() for n, s in specs.items()}
         out = super()._apply(fn, recurse)  # type: ignore[misc]
-        module.__dict__[_WATCH].clear()
         for name, old in before.items():
             g = _gain(module, name, specs[name])
             v = cast(Tensor, module._parameters[name + "_v"])
@@ -260,12 +409,12 @@ class _WeightNormMixin:
 
     def _update_flat_weights(self) -> None:
         """nn.RNNBase's rebuild of its cache of weights at every forward: each read once."""
-        compat.read_rnn_weights(cast(nn.Module, self))
+        compat.read_rnn_weights(cast(nn.Module, self), partial(_read_plain, self))
 
     def _init_flat_weights(self) -> None:
         """nn.RNNBase's rebuild of its cache on ``.to()`` and unpickling (and on applying and
         removing weight norm): the current weights, without a graph."""
-        compat.read_rnn_weights(cast(nn.Module, self), graph=False)
+        compat.read_rnn_weights(cast(nn.Module, self), partial(_read_plain, self), graph=False)
 
 
 def _rebuild(root: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
@@ -314,10 +463,8 @@ def _set_specs(module: nn.Module, specs: dict[str, WeightNormSpec]) -> None:
     root = _root_class(type(module))
     if specs:
         module.__dict__[_SPECS] = specs
-        module.__dict__.setdefault(_WATCH, {})
     else:
         module.__dict__.pop(_SPECS, None)
-        module.__dict__.pop(_WATCH, None)
     module.__class__ = _normed_class(root, frozenset(specs))
 
 
@@ -618,7 +765,6 @@ def remove_weight_norm(module: M, name: str = "weight") -> M:
             f"{_describe(module)}.{name} is not weight-normalized{hint}; weight-normalized "
             f"parameters of this module: {', '.join(specs) or 'none'}"
         )
-    _settle(module, name)
     spec = specs.pop(name)
     v = cast(nn.Parameter, module._parameters[name + "_v"])
     with torch.no_grad():

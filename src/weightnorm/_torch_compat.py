@@ -12,6 +12,8 @@ Each is the only way to get a feature:
   ``torch.nn.utils.weight_norm.WeightNorm``; the parametrization class named ``_WeightNorm``
   (``original0`` = g, ``original1`` = v); the local ``_weight_norm_compat_hook`` it leaves on
   the module; ``nn.RNNBase``'s cache of its weights (``_flat_weights``);
+- ``torch._C.DisableTorchFunctionSubclass``: operations on a tensor subclass as on a plain
+  tensor (inside the computed weight's ``__torch_function__``);
 - ``torch._foreach_copy_``: one call for many copies (the optimizer-level mode's gradients);
 - ``DTensor`` and ``Shard``, whose import moved in torch 2.5.
 
@@ -21,6 +23,8 @@ Nothing here imports the rest of the library (but its error type).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -42,6 +46,7 @@ __all__ = [
     "fused_weight_norm_backward",
     "jit_tracing",
     "local_rows",
+    "no_torch_function",
     "read_rnn_weights",
     "refresh_rnn_weights",
     "rnn_weight_names",
@@ -69,6 +74,12 @@ def torch_removal(v: Tensor, g: Tensor, dim: int | None) -> Tensor:
     """``g v/||v||`` as torch's own removal of its weight norms computes it (NaN for a zero
     unit); ``dim=None`` is the whole tensor."""
     return torch._weight_norm(v, g, -1 if dim is None else dim)
+
+
+def no_torch_function() -> AbstractContextManager[object]:
+    """A block in which tensor subclasses' ``__torch_function__`` is not called (their
+    operations run as a plain tensor's)."""
+    return cast(AbstractContextManager[object], torch._C.DisableTorchFunctionSubclass())
 
 
 def capturing() -> bool:
@@ -216,15 +227,17 @@ def rnn_weight_names(module: nn.Module) -> list[str]:
     return list(module.__dict__.get("_flat_weights_names", ()))
 
 
-def read_rnn_weights(module: nn.Module, *, graph: bool = True) -> None:
-    """Rebuild an RNN's cache reading each of its weights once (``graph=False``: without
-    autograd, as its cache between forwards)."""
+def read_rnn_weights(
+    module: nn.Module, read: Callable[[str], Tensor | None], *, graph: bool = True
+) -> None:
+    """Rebuild an RNN's cache reading each of its weights once with ``read`` (``graph=False``:
+    without autograd, as its cache between forwards)."""
     names = rnn_weight_names(module)
     if graph:
-        module.__dict__["_flat_weights"] = [getattr(module, n, None) for n in names]
+        module.__dict__["_flat_weights"] = [read(n) for n in names]
     elif names:
         with torch.no_grad():
-            flat = [getattr(module, n, None) for n in names]
+            flat = [read(n) for n in names]
         module.__dict__["_flat_weights"] = flat
         module.__dict__["_flat_weight_refs"] = [None if w is None else weakref.ref(w) for w in flat]
 

@@ -38,7 +38,7 @@ from torch.utils.hooks import RemovableHandle
 from . import functional as F
 from ._errors import WeightNormError
 from ._model import DEFAULT_LAYERS
-from ._reparam import _sync, find_weight_norms, make_spec
+from ._reparam import find_weight_norms, make_spec
 from .optim import WeightNormOptimizer
 
 __all__ = [
@@ -58,7 +58,6 @@ class _Target(NamedTuple):
     spec: F.WeightNormSpec
     g: Tensor | None
     v: Tensor
-    module: nn.Module | None  # the module carrying it (None: a WeightNormOptimizer's own v)
 
 
 def _module_targets(model: nn.Module) -> list[_Target]:
@@ -68,13 +67,13 @@ def _module_targets(model: nn.Module) -> list[_Target]:
     for f in find_weight_norms(model):
         if id(f.v) not in seen:
             seen.add(id(f.v))
-            targets.append(_Target(f.qualname, f.spec, f.g, f.v, f.module))
+            targets.append(_Target(f.qualname, f.spec, f.g, f.v))
     return targets
 
 
 def _optimizer_targets(optimizer: WeightNormOptimizer) -> list[_Target]:
     """The ``g`` and ``v`` a :class:`WeightNormOptimizer` owns."""
-    return [_Target(e.name, e.spec, e.g, e.v, None) for e in optimizer._entries]
+    return [_Target(e.name, e.spec, e.g, e.v) for e in optimizer._entries]
 
 
 def _plain_targets(model: nn.Module) -> list[_Target]:
@@ -84,8 +83,8 @@ def _plain_targets(model: nn.Module) -> list[_Target]:
         w = module._parameters.get("weight") if isinstance(module, DEFAULT_LAYERS) else None
         if w is not None:
             spec = make_spec(module, "weight", tuple(w.shape), "output")
-            targets.append(_Target(f"{qualname}.weight" if qualname else "weight", spec, None,
-                                   w, module))  # fmt: skip
+            name = f"{qualname}.weight" if qualname else "weight"
+            targets.append(_Target(name, spec, None, w))
     return targets
 
 
@@ -148,9 +147,6 @@ class ForcedWeightNorm:
     ) -> None:
         self._targets = targets
         self._forced = [(t.v, t.spec, n) for t, n in zip(targets, norms, strict=True)]
-        # the modules carrying them, each once: their weights read earlier are written back
-        # (_sync) before every renormalization
-        self._modules = list({id(t.module): t.module for t in targets if t.module}.values())
         self._optimizer = weakref.ref(optimizer)
         self._handle: RemovableHandle | None = None
 
@@ -174,8 +170,6 @@ class ForcedWeightNorm:
                 del _FORCING[id(t.v)]
 
     def _renormalize(self, settled: bool = False) -> None:
-        for module in self._modules:
-            _sync(module)  # an in-place change to a weight read earlier is applied first
         F.force(self._forced, settled)
 
     def _hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -361,8 +355,6 @@ def weight_norm_stats(source: nn.Module | WeightNormOptimizer) -> dict[str, Weig
     if isinstance(source, WeightNormOptimizer):
         targets = _optimizer_targets(source)
     elif isinstance(source, nn.Module):
-        for module in source.modules():
-            _sync(module)  # an in-place change to a weight read earlier counts
         targets = _module_targets(source)
         if not targets:
             raise _no_weight_norm(source, "weight_norm_stats")

@@ -350,6 +350,8 @@ class _Plain:
     def forward(self, v: Tensor, g: Tensor, spec: WeightNormSpec) -> tuple[Tensor, Tensor]:
         x = spec.view(v)
         norm = _norm(x, spec.reduce_dims)
+        if x.dtype is torch.float16 and x.requires_grad:  # (finite gradients through a zero unit)
+            x = cast(Tensor, _FiniteGradient.apply(x))
         scale = g / norm.clamp_min(spec.eps)
         if not compat.jit_tracing() and scale.shape != norm.shape:  # (its shapes are tensors)
             raise WeightNormError(
@@ -633,7 +635,30 @@ def closed_form_grads(
     # dot / normc^2; zero where norm < eps (the clamped norm is a constant there)
     coef = torch.div(grad_g, normc).masked_fill_(norm < eps, 0.0)
     grad_v = torch.addcmul(grad_w, v, coef, value=-1).mul_(g / normc)
-    return grad_v.to(v.dtype), grad_g
+    return _finite_in(v.dtype, grad_v), grad_g
+
+
+def _finite_in(dtype: torch.dtype, t: Tensor) -> Tensor:
+    """``t`` in ``dtype``, clamped to its finite range: a gradient through a zero unit of a
+    float16 ``v`` is ``g/eps`` times larger than ``grad_w``, beyond float16's 65504."""
+    if dtype is torch.float16 and t.dtype is not dtype:
+        big = torch.finfo(dtype).max
+        t = t.clamp(-big, big)
+    return t.to(dtype)
+
+
+class _FiniteGradient(torch.autograd.Function):
+    """``x.float()`` whose backward gives a gradient clamped to the finite range of ``x``'s
+    dtype (see :func:`_finite_in`); differentiable again, for higher orders."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.dtype = x.dtype
+        return x.float()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return _finite_in(ctx.dtype, grad)
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from . import _torch_compat as compat
 from . import functional as F
 from ._errors import WeightNormError
 from ._model import DEFAULT_LAYERS, fold
-from ._reparam import PerOutput, WeightNormSpec, _sync, find_weight_norms, make_spec
+from ._reparam import PerOutput, WeightNormSpec, find_weight_norms, make_spec
 
 __all__ = ["WeightNormOptimizer"]
 
@@ -497,8 +497,6 @@ class WeightNormOptimizer(torch.optim.Optimizer):
         found: list[tuple[Any, WeightNormSpec, Tensor, Tensor]] = []
         frozen, owners = 0, dict[int, str]()
         for f in find_weight_norms(model, theirs=True):
-            if f.kind == "weightnorm":
-                _sync(f.module)  # an in-place change to a weight read earlier (nn.init) counts
             if f.spec.gain is None and f.g.requires_grad != f.v.requires_grad:
                 raise WeightNormError(
                     f"{f.qualname}: g {'requires' if f.g.requires_grad else 'does not require'} "
