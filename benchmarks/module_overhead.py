@@ -4,10 +4,12 @@ Both run the same fused kernels (forward and backward). Ours adds, per weight an
 check of the norms the kernel returns (``norms.min().item()``: what makes a zero row finite); a
 post hook on the kernel's autograd node that makes second derivatives exact (a Python call in
 every backward, which returns at once unless a graph of the backward is being built); and the
-watch of the weight handed out (an entry per read and a pre hook on the node that ends it, so
-that an in-place change such as ``nn.init.*_`` is written into g and v). This times a forward and
-backward of one weight-normalized Conv1d, the variants interleaved, and prints the median cost
-of each per weight and step.
+computed weight's type (``ComputedWeight``: one ``__torch_function__`` call per operation on the
+weight, so that an in-place change such as ``nn.init.*_`` is written into g and v when it is
+made). The plain differentiable form (norm, clamp, divide, multiply: exact to every order with
+no hook, what the fused kernel and its hook replace) is timed beside them. This times a forward
+and backward of one weight-normalized Conv1d, the variants interleaved, and prints the median
+cost of each per weight and step.
 
     python benchmarks/module_overhead.py
 """
@@ -26,6 +28,7 @@ from torch import nn
 
 import weightnorm as wn
 import weightnorm.functional as F
+from weightnorm._reparam import ComputedWeight, _Link
 
 
 def _variants(
@@ -47,18 +50,14 @@ def _variants(
         w.grad_fn.register_hook(partial(F._exact_double_backward, v, g, spec))
         return w
 
-    watch: dict[str, tuple[torch.Tensor, int, object]] = {}
-
-    def end(token: object, _: object) -> None:
-        if "w" in watch and watch["w"][2] is token:
-            del watch["w"]
-
-    def watched() -> torch.Tensor:  # (the entry and pre hook of a module's read)
+    def linked() -> torch.Tensor:  # (the type a module's read hands out)
         w = hooked()
-        token = object()
-        w.grad_fn.register_prehook(partial(end, token))
-        watch["w"] = (w, w._version, token)
+        w.__class__ = ComputedWeight
+        w.__dict__["_wn_link"] = _Link(layer, "weight", g, v)
         return w
+
+    def plain() -> torch.Tensor:
+        return F.PLAIN.forward(v, g, spec)[0]
 
     def ours() -> torch.Tensor:  # what a module's forward reads
         return layer.weight  # type: ignore[no-any-return]
@@ -67,8 +66,9 @@ def _variants(
         "torch's fused": fused,
         "+ eps check": checked,
         "+ exact second-order hook": hooked,
-        "+ watch of the weight": watched,
+        "+ the computed weight's type": linked,
         "ours (the module's read)": ours,
+        "the plain form (no fused kernel, no hook)": plain,
     }
 
 
