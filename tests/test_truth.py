@@ -190,8 +190,10 @@ def test_the_papers_recipe_standardizes_every_unit() -> None:
         for m in mlp:
             h = m(h)
             if isinstance(m, nn.Linear):
-                torch.testing.assert_close(h.mean(0), torch.zeros(h.shape[1]), atol=1e-2, rtol=0)
-                torch.testing.assert_close(h.std(0, unbiased=False), torch.ones(h.shape[1]), atol=1e-2, rtol=0)  # fmt: skip
+                units = h.shape[1]
+                std = h.std(0, unbiased=False)
+                torch.testing.assert_close(h.mean(0), torch.zeros(units), atol=1e-2, rtol=0)
+                torch.testing.assert_close(std, torch.ones(units), atol=1e-2, rtol=0)
 
 
 @pytest.mark.parametrize("move", ["to", "float", "double", "half-and-back"])
@@ -207,8 +209,9 @@ def test_a_move_right_after_an_init_keeps_it(move: str) -> None:
         layer.double()
     else:
         layer.half().float()
-    torch.testing.assert_close(layer.weight_v.detach().double(), torch.full((3, 4), 0.5, dtype=torch.float64))  # fmt: skip
-    torch.testing.assert_close(layer.weight_g.detach().double().reshape(-1), torch.ones(3, dtype=torch.float64))  # fmt: skip
+    v, g = layer.weight_v.detach().double(), layer.weight_g.detach().double().reshape(-1)
+    torch.testing.assert_close(v, torch.full((3, 4), 0.5, dtype=torch.float64))
+    torch.testing.assert_close(g, torch.ones(3, dtype=torch.float64))
 
 
 def test_named_parameters_and_vector_see_an_init_at_once() -> None:
@@ -285,9 +288,8 @@ def test_a_weight_read_before_removal_is_refused() -> None:
     layer = wn.weight_norm(nn.Linear(4, 3))
     w = layer.weight
     wn.remove_weight_norm(layer)
-    with pytest.raises(wn.WeightNormError, match="read weight again"):
-        with torch.no_grad():
-            w.zero_()
+    with pytest.raises(wn.WeightNormError, match="read weight again"), torch.no_grad():
+        w.zero_()
     assert layer.weight.abs().sum() > 0
 
 
@@ -299,7 +301,8 @@ def test_a_forward_leaves_nothing_in_the_module() -> None:
     layer(torch.randn(2, 2, 7)).sum().backward()
     nn.init.normal_(layer.weight)
     assert set(layer.__dict__) == before
-    assert not layer._forward_pre_hooks and not layer._forward_hooks
+    assert not layer._forward_pre_hooks
+    assert not layer._forward_hooks
 
 
 def test_inference_mode_init_is_written() -> None:

@@ -27,7 +27,8 @@ def ddp_init_worker(rank: int, world: int, folder: str) -> None:
         x = torch.randn(4, 3, 8, generator=torch.Generator().manual_seed(rank))
         ddp(x).sum().backward()  # a forward and backward after wrapping: nothing left to write
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        state["weights"] = torch.cat([model[0].weight.detach().flatten(), model[3].weight.detach().flatten()])  # fmt: skip
+        weights = [model[0].weight.detach().flatten(), model[3].weight.detach().flatten()]
+        state["weights"] = torch.cat(weights)
         torch.save(state, Path(folder) / f"rank{rank}.pt")
         torch.distributed.barrier()
     finally:

@@ -19,7 +19,9 @@ from . import dynamics, functional, optim
 from ._errors import WeightNormError
 from ._model import DEFAULT_LAYERS, apply_weight_norm, fold, replace_torch_weight_norm
 from ._reparam import (
+    ComputedWeight,
     WeightNormSpec,
+    cached,
     default_dim,
     is_weight_normed,
     remove_weight_norm,
@@ -75,6 +77,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AngularStep",
     "AngularStepTracker",
+    "ComputedWeight",
     "DEFAULT_LAYERS",
     "ForcedWeightNorm",
     "MeanOnlyBatchNorm1d",
@@ -93,6 +96,7 @@ __all__ = [
     "WeightNormStats",
     "__version__",
     "apply_weight_norm",
+    "cached",
     "convert_state_dict",
     "data_dependent_init",
     "data_dependent_init_plain",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,14 @@ from torch import Tensor, nn
 from . import _torch_compat as compat
 from . import functional as F
 from ._errors import WeightNormError
-from ._reparam import PerOutput, register, remove_weight_norm, weight_norm, weight_norm_specs
+from ._reparam import (
+    PerOutput,
+    make_spec,
+    register,
+    unregister,
+    weight_norm,
+    weight_norm_specs,
+)
 from ._torch_compat import TorchWeightNorm, find_torch_weight_norms
 
 __all__ = ["DEFAULT_LAYERS", "apply_weight_norm", "fold", "replace_torch_weight_norm"]
@@ -54,6 +61,8 @@ def _targets(
             names = ["weight"]
         elif recurrent and isinstance(module, nn.RNNBase):
             names = _recurrent_weight_names(module)
+        elif recurrent and isinstance(module, nn.RNNCellBase):  # RNNCell, LSTMCell, GRUCell
+            names = ["weight_ih", "weight_hh"]
         torch_normed = {f.name for f in find_torch_weight_norms(module)} if names else set()
         for name in names:
             if (
@@ -79,7 +88,9 @@ def apply_weight_norm(
 
     Layers already normalized by this library are left as they are, so a second call changes
     nothing. Layers carrying PyTorch's weight norm raise: convert those with
-    :func:`replace_torch_weight_norm`.
+    :func:`replace_torch_weight_norm`. Tied weights (one Parameter in several modules, as
+    an embedding and a language-model head after ``tie_weights()``) get one weight norm: the
+    modules share both ``g`` and ``v``, so they stay tied while training.
 
     Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016.
 
@@ -90,8 +101,9 @@ def apply_weight_norm(
         embedding (bool, optional): also ``nn.Embedding`` weights (one g per embedding row).
             Default: ``False``.
         recurrent (bool, optional): also every ``weight_ih_l*``/``weight_hh_l*`` (and
-            ``weight_hr_l*``) of ``nn.RNN``/``nn.LSTM``/``nn.GRU``, one g per gate row.
-            Default: ``False``.
+            ``weight_hr_l*``) of ``nn.RNN``/``nn.LSTM``/``nn.GRU``, and ``weight_ih``/
+            ``weight_hh`` of ``nn.RNNCell``/``nn.LSTMCell``/``nn.GRUCell``, one g per gate
+            row. Default: ``False``.
         exclude (iterable of str or type, optional): modules to skip, by qualified name
             (``fnmatch`` patterns such as ``"head.*"``) or by type. Default: none.
         dim, eps, gain: as in :func:`weightnorm.weight_norm` (``gain=1.0``: a fixed gain, no
@@ -115,6 +127,7 @@ def apply_weight_norm(
                 f"exclude takes module names (str) or types, got {type(item).__name__} {item!r}"
             )
     layer_types = tuple(layers)
+    tied: dict[int, tuple[str, nn.Module, str]] = {}  # a Parameter's id: its first normalized use
     for qualname, module, name in list(
         _targets(model, layer_types, embedding, recurrent, excluded)
     ):
@@ -125,8 +138,37 @@ def apply_weight_norm(
                 f"{qualname or 'the model'}.{name} carries torch's weight norm; convert the model "
                 "with wn.replace_torch_weight_norm(model) first"
             )
-        weight_norm(module, name, dim=dim, eps=eps, gain=gain)
+        param = module._parameters[name]
+        first = tied.get(id(param))
+        if first is None:
+            weight_norm(module, name, dim=dim, eps=eps, gain=gain)
+            tied[id(param)] = (qualname, module, name)
+        else:
+            _tie(first, (qualname, module, name), dim, eps, gain)
     return model
+
+
+def _tie(
+    first: tuple[str, nn.Module, str],
+    other: tuple[str, nn.Module, str],
+    dim: int | PerOutput | None,
+    eps: float,
+    gain: float | None,
+) -> None:
+    """Give ``other`` the weight norm of ``first``, whose weight is the same Parameter: one g,
+    one v, so the tied weights stay equal. Their units must agree."""
+    (q0, m0, n0), (q1, m1, n1) = first, other
+    spec0 = weight_norm_specs(m0)[n0]
+    v = cast(nn.Parameter, m0._parameters[n0 + "_v"])
+    spec1 = make_spec(m1, n1, tuple(v.shape), dim, eps, gain)
+    if (spec1.dim, spec1.groups) != (spec0.dim, spec0.groups):
+        raise WeightNormError(
+            f"{q1 or 'the model'}.{n1} is tied to {q0 or 'the model'}.{n0} (one Parameter), but "
+            f"their units differ (dim={spec1.dim} vs dim={spec0.dim}): one weight norm cannot "
+            "serve both; untie them, or exclude one of the two modules"
+        )
+    g = m0._parameters.get(n0 + "_g")
+    register(m1, n1, spec0, cast(Tensor, g if g is not None else m0._buffers[n0 + "_g"]), v)
 
 
 def fold(model: M) -> M:
@@ -147,9 +189,11 @@ def fold(model: M) -> M:
         >>> [type(m).__name__ for m in wn.fold(net)]
         ['Conv1d', 'Conv1d']
     """
+    folded: set[int] = set()  # the v of each weight folded: a tied weight's is written once
     for module in list(model.modules()):
         for name in weight_norm_specs(module):
-            remove_weight_norm(module, name)
+            v = module._parameters.get(name + "_v")
+            folded.add(id(unregister(module, name, write=id(v) not in folded)))
         for found in find_torch_weight_norms(module):
             compat.take_apart(module, found)
             with torch.no_grad():

@@ -25,6 +25,8 @@ normalized names; removing the last weight norm restores the original class. The
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, cast
 
@@ -39,6 +41,7 @@ from .functional import WeightNormSpec
 __all__ = [
     "ComputedWeight",
     "PerOutput",
+    "cached",
     "WeightNormSpec",
     "default_dim",
     "is_weight_normed",
@@ -66,13 +69,33 @@ def _gain(module: nn.Module, name: str, spec: WeightNormSpec) -> Tensor:
     return cast(Tensor, (module._parameters if spec.gain is None else module._buffers)[name + "_g"])
 
 
+def _direction(module: nn.Module, name: str) -> Tensor:
+    """``<name>_v``: the Parameter, or what pruning or a parametrization of it computes."""
+    v = module._parameters.get(name + "_v")
+    return cast(Tensor, v if v is not None else getattr(module, name + "_v"))
+
+
+def _own_direction(module: nn.Module, name: str, doing: str) -> nn.Parameter:
+    """``<name>_v`` as the Parameter itself; a WeightNormError saying what to do when pruning
+    or a parametrization has taken it over."""
+    v = module._parameters.get(name + "_v")
+    if v is None:
+        raise WeightNormError(
+            f"{_describe(module)}.{name}_v is itself reparameterized (pruned, or parametrized "
+            f"with torch.nn.utils.parametrize), so {doing} cannot write it; remove that first "
+            f"(prune.remove(module, '{name}_v') or parametrize.remove_parametrizations(module, "
+            f"'{name}_v')), or change what it is computed from"
+        )
+    return v
+
+
 def _compute(
     module: nn.Module, name: str, spec: WeightNormSpec, captured: bool | None = None
 ) -> Tensor:
     """``g v/||v||`` of ``name`` (``captured``: :func:`weightnorm._torch_compat.capturing`)."""
     if captured is None:
         captured = compat.capturing()
-    v = cast(Tensor, module._parameters[name + "_v"])
+    v = _direction(module, name)
     if not captured and v.shape != spec.shape:  # (not under jit.trace: shapes are tensors)
         raise WeightNormError(
             f"{_describe(module)}.{name}_v has shape {tuple(v.shape)}, but {name} was normalized "
@@ -115,7 +138,9 @@ class ComputedWeight(Tensor, metaclass=_ComparesWithParameters):
     disagree with it. A weight read before ``g`` or ``v`` changed (an optimizer step, a load)
     no longer is the module's weight: changing it raises :class:`~weightnorm.WeightNormError`.
     Passed to ``nn.Parameter`` or ``nn.Buffer`` it becomes an ordinary one (no longer tied to
-    the module). Pickled or deep-copied, it is a plain tensor.
+    the module). Pickled or deep-copied, it is a plain tensor. So that
+    ``torch.testing.assert_close`` compares it with a Parameter as with any tensor, a Parameter
+    also counts as an instance of this class: ``type(w) is ComputedWeight`` tells them apart.
 
     Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2.
 
@@ -201,10 +226,12 @@ def _write_back(t: ComputedWeight, func: Any, inference: bool) -> None:
     link: _Link = t.__dict__["_wn_link"]
     root: Tensor = t.__dict__.get("_wn_root", t)
     module = link.module
-    g = module._buffers.get(link.name + "_g", module._parameters.get(link.name + "_g"))
-    v = module._parameters.get(link.name + "_v")
-    current = link.name in module.__dict__.get(_SPECS, _EMPTY) and v is link.v and g is link.g
-    if not (current and g._version == link.g_version and v._version == link.v_version):  # type: ignore[union-attr]
+    spec = module.__dict__.get(_SPECS, _EMPTY).get(link.name)
+    if spec is not None:
+        _own_direction(module, link.name, "a change to the weight")
+    if spec is None or not _current(
+        link, _gain(module, link.name, spec), _direction(module, link.name)
+    ):
         raise WeightNormError(
             f"this tensor was read from {_describe(module)}.{link.name} before its "
             f"{link.name}_g or {link.name}_v changed (an optimizer step, a load, a removal), so "
@@ -248,7 +275,9 @@ def _as_plain_tensor(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     """Pickling and deepcopy: a plain tensor (its module is not part of it). A non-leaf's
     deepcopy raises as torch's does."""
     t = args[0]
-    return func(_plain(t) if t.is_leaf or func is not Tensor.__deepcopy__ else t, *args[1:], **kwargs)
+    return func(
+        _plain(t) if t.is_leaf or func is not Tensor.__deepcopy__ else t, *args[1:], **kwargs
+    )
 
 
 def _shown_as_a_tensor(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -297,18 +326,79 @@ def _read(module: nn.Module, name: str) -> Tensor:
         raise AttributeError(f"{type(module).__name__} has no attribute {name!r} yet")
     if compat.capturing():  # no Python-side bookkeeping inside a graph or a transform
         return _compute(module, name, spec, True)
+    g, v = _gain(module, name, spec), _direction(module, name)
+    cache = _CACHE.get()
+    if cache is not None:
+        hit = cache.get((id(module), name))
+        if hit is not None and _current(hit.__dict__["_wn_link"], g, v):
+            return hit
     w = _compute(module, name, spec, False)
     if type(w) is Tensor:
-        g, v = _gain(module, name, spec), cast(Tensor, params[name + "_v"])
         _link(w, _Link(module, name, g, v), None)
+        if cache is not None:
+            cache[(id(module), name)] = w
     return w
+
+
+def _current(link: _Link, g: Tensor, v: Tensor) -> bool:
+    """Whether a weight computed from ``link``'s g and v is still the module's: the same
+    tensors at the same versions."""
+    return (
+        link.g is g
+        and link.v is v
+        and g._version == link.g_version
+        and v._version == link.v_version
+    )
+
+
+#: The weights computed inside :func:`cached` blocks, by (module id, name).
+_CACHE: ContextVar[dict[tuple[int, str], Tensor] | None] = ContextVar("wn_cache", default=None)
+
+
+@contextmanager
+def cached() -> Iterator[None]:
+    r"""Compute each weight once inside the block and hand out that tensor at every read.
+
+    For step loops that read a weight many times per forward (a hand-written RNN cell: 64 reads
+    of one weight would keep 64 copies in the graph). Exact at every read: a cached weight is
+    handed out only while its ``g`` and ``v`` are the same tensors at the same versions, so an
+    optimizer step, a load or an in-place change inside the block makes the next read compute
+    it again. Gradients are those of one weight used many times. The cache ends with the block
+    (PyTorch's ``torch.nn.utils.parametrize.cached()`` does the same for its parametrizations).
+
+    Reference: Salimans & Kingma, "Weight Normalization", NeurIPS 2016, eq. 2.
+
+    Example::
+
+        >>> import torch, weightnorm as wn
+        >>> cell = wn.weight_norm(torch.nn.Linear(8, 8))
+        >>> with wn.cached():
+        ...     h = torch.zeros(1, 8)
+        ...     for _ in range(4):
+        ...         h = torch.tanh(cell(h))
+        ...     cell.weight is cell.weight
+        True
+    """
+    token = _CACHE.set({} if _CACHE.get() is None else _CACHE.get())
+    try:
+        yield
+    finally:
+        _CACHE.reset(token)
 
 
 def _set_weight(module: nn.Module, name: str, value: Any) -> None:
     """Make ``value`` the weight: ``g = ||value||``, ``v = value``, in place (the objects are
     kept). With a fixed gain only its direction is taken: ``v = value``, ``g`` stays."""
     spec = module.__dict__[_SPECS][name]
-    v = cast(nn.Parameter, module._parameters[name + "_v"])
+    v = _own_direction(module, name, "setting the weight")
+    link = value.__dict__.get("_wn_link") if type(value) is ComputedWeight else None
+    if link is not None and (link.module is not module or link.name != name):
+        raise WeightNormError(
+            f"{_describe(module)}.{name} was assigned the weight of {_describe(link.module)}."
+            f"{link.name}, itself weight-normalized: that would copy its values, not tie the two. "
+            "To tie weights, tie them before weight norm (wn.apply_weight_norm then gives the "
+            "tied modules one g and one v); to copy the values, assign a copy (w.clone())"
+        )
     if not isinstance(value, Tensor) or value.shape != v.shape:
         got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
         raise WeightNormError(
@@ -322,6 +412,9 @@ def _set_weight(module: nn.Module, name: str, value: Any) -> None:
             g.copy_(spec.split(src).reshape(g.shape))
         v.copy_(src)
     compat.refresh_rnn_weights(module)  # (an RNN's cache between forwards: the new weight)
+    cache = _CACHE.get()
+    if cache is not None:
+        cache.pop((id(module), name), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,6 +441,34 @@ class _WeightNormMixin:
             _set_weight(cast(nn.Module, self), name, value)
         else:
             super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        """Deleting a normalized weight (what ``torch.nn.utils.parametrize`` does to stack a
+        parametrization, e.g. ``spectral_norm``, on it) is refused: the stack would train a
+        copy of the weight, not ``g`` and ``v``."""
+        if name in self.__dict__.get(_SPECS, _EMPTY):
+            raise WeightNormError(
+                f"{_describe(self)}.{name} is computed by weightnorm from {name}_g and {name}_v; "
+                "it cannot be deleted or taken over by torch.nn.utils.parametrize (a "
+                "parametrization such as spectral_norm on it would train a copy of the weight, "
+                f"not g and v). Parametrize {name}_v instead where that is what you mean, use "
+                "torch's parametrizations.weight_norm for the whole stack, or wn.fold(module) "
+                "first for a plain weight"
+            )
+        super().__delattr__(name)
+
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        """``torch.nn.utils.prune`` on a normalized weight registers ``<name>_orig`` from the
+        computed weight: refused with what to do instead."""
+        base = name.removesuffix("_orig")
+        if name.endswith("_orig") and base in self.__dict__.get(_SPECS, _EMPTY):
+            raise WeightNormError(
+                f"{_describe(self)}.{base} is computed by weightnorm from {base}_g and {base}_v "
+                f"and cannot be pruned itself; prune its direction instead (prune.l1_unstructured("
+                f"module, '{base}_v', amount): the pruned entries of v are zero in the weight), or "
+                "wn.fold(module) first to prune a plain weight"
+            )
+        super().register_parameter(name, param)  # type: ignore[misc]
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickling and deepcopy: an RNN's cache of computed weights is rebuilt by
@@ -377,6 +498,8 @@ class _WeightNormMixin:
         module = cast(nn.Module, self)
         for name, spec in module.__dict__[_SPECS].items():
             _accept_other_formats(module, state_dict, prefix, name, spec)
+            for key in (prefix + name + "_g", prefix + name + "_v"):
+                _check_finite(state_dict.get(key), f"the checkpoint's {key!r}")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
@@ -388,7 +511,7 @@ class _WeightNormMixin:
         out = super()._apply(fn, recurse)  # type: ignore[misc]
         for name, old in before.items():
             g = _gain(module, name, specs[name])
-            v = cast(Tensor, module._parameters[name + "_v"])
+            v = _direction(module, name)
             if v.dtype in F.LOW_PRECISION and g.dtype in F.LOW_PRECISION:
                 kept = old.to(device=g.device, dtype=torch.float32)
                 if specs[name].gain is None:
@@ -409,12 +532,14 @@ class _WeightNormMixin:
 
     def _update_flat_weights(self) -> None:
         """nn.RNNBase's rebuild of its cache of weights at every forward: each read once."""
-        compat.read_rnn_weights(cast(nn.Module, self), partial(_read_plain, self))
+        module = cast(nn.Module, self)
+        compat.read_rnn_weights(module, partial(_read_plain, module))
 
     def _init_flat_weights(self) -> None:
         """nn.RNNBase's rebuild of its cache on ``.to()`` and unpickling (and on applying and
         removing weight norm): the current weights, without a graph."""
-        compat.read_rnn_weights(cast(nn.Module, self), partial(_read_plain, self), graph=False)
+        module = cast(nn.Module, self)
+        compat.read_rnn_weights(module, partial(_read_plain, module), graph=False)
 
 
 def _rebuild(root: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
@@ -499,7 +624,7 @@ def find_weight_norms(model: nn.Module, *, theirs: bool = False) -> Iterator[Fou
         head = f"{qualname}." if qualname else ""
         specs = module.__dict__.get(_SPECS, _EMPTY)
         for name, spec in specs.items():
-            g, v = _gain(module, name, spec), cast(Tensor, module._parameters[name + "_v"])
+            g, v = _gain(module, name, spec), _direction(module, name)
             yield Found(head + name, module, name, spec, g, v, "weightnorm")
         if theirs:
             for t in compat.find_torch_weight_norms(module, head):
@@ -701,6 +826,7 @@ def weight_norm(
         if hasattr(module, name + suffix):
             raise WeightNormError(f"{kind} already has an attribute {name + suffix!r}")
     F.check_gain(gain)  # (a TypeError before the spec's WeightNormError)
+    _check_finite(param, f"{kind}.{name}")
     spec = make_spec(module, name, tuple(param.shape), dim, eps, gain)
     with torch.no_grad():
         norms = spec.split(param.detach())
@@ -708,6 +834,21 @@ def weight_norm(
     g = norms.to(dtype) if gain is None else torch.full_like(norms, gain, dtype=dtype)
     register(module, name, spec, g, param)
     return module
+
+
+def _check_finite(t: object, what: str) -> None:
+    """A WeightNormError for a tensor with NaN or Inf (a meta tensor has no values to check)."""
+    if not isinstance(t, Tensor) or t.device.type == "meta" or not t.is_floating_point():
+        return
+    with torch.no_grad(), compat.no_torch_function():
+        bad = ~torch.isfinite(t.detach())
+        if bool(bad.any()):
+            nan = int(torch.isnan(t.detach()).sum())
+            raise WeightNormError(
+                f"{what} has {nan} NaN and {int(bad.sum()) - nan} infinite values; expected "
+                "finite values (weight norm would spread one NaN over its whole unit, and g "
+                "would be NaN). Repair or re-initialize it first"
+            )
 
 
 def register(
@@ -765,16 +906,26 @@ def remove_weight_norm(module: M, name: str = "weight") -> M:
             f"{_describe(module)}.{name} is not weight-normalized{hint}; weight-normalized "
             f"parameters of this module: {', '.join(specs) or 'none'}"
         )
+    unregister(module, name, write=True)
+    return module
+
+
+def unregister(module: nn.Module, name: str, *, write: bool) -> nn.Parameter:
+    """Take the weight norm of ``name`` off ``module`` (one of its own): ``v`` goes back into
+    the slot ``name``, holding ``g v/||v||`` if ``write`` (a tied weight's second module skips
+    it: its ``v`` was written by the first)."""
+    specs = weight_norm_specs(module)
+    v = _own_direction(module, name, "removing the weight norm")
     spec = specs.pop(name)
-    v = cast(nn.Parameter, module._parameters[name + "_v"])
-    with torch.no_grad():
-        v.copy_(_compute(module, name, spec))
+    if write:
+        with torch.no_grad():
+            v.copy_(_compute(module, name, spec))
     del module._parameters[name + "_v"]
     del (module._parameters if spec.gain is None else module._buffers)[name + "_g"]
     module._parameters[name] = v  # back into its slot
     _set_specs(module, specs)
     compat.refresh_rnn_weights(module)  # an RNN's cache held the computed weight: the Parameter
-    return module
+    return v
 
 
 def is_weight_normed(module: nn.Module, name: str = "weight") -> bool:

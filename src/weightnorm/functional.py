@@ -351,7 +351,7 @@ class _Plain:
         x = spec.view(v)
         norm = _norm(x, spec.reduce_dims)
         if x.dtype is torch.float16 and x.requires_grad:  # (finite gradients through a zero unit)
-            x = cast(Tensor, _FiniteGradient.apply(x))
+            x = cast(Tensor, _FiniteGradient.apply(x))  # type: ignore[no-untyped-call]
         scale = g / norm.clamp_min(spec.eps)
         if not compat.jit_tracing() and scale.shape != norm.shape:  # (its shapes are tensors)
             raise WeightNormError(
