@@ -11,6 +11,7 @@ import copy
 import io
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -173,27 +174,52 @@ TestTruth = TruthMachine.TestCase
 # --- what each consumer sees right after an in-place change -----------------------------------
 
 
-def test_the_papers_recipe_standardizes_every_unit() -> None:
-    """Section 3: v ~ N(0, 0.05) by nn.init (no no_grad), then data-dependent init: every unit
-    of every layer has mean 0 and std 1 on the init batch (0.2.0 gave std up to 245)."""
-    torch.manual_seed(0)
-    mlp = wn.apply_weight_norm(
-        nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+def _mlp() -> tuple[nn.Module, torch.Tensor]:
+    mlp = nn.Sequential(
+        nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
     )
-    for m in mlp:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.05)
-    x = torch.randn(256, 20) * 3 + 1
-    wn.data_dependent_init(mlp, x)
-    h = x
+    return wn.apply_weight_norm(mlp), torch.randn(256, 20) * 3 + 1
+
+
+def _paper_cnn() -> tuple[nn.Module, torch.Tensor]:
+    from weightnorm.experiments.models import paper_cnn
+
+    cnn = paper_cnn(1, 10, widths=(8, 16), dropout=0.0, noise=0.0)
+    return wn.apply_weight_norm(cnn), torch.randn(64, 1, 40) * 2
+
+
+def _vocoder() -> tuple[nn.Module, torch.Tensor]:
+    zoo = pytest.importorskip("weightnorm.experiments.zoo")
+    spec = zoo.ZOO["speecht5-hifigan"]
+    if zoo.missing_packages([spec.name]):
+        pytest.skip(zoo.install_hint([spec.name]))
+    model = wn.apply_weight_norm(wn.fold(spec.build()))  # (per output unit, ConvTranspose too)
+    (x,), _ = spec.inputs(0)
+    return model, x
+
+
+@pytest.mark.parametrize("build", [_mlp, _paper_cnn, _vocoder], ids=["mlp", "paper-cnn", "hifigan"])
+def test_the_papers_recipe_standardizes_every_unit(build: Any) -> None:
+    """Section 3: v ~ N(0, 0.05) by nn.init (no no_grad), then data-dependent init: every unit
+    of every normalized layer has mean 0 and std 1 on the init batch (0.2.0 gave std up to
+    245: the init was still pending when data init read g and v)."""
+    torch.manual_seed(0)
+    model, x = build()
+    layers = [m for m in model.modules() if wn.is_weight_normed(m)]
+    for m in layers:
+        nn.init.normal_(m.weight, 0, 0.05)
+    wn.data_dependent_init(model, x)
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _a, out: seen.append(out)) for m in layers]
     with torch.no_grad():
-        for m in mlp:
-            h = m(h)
-            if isinstance(m, nn.Linear):
-                units = h.shape[1]
-                std = h.std(0, unbiased=False)
-                torch.testing.assert_close(h.mean(0), torch.zeros(units), atol=1e-2, rtol=0)
-                torch.testing.assert_close(std, torch.ones(units), atol=1e-2, rtol=0)
+        model(x)
+    for h in handles:
+        h.remove()
+    assert len(seen) >= len(layers)
+    for out in seen:
+        units = out.movedim(-1 if out.ndim == 2 else 1, -1).reshape(-1, out.shape[-1 if out.ndim == 2 else 1]).double()  # fmt: skip
+        torch.testing.assert_close(units.mean(0), torch.zeros_like(units[0]), atol=1e-2, rtol=0)
+        torch.testing.assert_close(units.std(0, unbiased=False), torch.ones_like(units[0]), atol=1e-2, rtol=0)  # fmt: skip
 
 
 @pytest.mark.parametrize("move", ["to", "float", "double", "half-and-back"])
@@ -336,3 +362,52 @@ def test_ddp_replicas_are_equal_after_a_per_rank_init(tmp_path: Path) -> None:
     assert list(first) == list(second)
     for key in first:
         assert torch.equal(first[key], second[key]), key
+
+
+def test_reset_parameters_draws_v_as_a_plain_weight_and_sets_g() -> None:
+    """``to_empty`` then ``reset_parameters`` (the meta-device recipe): the layer's own init of
+    ``v``, ``g = ||v||``, so ``w = v``; an LSTM's g is not drawn from its uniform."""
+    for module in (
+        wn.WNLinear(4, 3, device="meta"),
+        wn.weight_norm(nn.Conv1d(2, 3, 3, device="meta")),
+        wn.weight_norm(nn.LSTM(3, 4, device="meta"), "weight_hh_l0"),
+    ):
+        module.to_empty(device="cpu")
+        torch.manual_seed(0)
+        module.reset_parameters()
+        name = next(iter(wn.weight_norm_specs(module)))
+        w, v = getattr(module, name).detach(), getattr(module, name + "_v").detach()
+        torch.testing.assert_close(w, v)
+        g = getattr(module, name + "_g").detach().reshape(-1)
+        torch.testing.assert_close(g, v.flatten(1).norm(dim=1))
+
+
+@pytest.mark.filterwarnings("ignore:DTensor random operators:UserWarning")  # (on a CPU mesh)
+def test_fsdp2_construction_after_an_init_and_its_meta_recipe(tmp_path: Path) -> None:
+    """fully_shard right after nn.init shards the initialized g and v; and the meta-device
+    recipe (build on meta, fully_shard, to_empty, reset_parameters) initializes the sharded
+    v and g (one rank)."""
+    from torch.distributed.fsdp import fully_shard
+
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1
+    )
+    try:
+        model = wn.apply_weight_norm(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)))
+        nn.init.constant_(model[0].weight, 0.5)
+        fully_shard(model)
+        v = model[0].weight_v.full_tensor()
+        assert torch.equal(v, torch.full((6, 4), 0.5))
+        assert torch.equal(model[0].weight_g.full_tensor().reshape(-1), torch.ones(6))
+        with torch.device("meta"):
+            meta = wn.apply_weight_norm(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)))
+        fully_shard(meta)
+        meta.to_empty(device="cpu")
+        for m in meta.modules():
+            if wn.is_weight_normed(m):
+                m.reset_parameters()
+        g = meta[0].weight_g.full_tensor().reshape(-1)
+        torch.testing.assert_close(g, meta[0].weight_v.full_tensor().norm(dim=1))
+        assert torch.isfinite(meta(torch.randn(3, 4))).all()
+    finally:
+        torch.distributed.destroy_process_group()

@@ -542,6 +542,30 @@ class _WeightNormMixin:
         compat.read_rnn_weights(module, partial(_read_plain, module), graph=False)
 
 
+def _reset_parameters(self: nn.Module) -> None:
+    """The layer's own ``reset_parameters``, drawing each normalized weight as it draws a plain
+    one: it runs with ``v`` in the weight's place (so it initializes ``v`` itself, also a
+    sharded or just materialized one: FSDP2's ``to_empty`` then ``reset_parameters``), then
+    ``g = ||v||``, so that ``w = v`` as a plain layer would start (a fixed gain stays)."""
+    specs = self.__dict__.get(_SPECS, _EMPTY)
+    slots = {n: _own_direction(self, n, "reset_parameters") for n in specs}
+    try:
+        self._parameters.update(slots)  # (the property returns what fills the slot)
+        owner = next(c for c in type(self).__mro__ if vars(c).get("reset_parameters") is _own)
+        super(owner, self).reset_parameters()  # type: ignore[misc]
+    finally:
+        self._parameters.update(dict.fromkeys(slots))
+    with torch.no_grad():
+        for name, spec in specs.items():
+            if spec.gain is None:
+                g = _gain(self, name, spec)
+                g.copy_(spec.split(slots[name].detach()).reshape(g.shape))
+    compat.refresh_rnn_weights(self)
+
+
+_own = _reset_parameters
+
+
 def _rebuild(root: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
     """Unpickling entry point: an empty instance of the weight-normed subclass of ``root``."""
     return cast(nn.Module, object.__new__(_normed_class(root, frozenset(names))))
@@ -573,6 +597,8 @@ def _normed_class(root: type, names: frozenset[str]) -> type:
     if cls is None:
         bases = (root,) if issubclass(root, _WeightNormMixin) else (_WeightNormMixin, root)
         namespace: dict[str, Any] = {n: _property(n) for n in sorted(missing)}
+        if callable(getattr(root, "reset_parameters", None)):
+            namespace["reset_parameters"] = _reset_parameters
         namespace.update(
             _wn_root=root,
             _wn_props=getattr(root, "_wn_props", frozenset()) | missing,

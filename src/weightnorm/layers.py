@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ._reparam import PerOutput, _property, _WeightNormMixin, weight_norm
+from ._reparam import PerOutput, _property, _reset_parameters, _WeightNormMixin, weight_norm
 from .functional import DEFAULT_EPS
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
 class _WNLayer(_WeightNormMixin):
     weight = _property("weight")
     _wn_props: ClassVar[frozenset[str]] = frozenset({"weight"})
+    reset_parameters = _reset_parameters
 
     def __init__(
         self,
