@@ -217,9 +217,11 @@ def test_the_papers_recipe_standardizes_every_unit(build: Any) -> None:
         h.remove()
     assert len(seen) >= len(layers)
     for out in seen:
-        units = out.movedim(-1 if out.ndim == 2 else 1, -1).reshape(-1, out.shape[-1 if out.ndim == 2 else 1]).double()  # fmt: skip
-        torch.testing.assert_close(units.mean(0), torch.zeros_like(units[0]), atol=1e-2, rtol=0)
-        torch.testing.assert_close(units.std(0, unbiased=False), torch.ones_like(units[0]), atol=1e-2, rtol=0)  # fmt: skip
+        axis = -1 if out.ndim == 2 else 1  # (batch, features) or (batch, channels, ...)
+        units = out.movedim(axis, -1).reshape(-1, out.shape[axis]).double()
+        zeros, ones = torch.zeros_like(units[0]), torch.ones_like(units[0])
+        torch.testing.assert_close(units.mean(0), zeros, atol=1e-2, rtol=0)
+        torch.testing.assert_close(units.std(0, unbiased=False), ones, atol=1e-2, rtol=0)
 
 
 @pytest.mark.parametrize("move", ["to", "float", "double", "half-and-back"])

@@ -551,8 +551,8 @@ def _reset_parameters(self: nn.Module) -> None:
     slots = {n: _own_direction(self, n, "reset_parameters") for n in specs}
     try:
         self._parameters.update(slots)  # (the property returns what fills the slot)
-        owner = next(c for c in type(self).__mro__ if vars(c).get("reset_parameters") is _own)
-        super(owner, self).reset_parameters()  # type: ignore[misc]
+        owner: type = next(c for c in type(self).__mro__ if vars(c).get("reset_parameters") is _own)
+        cast(Any, super(owner, self)).reset_parameters()
     finally:
         self._parameters.update(dict.fromkeys(slots))
     with torch.no_grad():
