@@ -389,7 +389,10 @@ def test_fsdp2_construction_after_an_init_and_its_meta_recipe(tmp_path: Path) ->
     """fully_shard right after nn.init shards the initialized g and v; and the meta-device
     recipe (build on meta, fully_shard, to_empty, reset_parameters) initializes the sharded
     v and g (one rank)."""
-    from torch.distributed.fsdp import fully_shard
+    fsdp = pytest.importorskip("torch.distributed.fsdp")
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip("torch.distributed.fsdp.fully_shard (FSDP2) is public from torch 2.6 on")
+    fully_shard = fsdp.fully_shard
 
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1
