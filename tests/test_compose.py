@@ -230,6 +230,22 @@ def test_cached_gives_the_gradients_of_the_uncached_loop() -> None:
     torch.testing.assert_close(cell.weight_v.grad, expected[1])
 
 
+def test_cached_follows_grad_mode_and_data_writes() -> None:
+    """A weight cached under no_grad (a target computed first) is not handed to a forward that
+    builds a graph, and ``p.data = t`` on g or v (no version change) is seen."""
+    layer = wn.weight_norm(nn.Linear(4, 3))
+    x = torch.randn(2, 4)
+    with wn.cached():
+        with torch.no_grad():
+            layer(x)
+        layer(x).sum().backward()
+        assert layer.weight_g.grad is not None
+        before = layer.weight
+        layer.weight_v.data = torch.ones(3, 4)
+        torch.testing.assert_close(layer.weight, formula(layer.weight_g, torch.ones(3, 4)))
+        assert layer.weight is not before
+
+
 def test_cached_is_never_stale() -> None:
     """A change to g or v inside the block (a step, an init) is seen at the next read."""
     layer = wn.weight_norm(nn.Linear(4, 3))
@@ -295,6 +311,47 @@ def test_tied_weights_share_one_g_and_v_and_stay_tied() -> None:
     assert torch.equal(model.emb.weight.detach(), expected)  # written once, bit for bit
 
 
+def test_a_tie_with_a_weight_left_plain_is_refused() -> None:
+    """The embedding left out (embedding=False): normalizing only the head would untie them."""
+    model = TiedLM()
+    with pytest.raises(
+        wn.WeightNormError, match=r"head.weight is tied to emb.weight.*embedding=True"
+    ):
+        wn.apply_weight_norm(model)
+    assert not wn.is_weight_normed(model.head)  # nothing half done
+    with pytest.raises(wn.WeightNormError, match="tied to"):
+        wn.apply_weight_norm(model, embedding=True, exclude=["emb"])
+
+
+def test_a_later_call_ties_to_an_earlier_weight_norm() -> None:
+    model = TiedLM()
+    wn.weight_norm(model.head)  # the head alone first (its v is the embedding's Parameter)...
+    wn.apply_weight_norm(model, embedding=True)  # ...then the rest: one g and v for both
+    assert model.head.weight_g is model.emb.weight_g
+    assert model.head.weight_v is model.emb.weight_v
+
+
+def test_data_dependent_init_initializes_a_tied_pair_once() -> None:
+    """Two Linear layers with one weight (one g): the second call must not re-initialize g."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
+            self.b.weight = self.a.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    model = wn.apply_weight_norm(Twice())
+    x = torch.randn(128, 6) * 3
+    wn.data_dependent_init(model, x)
+    with torch.no_grad():
+        h = model.a(x)
+    torch.testing.assert_close(h.std(0, unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+
+
 def test_tying_after_weight_norm_is_refused() -> None:
     model = wn.apply_weight_norm(TiedLM(), embedding=True)
     other = wn.weight_norm(nn.Linear(4, 10, bias=False))
@@ -312,7 +369,8 @@ def test_a_non_finite_weight_is_refused_at_apply_and_at_load(bad: float) -> None
     with pytest.raises(wn.WeightNormError, match="expected finite values"):
         wn.weight_norm(plain)
     ours = wn.weight_norm(nn.Linear(4, 3))
+    good = {k: v.clone() for k, v in ours.state_dict().items()}
     with pytest.raises(wn.WeightNormError, match=r"'weight_[gv]'.*expected finite"):
         ours.load_state_dict(plain.state_dict())
-    good = ours.weight_v.detach().clone()
-    torch.testing.assert_close(ours.weight_v.detach(), good)  # nothing was loaded
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, good[key]), key  # nothing was loaded

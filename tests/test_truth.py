@@ -136,7 +136,7 @@ class TruthMachine(RuleBasedStateMachine):
             buffer.seek(0)
             self.layer = torch.load(buffer, weights_only=False)
         else:
-            fresh = wn.weight_norm(nn.Linear(5, 4))
+            fresh = wn.weight_norm(nn.Linear(5, 4)).to(self.v.dtype)
             fresh.load_state_dict(self.layer.state_dict())
             self.layer = fresh
 
@@ -290,11 +290,24 @@ def test_a_computed_weight_is_an_ordinary_tensor_elsewhere() -> None:
     assert type(w.clone()) is torch.Tensor
     assert type(w * 2) is torch.Tensor
     assert repr(w).startswith("tensor(")
-    param = nn.Parameter(layer.weight.detach())  # a plain Parameter: no longer tied
-    assert type(param) is nn.Parameter
-    with torch.no_grad():
-        param.mul_(0)
+    for param in (nn.Parameter(layer.weight), nn.Parameter(layer.weight.detach())):
+        assert type(param) is nn.Parameter  # a plain Parameter: no longer tied
+        with torch.no_grad():
+            param.mul_(0)
+        assert layer.weight_g.abs().min() > 0
+    if hasattr(nn, "Buffer"):  # (torch >= 2.5)
+        buffer_ = nn.Buffer(layer.weight)
+        assert type(buffer_) is torch.Tensor
+        with torch.no_grad():
+            buffer_.mul_(0)
+        assert layer.weight_g.abs().min() > 0
+    detached = layer.weight.detach()  # a value, not a handle on the module
+    detached.zero_()
     assert layer.weight_g.abs().min() > 0
+    other = nn.Linear(4, 3)
+    other.register_buffer("anchor", layer.weight.detach())  # e.g. a teacher's weight kept
+    other.load_state_dict({**other.state_dict(), "anchor": torch.zeros(3, 4)})
+    assert layer.weight_g.abs().min() > 0  # the load did not reach the teacher
     buffer = io.BytesIO()
     torch.save(layer.weight.detach(), buffer)  # the module is not pickled with it
     assert len(buffer.getvalue()) < 2000
@@ -302,6 +315,36 @@ def test_a_computed_weight_is_an_ordinary_tensor_elsewhere() -> None:
     assert type(torch.load(buffer, weights_only=True)) is torch.Tensor
     assert type(copy.deepcopy(layer.weight.detach())) is torch.Tensor
     torch.testing.assert_close(layer.weight, layer.weight_v)  # (compares with a Parameter)
+
+
+def test_deepcopy_of_several_computed_weights() -> None:
+    """Each copy is its own weight's (the memo is keyed by the weight, not by a passing alias)."""
+    layers = [wn.weight_norm(nn.Linear(3, 2)) for _ in range(4)]
+    with torch.no_grad():
+        weights = [m.weight for m in layers]
+    copies = copy.deepcopy(weights)
+    assert len({id(c) for c in copies}) == 4
+    for c, w in zip(copies, weights, strict=True):
+        assert type(c) is torch.Tensor
+        assert torch.equal(c, w)
+    pair = copy.deepcopy([weights[0], weights[0]])
+    assert pair[0] is pair[1]  # (one tensor twice stays one tensor)
+
+
+def test_reading_under_inference_mode_changes_nothing() -> None:
+    """Only an in-place change is written back (an inference tensor has no version counter)."""
+    layer = wn.weight_norm(nn.Linear(4, 3))
+    with torch.no_grad():
+        layer.weight_v.mul_(5)  # ||v|| != g: a write-back would show
+    v = layer.weight_v.detach().clone()
+    with torch.inference_mode():
+        w = layer.weight
+        _ = (w.shape, w.dtype, w.T, w * 2, w[0], w.sum(), repr(w))
+        layer(torch.randn(2, 4))
+    assert torch.equal(layer.weight_v.detach(), v)
+    with torch.inference_mode():
+        torch.mul(torch.ones(3, 4), 2.0, out=layer.weight)  # an out= write is a change
+    assert torch.equal(layer.weight_v.detach(), torch.full((3, 4), 2.0))
 
 
 def test_data_assignment_on_a_view_is_refused() -> None:
@@ -366,22 +409,35 @@ def test_ddp_replicas_are_equal_after_a_per_rank_init(tmp_path: Path) -> None:
         assert torch.equal(first[key], second[key]), key
 
 
-def test_reset_parameters_draws_v_as_a_plain_weight_and_sets_g() -> None:
-    """``to_empty`` then ``reset_parameters`` (the meta-device recipe): the layer's own init of
-    ``v``, ``g = ||v||``, so ``w = v``; an LSTM's g is not drawn from its uniform."""
-    for module in (
-        wn.WNLinear(4, 3, device="meta"),
-        wn.weight_norm(nn.Conv1d(2, 3, 3, device="meta")),
-        wn.weight_norm(nn.LSTM(3, 4, device="meta"), "weight_hh_l0"),
-    ):
-        module.to_empty(device="cpu")
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda **kw: nn.Linear(4, 3, **kw), "weight"),
+        (lambda **kw: nn.Conv1d(2, 3, 3, **kw), "weight"),
+        (lambda **kw: nn.LSTM(3, 4, **kw), "weight_hh_l0"),
+    ],
+    ids=["linear", "conv1d", "lstm"],
+)
+def test_reset_parameters_draws_v_as_a_plain_weight_and_sets_g(make: Any, name: str) -> None:
+    """``to_empty`` then ``reset_parameters`` (the meta-device recipe): ``v`` is what the plain
+    layer draws with the same seed, ``g = ||v||`` (an LSTM's g not drawn from its uniform)."""
+    plain = make()
+    module = wn.weight_norm(make(device="meta"), name)
+    module.to_empty(device="cpu")
+    for m in (plain, module):
         torch.manual_seed(0)
-        module.reset_parameters()
-        name = next(iter(wn.weight_norm_specs(module)))
-        w, v = getattr(module, name).detach(), getattr(module, name + "_v").detach()
-        torch.testing.assert_close(w, v)
-        g = getattr(module, name + "_g").detach().reshape(-1)
-        torch.testing.assert_close(g, v.flatten(1).norm(dim=1))
+        m.reset_parameters()
+    v, g = getattr(module, name + "_v").detach(), getattr(module, name + "_g").detach()
+    assert torch.equal(v, getattr(plain, name).detach())
+    torch.testing.assert_close(g.reshape(-1), v.flatten(1).norm(dim=1))
+    torch.testing.assert_close(getattr(module, name).detach(), v)
+
+
+def test_reset_parameters_of_a_layer_normalized_twice_over() -> None:
+    """A WN layer with a second name normalized (two owners of the override in its classes)."""
+    layer = wn.weight_norm(wn.WNLinear(4, 3), "bias", dim=None)
+    layer.reset_parameters()
+    torch.testing.assert_close(layer.weight.detach(), layer.weight_v.detach())
 
 
 @pytest.mark.filterwarnings("ignore:DTensor random operators:UserWarning")  # (on a CPU mesh)
@@ -411,8 +467,11 @@ def test_fsdp2_construction_after_an_init_and_its_meta_recipe(tmp_path: Path) ->
         for m in meta.modules():
             if wn.is_weight_normed(m):
                 m.reset_parameters()
-        g = meta[0].weight_g.full_tensor().reshape(-1)
-        torch.testing.assert_close(g, meta[0].weight_v.full_tensor().norm(dim=1))
+        g, v = meta[0].weight_g.full_tensor().reshape(-1), meta[0].weight_v.full_tensor()
+        torch.testing.assert_close(g, v.norm(dim=1))
+        bound = 1 / 4**0.5  # nn.Linear's kaiming_uniform_(a=sqrt(5)) draws in +-1/sqrt(fan_in)
+        assert v.abs().max() <= bound
+        assert v.std() > bound / 4  # (drawn, not the zeros or garbage of to_empty)
         assert torch.isfinite(meta(torch.randn(3, 4))).all()
     finally:
         torch.distributed.destroy_process_group()

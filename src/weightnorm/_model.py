@@ -14,6 +14,7 @@ from . import functional as F
 from ._errors import WeightNormError
 from ._reparam import (
     PerOutput,
+    find_weight_norms,
     make_spec,
     register,
     unregister,
@@ -127,10 +128,13 @@ def apply_weight_norm(
                 f"exclude takes module names (str) or types, got {type(item).__name__} {item!r}"
             )
     layer_types = tuple(layers)
-    tied: dict[int, tuple[str, nn.Module, str]] = {}  # a Parameter's id: its first normalized use
-    for qualname, module, name in list(
-        _targets(model, layer_types, embedding, recurrent, excluded)
-    ):
+    targets = list(_targets(model, layer_types, embedding, recurrent, excluded))
+    _check_ties(model, targets)
+    # a Parameter's id: its first normalized use (those normalized by an earlier call too)
+    tied = {
+        id(f.v): (f.qualname.rpartition(".")[0], f.module, f.name) for f in find_weight_norms(model)
+    }
+    for qualname, module, name in targets:
         if name in weight_norm_specs(module):
             continue
         if any(f.name == name for f in find_torch_weight_norms(module)):
@@ -146,6 +150,25 @@ def apply_weight_norm(
         else:
             _tie(first, (qualname, module, name), dim, eps, gain)
     return model
+
+
+def _check_ties(model: nn.Module, targets: list[tuple[str, nn.Module, str]]) -> None:
+    """A WeightNormError if a weight to normalize is one Parameter with a weight that would not
+    be normalized (an excluded module, a type not selected): the two would drift apart."""
+    chosen = {(id(m), n) for _, m, n in targets}
+    wanted = {id(m._parameters[n]): f"{q or 'the model'}.{n}" for q, m, n in targets}
+    for qualname, module in model.named_modules():
+        normalized = {n + "_v" for n in weight_norm_specs(module)}  # (a later call ties to them)
+        for name, p in module._parameters.items():
+            if p is None or name in normalized:
+                continue
+            if id(p) in wanted and (id(module), name) not in chosen:
+                raise WeightNormError(
+                    f"{wanted[id(p)]} is tied to {qualname or 'the model'}.{name} (one "
+                    "Parameter), which would not be weight-normalized: the two would drift "
+                    "apart. Normalize both (e.g. embedding=True for an embedding tied to a "
+                    "head), or exclude both"
+                )
 
 
 def _tie(

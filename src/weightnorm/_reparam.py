@@ -12,9 +12,9 @@ normalized names; removing the last weight norm restores the original class. The
 (``WNLinear`` ...) are the same mechanism with the property declared on the class.
 
 - ``module.weight = t`` sets ``g = ||t||`` and ``v = t`` (with a fixed gain, only ``v``).
-- The property hands out a :class:`ComputedWeight`: an in-place change to it, to a view of it,
-  to its ``.data`` or to its ``.detach()`` (``nn.init.*_``, ``w.mul_``, ``w.data = t``) is
-  written into ``g`` and ``v`` before the operation returns, so nothing is ever pending. A
+- The property hands out a :class:`ComputedWeight`: an in-place change to it, to a view of it or
+  to its ``.data`` (``nn.init.*_``, ``w.mul_``, ``w.data = t``) is written into ``g`` and ``v``
+  before the operation returns, so nothing is ever pending. A
   change to a weight read before ``g`` or ``v`` changed (an optimizer step, a load) is refused.
 - ``torch.func.functional_call(module, {"weight": W})`` fills the slot for the call; the
   property returns what fills it, and ``g`` and ``v`` are not touched.
@@ -109,11 +109,17 @@ class _Link:
     """What a computed weight knows of where it came from: the module, the parameter's name, and
     ``g`` and ``v`` with the versions they had when it was computed (or last written back)."""
 
-    __slots__ = ("g", "g_version", "module", "name", "v", "v_version")
+    __slots__ = ("g", "module", "name", "state", "v")
 
     def __init__(self, module: nn.Module, name: str, g: Tensor, v: Tensor) -> None:
         self.module, self.name, self.g, self.v = module, name, g, v
-        self.g_version, self.v_version = g._version, v._version
+        self.state = _state(g, v)
+
+
+def _state(g: Tensor, v: Tensor) -> tuple[int, int, int, int]:
+    """What changes when ``g`` or ``v`` change: their versions (every in-place write through
+    torch's ops) and their memory (``p.data = t``, ``.to()``)."""
+    return g._version, v._version, g.data_ptr(), v.data_ptr()
 
 
 class _ComparesWithParameters(type(Tensor)):  # type: ignore[misc]
@@ -131,12 +137,14 @@ class ComputedWeight(Tensor, metaclass=_ComparesWithParameters):
 
     It is an ordinary tensor in every computation (results that do not share its memory are
     plain tensors), with one addition: a change to its values is a change to the module's
-    weight. After any operation that changes it in place, or changes a view of it, its
-    ``.data`` or its ``.detach()`` (``nn.init.*_``, ``w.mul_(2)``, ``w[0] = 0``,
-    ``w.data = t``, ``w.data.normal_()``), ``g = ||w||`` and ``v = w`` are written before the
-    operation returns (with a fixed gain only ``v``): no other code can see ``g`` and ``v``
-    disagree with it. A weight read before ``g`` or ``v`` changed (an optimizer step, a load)
-    no longer is the module's weight: changing it raises :class:`~weightnorm.WeightNormError`.
+    weight. After any operation that changes it in place, or changes a view of it or its
+    ``.data`` (``nn.init.*_``, ``w.mul_(2)``, ``w[0] = 0``, ``w.data = t``,
+    ``w.data.normal_()``), ``g = ||w||`` and ``v = w`` are written before the operation returns
+    (with a fixed gain only ``v``): no other code can see ``g`` and ``v`` disagree with it.
+    ``w.detach()`` holds the values and is tied to nothing (to keep, log or compare): a change
+    to it is not a change to the module. A weight read before ``g`` or ``v`` changed (an
+    optimizer step, a load) no longer is the module's weight: changing it raises
+    :class:`~weightnorm.WeightNormError`.
     Passed to ``nn.Parameter`` or ``nn.Buffer`` it becomes an ordinary one (no longer tied to
     the module). Pickled or deep-copied, it is a plain tensor. So that
     ``torch.testing.assert_close`` compares it with a Parameter as with any tensor, a Parameter
@@ -169,14 +177,20 @@ class ComputedWeight(Tensor, metaclass=_ComparesWithParameters):
             kwargs = {}
         special = _SPECIAL.get(func)
         with compat.no_torch_function():
+            if torch.compiler.is_compiling():  # (a graph input: traced as a plain tensor)
+                return func(*args, **kwargs)
             if special is not None:
                 return special(func, args, kwargs)
+            if func in _DETACHES:  # a value tied to nothing (of this type: nn.Parameter(w) needs)
+                out = func(*args, **kwargs)
+                out.__class__ = ComputedWeight
+                return out
             mine = _computed_weights(args, kwargs)
             before = [_version(t) for t in mine]
             out = func(*args, **kwargs)
             for t, version in zip(mine, before, strict=True):
                 if version is None or _version(t) != version or func == _DATA_SET:
-                    _write_back(t, func, version is None)
+                    _write_back(t, func, version is None and kwargs.get("out") is not t)
             if mine:
                 out = _link_aliases(func, out, mine)
         return out
@@ -190,7 +204,7 @@ class ComputedWeight(Tensor, metaclass=_ComparesWithParameters):
             self.__class__ = nn.Parameter if name == "_is_param" else Tensor  # type: ignore[assignment]
             if name == "_is_param":
                 return
-        super().__setattr__(name, value)
+        Tensor.__setattr__(self, name, value)  # (self may be a plain tensor now)
 
 
 def _version(t: Tensor) -> int | None:
@@ -202,10 +216,10 @@ def _computed_weights(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Com
     """The computed weights among a torch function's arguments (and in its lists of tensors)."""
     found = []
     for a in (*args, *kwargs.values()):
-        if type(a) is ComputedWeight:
+        if type(a) is ComputedWeight and "_wn_link" in a.__dict__:
             found.append(a)
         elif type(a) in (list, tuple):
-            found += [t for t in a if type(t) is ComputedWeight]
+            found += [t for t in a if type(t) is ComputedWeight and "_wn_link" in t.__dict__]
     return found
 
 
@@ -220,8 +234,7 @@ def _link(t: Tensor, link: _Link, root: Tensor | None) -> ComputedWeight:
 def _write_back(t: ComputedWeight, func: Any, inference: bool) -> None:
     """An operation may have changed ``t`` (an inference tensor has no version: any in-place
     method counts): write its weight into g and v, or refuse if it is stale."""
-    name = getattr(func, "__name__", "")
-    if inference and not (name.endswith("_") or name == "__setitem__" or func == _DATA_SET):
+    if inference and not _mutates(func):
         return
     link: _Link = t.__dict__["_wn_link"]
     root: Tensor = t.__dict__.get("_wn_root", t)
@@ -244,11 +257,27 @@ def _write_back(t: ComputedWeight, func: Any, inference: bool) -> None:
             f"assign the whole weight: module.{link.name} = tensor"
         )
     _set_weight(module, link.name, root)
-    link.g_version, link.v_version = link.g._version, link.v._version
+    link.state = _state(link.g, link.v)
+
+
+def _mutates(func: Any) -> bool:
+    """Whether ``func`` changes a tensor argument in place (for an inference tensor, which has
+    no version counter): torch's in-place methods (``mul_``), the in-place operators, item
+    assignment and ``.data = t``. (``out=`` writes are caught by the caller's check.)"""
+    name = getattr(func, "__name__", "")
+    if name.startswith("__"):
+        return name in _INPLACE_DUNDERS or func == _DATA_SET
+    return name.endswith("_")
+
+
+_INPLACE_DUNDERS = frozenset(
+    {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
+     "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__"}
+)  # fmt: skip
 
 
 def _link_aliases(func: Any, out: Any, mine: list[ComputedWeight]) -> Any:
-    """Results that share a computed weight's memory (views, ``.data``, ``.detach()``) are
+    """Results that share a computed weight's memory (its views and ``.data``) are
     computed weights of the same module; every other result is a plain tensor."""
     if type(out) in (list, tuple):
         return type(out)(_link_aliases(func, o, mine) for o in out)
@@ -272,12 +301,21 @@ def _plain(t: Tensor) -> Tensor:
 
 
 def _as_plain_tensor(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Pickling and deepcopy: a plain tensor (its module is not part of it). A non-leaf's
-    deepcopy raises as torch's does."""
-    t = args[0]
-    return func(
-        _plain(t) if t.is_leaf or func is not Tensor.__deepcopy__ else t, *args[1:], **kwargs
-    )
+    """Pickling: a plain tensor (its module is not part of it)."""
+    return func(_plain(args[0]), *args[1:], **kwargs)
+
+
+def _deepcopy(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """deepcopy: a plain tensor, recorded in the memo under the weight's own id (torch records
+    it under the alias copied, whose id a later alias may reuse). A non-leaf's deepcopy raises
+    as torch's does."""
+    t, memo = args[0], args[1] if len(args) > 1 else kwargs.get("memo", {})
+    if not t.is_leaf:
+        return func(*args, **kwargs)
+    if id(t) not in memo:
+        alias = _plain(t)
+        memo[id(t)] = func(alias, {})
+    return memo[id(t)]
 
 
 def _shown_as_a_tensor(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -293,11 +331,14 @@ def _shown_as_a_tensor(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any])
 #: ``w.data = t`` (it changes no version counter); compared with ``==``: each access to a
 #: descriptor's ``__set__`` makes a new method-wrapper, equal to the others.
 _DATA_SET = Tensor.data.__set__  # type: ignore[attr-defined]
-#: Functions whose result shares all of its argument's memory without being a view of it.
-_ALIASES = frozenset({Tensor.detach, torch.detach, Tensor.data.__get__})  # type: ignore[attr-defined]
+#: ``w.data``: its result shares all of the weight's memory without being a view of it, and it is
+#: how initializers write (``w.data.normal_()``). (``w.detach()`` is a plain tensor: a value to
+#: keep or compare, as a buffer of another module, not a handle on this one.)
+_ALIASES = frozenset({Tensor.data.__get__})  # type: ignore[attr-defined]
+_DETACHES = frozenset({Tensor.detach, torch.detach})
 _SPECIAL: dict[Any, Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]] = {
     Tensor.__reduce_ex__: _as_plain_tensor,
-    Tensor.__deepcopy__: _as_plain_tensor,
+    Tensor.__deepcopy__: _deepcopy,
     Tensor.__repr__: _shown_as_a_tensor,
     Tensor.__str__: _shown_as_a_tensor,
     Tensor.__format__: _shown_as_a_tensor,
@@ -328,31 +369,31 @@ def _read(module: nn.Module, name: str) -> Tensor:
         return _compute(module, name, spec, True)
     g, v = _gain(module, name, spec), _direction(module, name)
     cache = _CACHE.get()
-    if cache is not None:
-        hit = cache.get((id(module), name))
+    if cache is not None:  # (a weight computed with a graph is not one without, and back)
+        key = (id(module), name, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        hit = cache.get(key)
         if hit is not None and _current(hit.__dict__["_wn_link"], g, v):
             return hit
     w = _compute(module, name, spec, False)
     if type(w) is Tensor:
         _link(w, _Link(module, name, g, v), None)
         if cache is not None:
-            cache[(id(module), name)] = w
+            cache[key] = w
     return w
 
 
 def _current(link: _Link, g: Tensor, v: Tensor) -> bool:
     """Whether a weight computed from ``link``'s g and v is still the module's: the same
-    tensors at the same versions."""
-    return (
-        link.g is g
-        and link.v is v
-        and g._version == link.g_version
-        and v._version == link.v_version
-    )
+    tensors at the same versions and memory. (A write through ``p.data.copy_`` changes
+    neither: torch keeps no trace of it.)"""
+    return link.g is g and link.v is v and link.state == _state(g, v)
 
 
-#: The weights computed inside :func:`cached` blocks, by (module id, name).
-_CACHE: ContextVar[dict[tuple[int, str], Tensor] | None] = ContextVar("wn_cache", default=None)
+#: The weights computed inside :func:`cached` blocks, by (module id, name, grad mode, inference
+#: mode).
+_CACHE: ContextVar[dict[tuple[int, str, bool, bool], Tensor] | None] = ContextVar(
+    "wn_cache", default=None
+)
 
 
 @contextmanager
@@ -413,8 +454,9 @@ def _set_weight(module: nn.Module, name: str, value: Any) -> None:
         v.copy_(src)
     compat.refresh_rnn_weights(module)  # (an RNN's cache between forwards: the new weight)
     cache = _CACHE.get()
-    if cache is not None:
-        cache.pop((id(module), name), None)
+    if cache is not None:  # (a cached weight would be found stale anyway: free it now)
+        for key in [k for k in cache if k[:2] == (id(module), name)]:
+            del cache[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,7 +639,9 @@ def _normed_class(root: type, names: frozenset[str]) -> type:
     if cls is None:
         bases = (root,) if issubclass(root, _WeightNormMixin) else (_WeightNormMixin, root)
         namespace: dict[str, Any] = {n: _property(n) for n in sorted(missing)}
-        if callable(getattr(root, "reset_parameters", None)):
+        if callable(getattr(root, "reset_parameters", None)) and not any(
+            vars(c).get("reset_parameters") is _own for c in root.__mro__
+        ):
             namespace["reset_parameters"] = _reset_parameters
         namespace.update(
             _wn_root=root,

@@ -649,16 +649,26 @@ def _finite_in(dtype: torch.dtype, t: Tensor) -> Tensor:
 
 class _FiniteGradient(torch.autograd.Function):
     """``x.float()`` whose backward gives a gradient clamped to the finite range of ``x``'s
-    dtype (see :func:`_finite_in`); differentiable again, for higher orders."""
+    dtype (see :func:`_finite_in`); differentiable again, for higher orders, and usable under
+    ``torch.func`` transforms (``grad``, ``vmap``, ``jvp``)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.dtype = x.dtype
+    def forward(x: Tensor) -> Tensor:
         return x.float()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.dtype = inputs[0].dtype
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         return _finite_in(ctx.dtype, grad)
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: Tensor) -> Tensor:
+        return tangent.float()
 
 
 # --------------------------------------------------------------------------------------------

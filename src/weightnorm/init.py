@@ -124,25 +124,27 @@ def _hooks(
     done: set[int] = set()
     g_before: dict[int, Tensor] = {}
 
+    # keyed by g: a layer called twice, or layers tied by apply_weight_norm (one g), initialize
+    # on the first call only
     def pre_hook(module: nn.Module, args: Any) -> None:
-        if id(module) in done:
+        if id(module.weight_g) in done:
             return
-        g_before[id(module)] = cast(Tensor, module.weight_g).detach().reshape(-1).clone()
+        g_before[id(module.weight_g)] = cast(Tensor, module.weight_g).detach().reshape(-1).clone()
         module.weight_g.fill_(1.0)  # type: ignore[operator]
         if module.bias is not None:
             module.bias.zero_()  # type: ignore[operator]
 
     def make_hook(name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Tensor) -> Tensor | None:
-            if id(module) in done:  # a shared layer initializes on its first call only
+            if id(module.weight_g) in done:
                 return None
-            done.add(id(module))
+            done.add(id(module.weight_g))
             axis = _unit_axis(module)
             mean, var = _moments(output, axis, name)
             scale = init_scale / torch.sqrt(var + _VAR_EPS)
             dead = var <= _DEAD**2 * (var + mean * mean)
             if bool(dead.any()):  # (the same units on every rank: the statistics are all-reduced)
-                scale = torch.where(dead, g_before[id(module)].to(scale.dtype), scale)
+                scale = torch.where(dead, g_before[id(module.weight_g)].to(scale.dtype), scale)
                 warnings.warn(
                     f"data-dependent init: {int(dead.sum())} of {dead.numel()} units of {name} "
                     f"have constant pre-activations on the init batch (std <= {_DEAD:g} x their "
