@@ -442,9 +442,9 @@ def test_reset_parameters_of_a_layer_normalized_twice_over() -> None:
 
 @pytest.mark.filterwarnings("ignore:DTensor random operators:UserWarning")  # (on a CPU mesh)
 def test_fsdp2_construction_after_an_init_and_its_meta_recipe(tmp_path: Path) -> None:
-    """fully_shard right after nn.init shards the initialized g and v; and the meta-device
-    recipe (build on meta, fully_shard, to_empty, reset_parameters) initializes the sharded
-    v and g (one rank)."""
+    """fully_shard right after nn.init shards the initialized g and v; a change to the sharded
+    (DTensor) weight reaches them; and the meta-device recipe (build on meta, fully_shard,
+    to_empty, reset_parameters) initializes the sharded v and g (one rank)."""
     fsdp = pytest.importorskip("torch.distributed.fsdp")
     if not hasattr(fsdp, "fully_shard"):
         pytest.skip("torch.distributed.fsdp.fully_shard (FSDP2) is public from torch 2.6 on")
@@ -460,6 +460,13 @@ def test_fsdp2_construction_after_an_init_and_its_meta_recipe(tmp_path: Path) ->
         v = model[0].weight_v.full_tensor()
         assert torch.equal(v, torch.full((6, 4), 0.5))
         assert torch.equal(model[0].weight_g.full_tensor().reshape(-1), torch.ones(6))
+        # after sharding: an init of the (DTensor) weight, and an assignment, reach g and v
+        nn.init.constant_(model[2].weight, 0.25)
+        assert torch.equal(model[2].weight_v.full_tensor(), torch.full((2, 6), 0.25))
+        model[0].weight.data.mul_(4)
+        assert torch.equal(model[0].weight_g.full_tensor().reshape(-1), torch.full((6,), 4.0))
+        model[2].weight = torch.ones(2, 6)
+        assert torch.equal(model[2].weight_v.full_tensor(), torch.ones(2, 6))
         with torch.device("meta"):
             meta = wn.apply_weight_norm(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)))
         fully_shard(meta)

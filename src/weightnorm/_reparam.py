@@ -183,7 +183,7 @@ class ComputedWeight(Tensor, metaclass=_ComparesWithParameters):
                 return special(func, args, kwargs)
             if func in _DETACHES:  # a value tied to nothing (of this type: nn.Parameter(w) needs)
                 out = func(*args, **kwargs)
-                out.__class__ = ComputedWeight
+                out.__class__ = _computed_class(type(out))
                 return out
             mine = _computed_weights(args, kwargs)
             before = [_version(t) for t in mine]
@@ -201,10 +201,32 @@ class ComputedWeight(Tensor, metaclass=_ComparesWithParameters):
         if name in ("_is_param", "_is_buffer") and value:
             self.__dict__.pop("_wn_link", None)
             self.__dict__.pop("_wn_root", None)
-            self.__class__ = nn.Parameter if name == "_is_param" else Tensor  # type: ignore[assignment]
-            if name == "_is_param":
+            plain = _PLAIN[type(self)]
+            if name == "_is_param" and plain is Tensor:
+                self.__class__ = nn.Parameter  # type: ignore[assignment]
                 return
+            self.__class__ = plain
         Tensor.__setattr__(self, name, value)  # (self may be a plain tensor now)
+
+
+#: Each computed-weight class, by the class of tensor it is (ComputedWeight: a plain tensor; a
+#: class made on first use for a DTensor: FSDP2's sharded weights), and back.
+_COMPUTED: dict[type, type] = {Tensor: ComputedWeight}
+_PLAIN: dict[type, type] = {ComputedWeight: Tensor}
+
+
+def _linkable(t: object) -> bool:
+    """Whether ``t`` can be handed out as a computed weight: a plain tensor or a DTensor (other
+    subclasses, e.g. the fake tensors of a trace, as they are)."""
+    return type(t) is Tensor or compat.is_dtensor_type(type(t))
+
+
+def _computed_class(cls: type) -> type:
+    computed = _COMPUTED.get(cls)
+    if computed is None:
+        computed = type(f"Computed{cls.__name__}", (ComputedWeight, cls), {"__module__": __name__})
+        _COMPUTED[cls], _PLAIN[computed] = computed, cls
+    return computed
 
 
 def _version(t: Tensor) -> int | None:
@@ -216,15 +238,15 @@ def _computed_weights(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Com
     """The computed weights among a torch function's arguments (and in its lists of tensors)."""
     found = []
     for a in (*args, *kwargs.values()):
-        if type(a) is ComputedWeight and "_wn_link" in a.__dict__:
+        if type(a) in _PLAIN and "_wn_link" in a.__dict__:
             found.append(a)
         elif type(a) in (list, tuple):
-            found += [t for t in a if type(t) is ComputedWeight and "_wn_link" in t.__dict__]
+            found += [t for t in a if type(t) in _PLAIN and "_wn_link" in t.__dict__]
     return found
 
 
 def _link(t: Tensor, link: _Link, root: Tensor | None) -> ComputedWeight:
-    t.__class__ = ComputedWeight
+    t.__class__ = _computed_class(type(t))
     t.__dict__["_wn_link"] = link
     if root is not None:  # a view of part of the weight: what is written back is its root's
         t.__dict__["_wn_root"] = root
@@ -281,7 +303,7 @@ def _link_aliases(func: Any, out: Any, mine: list[ComputedWeight]) -> Any:
     computed weights of the same module; every other result is a plain tensor."""
     if type(out) in (list, tuple):
         return type(out)(_link_aliases(func, o, mine) for o in out)
-    if type(out) is not Tensor:
+    if not _linkable(out):
         return out
     if func in _ALIASES:  # (one argument: the computed weight)
         t = mine[0]
@@ -320,12 +342,12 @@ def _deepcopy(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 def _shown_as_a_tensor(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``repr``/``str``/``format``: printed as torch prints a tensor."""
-    t = args[0]
-    t.__class__ = Tensor
+    t, computed = args[0], type(args[0])
+    t.__class__ = _PLAIN[computed]
     try:
         return func(*args, **kwargs)
     finally:
-        t.__class__ = ComputedWeight
+        t.__class__ = computed
 
 
 #: ``w.data = t`` (it changes no version counter); compared with ``==``: each access to a
@@ -375,7 +397,7 @@ def _read(module: nn.Module, name: str) -> Tensor:
         if hit is not None and _current(hit.__dict__["_wn_link"], g, v):
             return hit
     w = _compute(module, name, spec, False)
-    if type(w) is Tensor:
+    if _linkable(w):
         _link(w, _Link(module, name, g, v), None)
         if cache is not None:
             cache[key] = w
@@ -432,7 +454,7 @@ def _set_weight(module: nn.Module, name: str, value: Any) -> None:
     kept). With a fixed gain only its direction is taken: ``v = value``, ``g`` stays."""
     spec = module.__dict__[_SPECS][name]
     v = _own_direction(module, name, "setting the weight")
-    link = value.__dict__.get("_wn_link") if type(value) is ComputedWeight else None
+    link = value.__dict__.get("_wn_link") if type(value) in _PLAIN else None
     if link is not None and (link.module is not module or link.name != name):
         raise WeightNormError(
             f"{_describe(module)}.{name} was assigned the weight of {_describe(link.module)}."
@@ -448,6 +470,8 @@ def _set_weight(module: nn.Module, name: str, value: Any) -> None:
         )
     with torch.no_grad(), compat.no_torch_function():  # (value may be a ComputedWeight)
         src = value.detach()
+        if compat.is_dtensor_type(type(v)) and not compat.is_dtensor_type(type(src)):
+            src = compat.distribute_like(src, v)  # (FSDP2: every rank assigns the whole weight)
         if spec.gain is None:
             g = _gain(module, name, spec)
             g.copy_(spec.split(src).reshape(g.shape))

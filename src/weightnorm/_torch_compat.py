@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,8 @@ __all__ = [
     "foreach_copy_",
     "fused_weight_norm_backward",
     "jit_tracing",
+    "distribute_like",
+    "is_dtensor_type",
     "local_rows",
     "no_torch_function",
     "read_rnn_weights",
@@ -102,6 +104,32 @@ def jit_tracing() -> bool:
 #: The tensor types whose values the kernels read (a subclass such as a FakeTensor of
 #: non-strict export or a DTensor gets plain differentiable operations)
 PLAIN = (Tensor, nn.Parameter)
+
+
+def _dtensor_class() -> type | None:
+    if not torch.distributed.is_available():
+        return None
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch < 2.5
+        from torch.distributed._tensor import DTensor  # type: ignore[attr-defined]
+    return cast(type, DTensor)
+
+
+def is_dtensor_type(cls: type) -> bool:
+    """Whether ``cls`` is exactly ``DTensor`` (FSDP2's sharded parameters and what is computed
+    from them)."""
+    return cls is _dtensor_class()
+
+
+def distribute_like(value: Tensor, like: Tensor) -> Tensor:
+    """``value`` (a whole tensor, the same on every rank) as a DTensor placed as ``like``."""
+    try:
+        from torch.distributed.tensor import distribute_tensor
+    except ImportError:  # torch < 2.5
+        from torch.distributed._tensor import distribute_tensor  # type: ignore[attr-defined]
+    spec = cast(Any, like)
+    return cast(Tensor, distribute_tensor(value, spec.device_mesh, spec.placements))
 
 
 def local_rows(t: Tensor) -> tuple[Tensor, bool] | None:
