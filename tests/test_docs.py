@@ -11,6 +11,7 @@ Needs nothing beyond the test extra (the site itself is built by ``mkdocs build 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import re
 import shlex
@@ -204,12 +205,37 @@ def test_readme_is_a_front_door() -> None:
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
-    (block,) = [body for info, body in fences(README) if info == "bash"]
-    (command,) = [line.split("#")[0].strip() for line in block.splitlines() if "&& pytest" in line]
+    lines = [line for info, body in fences(README) if info == "bash" for line in body.splitlines()]
+    (command,) = [line.split("#")[0].strip() for line in lines if "&& pytest" in line]
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert ci[-1] == command
 
 
-def test_getting_started_shows_the_readmes_two_commands() -> None:
-    (readme_block,) = [b for info, b in fences(README) if info == "bash"]
-    assert readme_block in (DOCS / "getting-started.md").read_text()
+def test_getting_started_shows_the_readmes_install_and_two_commands() -> None:
+    blocks = [b for info, b in fences(README) if info == "bash"]
+    assert len(blocks) == 2  # the install, the two commands
+    for block in blocks:
+        assert block in (DOCS / "getting-started.md").read_text()
+
+
+def test_the_citations_name_this_version() -> None:
+    """CITATION.cff and the docs' BibTeX entry for the software carry pyproject's version, and
+    the license pyproject declares; the paper's entry is the README's."""
+    yaml = pytest.importorskip("yaml")
+    version = wn.__version__  # pyproject's, read from the installed metadata
+    license_ = importlib.metadata.metadata("weightnorm")["License-Expression"]
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert (cff["version"], cff["license"]) == (version, license_)
+    assert "1602.07868" in cff["preferred-citation"]["identifiers"][0]["value"]
+    index = (DOCS / "index.md").read_text()
+    assert f"version = {{{version}}}" in index
+    assert f"license = {{{license_}}}" in index
+    assert '--8<-- "README.md:citing"' in index
+
+
+def test_the_wheels_named_in_the_docs_are_this_version() -> None:
+    wheel = f"weightnorm-{wn.__version__}-py3-none-any.whl"
+    for path in (README, DOCS / "getting-started.md"):
+        named = set(re.findall(r"weightnorm-[^-\s]+-py3-none-any\.whl", path.read_text()))
+        assert named == {wheel}, f"{path.name} names {named}, expected {wheel}"
+    assert "eprint        = {1602.07868}" in README.read_text()
