@@ -24,7 +24,7 @@ from weightnorm._torch_compat import find_torch_weight_norms
 from weightnorm.experiments import zoo
 
 #: the zoo models checked here: those whose packages are installed (the torchaudio ones only in
-#: .ci/zoo-torch29's environment, the others only in the main one)
+#: benchmarks/zoo-torch29's environment, the others only in the main one)
 NAMES = zoo.installed()
 ELSEWHERE = [n for n in zoo.ZOO if n not in NAMES]
 

@@ -16,7 +16,7 @@ work on a module with this library's weight norm, and do what
 - ``parametrize.remove_parametrizations(module, name)`` reads ``module.parametrizations``, a
   property of the module's class: an empty ``ModuleDict`` (so ``is_parametrized(module)`` stays
   False) that contains each normalized name. Then torch's function runs a fixed sequence (the
-  same on every torch release CI tests; ``tests/test_torch_internals.py`` checks it). It reads
+  same in torch 2.4.1, 2.13.0 and 2.15.0; ``tests/test_torch_internals.py`` checks it). It reads
   ``parametrizations[name].original``: from here the module is in a class of its own for this
   run (:class:`_Removal`). It reads ``module.<name>`` (only with ``leave_parametrized=True``):
   that read removes the weight norm and returns the folded Parameter, which is ``v``. It sets
