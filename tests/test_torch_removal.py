@@ -134,6 +134,24 @@ def test_parametrize_sees_each_normalized_name_and_no_parametrization() -> None:
     assert "parametrizations" not in "".join(layer.state_dict())
 
 
+def test_code_written_for_torchs_parametrize_reads_g_and_v() -> None:
+    """The idiom ``if hasattr(m, "parametrizations"): g = m.parametrizations.weight.original0``
+    (transformers' wav2vec2, test helpers) reads our g and v, the same objects, with no effect
+    on the module."""
+    layer, x = build("WNConv1d")
+    before = layer(x)
+    assert hasattr(layer, "parametrizations")
+    entry = layer.parametrizations.weight
+    assert entry.original0 is layer.weight_g
+    assert entry.original1 is layer.weight_v
+    assert layer.parametrizations["weight"].original1 is layer.weight_v
+    assert type(layer) is wn.WNConv1d
+    assert torch.equal(layer(x), before)
+    assert not hasattr(layer.parametrizations, "bias")  # not normalized
+    fixed = wn.WNLinear(3, 2, gain=1.0)  # a fixed gain: g is a buffer
+    assert fixed.parametrizations.weight.original0 is fixed.weight_g
+
+
 def test_leave_parametrized_false_is_refused_and_changes_nothing() -> None:
     """It would make v, the direction, the weight: a clear error naming wn.fold."""
     layer, x = build("WNConv1d")

@@ -27,6 +27,9 @@ work on a module with this library's weight norm, and do what
   names the ways that work.
 - Stacking a parametrization on a normalized name (``register_parametrization``, e.g. spectral
   norm) is refused with a ``WeightNormError`` naming ``wn.fold``.
+- Code written for torch's parametrize weight norm that tests ``hasattr(module,
+  "parametrizations")`` and reads ``module.parametrizations.weight.original0`` (g) and
+  ``.original1`` (v) gets this library's g and v.
 """
 
 from __future__ import annotations
@@ -123,6 +126,13 @@ class _Parametrizations(nn.ModuleDict):
             raise KeyError(key)
         return _Entry(self.__dict__["_owner"], key)
 
+    def __getattr__(self, name: str) -> Any:
+        """``module.parametrizations.weight``, as code written for torch's weight norm reads it
+        (``.original0`` is g, ``.original1`` is v)."""
+        if not name.startswith("_") and name in self._names():
+            return _Entry(self.__dict__["_owner"], name)
+        return super().__getattr__(name)
+
     def __delitem__(self, key: str) -> None:
         owner = self.__dict__["_owner"]
         raise WeightNormError(
@@ -134,12 +144,23 @@ class _Parametrizations(nn.ModuleDict):
 
 class _Entry:
     """``module.parametrizations[name]`` for a name this library normalizes: what
-    ``remove_parametrizations`` reads, nothing else."""
+    ``remove_parametrizations`` reads, and ``original0`` (g) and ``original1`` (v), as torch's
+    parametrize weight norm names them (code written for it reads them)."""
 
     is_tensor = True  # torch's path that keeps the Parameter object (see the module docstring)
 
     def __init__(self, owner: nn.Module, name: str) -> None:
         self._owner, self._name = owner, name
+
+    @property
+    def original0(self) -> Tensor:
+        """``<name>_g``."""
+        return cast(Tensor, getattr(self._owner, self._name + "_g"))
+
+    @property
+    def original1(self) -> Tensor:
+        """``<name>_v``."""
+        return cast(Tensor, getattr(self._owner, self._name + "_v"))
 
     @property
     def original(self) -> Tensor:
