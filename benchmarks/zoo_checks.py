@@ -5,7 +5,7 @@ installed in this environment, reads the outcome of every (check, model) test fr
 report, and prints a Markdown table: ``yes`` for a pass, ``n/a`` with the reason where the model
 itself cannot (e.g. it does not compile even without weight norm), ``known failure`` with the
 reason for a test marked as one, ``FAILED`` otherwise. Each row says the torch it ran on. The
-zoo's models live in two environments (the main one, torch 2.13, and ``.ci/zoo-torch29``'s,
+zoo's models live in two environments (the main one, torch 2.13, and ``benchmarks/zoo-torch29``'s,
 torch 2.9.1 with torchaudio): ``--json`` keeps a run's rows, ``--table`` prints the rows of
 several runs as one table.
 

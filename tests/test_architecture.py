@@ -22,6 +22,7 @@ LIBRARY_LEVELS = [
     {"_errors", "_kernels"},  # the Triton kernels import nothing of the library
     {"_torch_compat"},  # every torch internal read, in one place
     {"functional"},  # the math: the spec, the kernels and the one dispatch
+    {"_torch_removal"},  # torch's removal functions on our weight norms
     {"_reparam"},  # one module, one parameter
     {"layers", "_model"},
     {"init", "batchnorm", "formats", "optim"},

@@ -134,6 +134,9 @@ def test_reproduce_is_the_comparison_by_default(capsys: pytest.CaptureFixture[st
     assert proc.returncode == 0
     for name in ("comparison", "conditioning", "vae", "recurrent", "dqn", "effective-lr"):
         assert name in proc.stdout
+    # issue 30: the options of every experiment (they are the subcommands' own) are listed too
+    assert "--quick" in proc.stdout
+    assert "weightnorm reproduce --quick" in proc.stdout
     capsys.readouterr()
     assert main(["reproduce", "--set", "x"]) == 2  # parsed as the comparison's --set
     err = stderr_lines(capsys.readouterr().err)
@@ -193,3 +196,22 @@ def test_set_refuses_what_does_not_fit(assignment: str, message: str) -> None:
     with pytest.raises(ValueError, match=r".") as err:
         apply_overrides(Settings(), [assignment])
     assert str(err.value) == message
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every subcommand's parser under it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += _parsers(sub)
+    return found
+
+
+def test_help_texts_name_no_project_internals() -> None:
+    """Issue 30: ``bench --help`` named .ci/zoo-torch29. A user's help text names commands and
+    files a user has, never this project's CI."""
+    for parser in _parsers(build_parser()):
+        text = parser.format_help()
+        for word in (".ci/", "CI ", "CI,", "CI)", "landing"):
+            assert word not in text, (parser.prog, word)

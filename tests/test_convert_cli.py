@@ -937,3 +937,69 @@ def test_convert_uses_only_the_public_library_api() -> None:
             assert alias.name in public, f"{module}.{alias.name} is not public"
             seen.append(f"{module}.{alias.name}")
     assert "weightnorm.formats.convert_with_report" in seen
+
+
+# --- nothing to do is an error -------------------------------------------------------------------
+
+
+def plain_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv1d(2, 4, 3), nn.LeakyReLU(0.1), nn.Conv1d(4, 1, 3))
+
+
+@pytest.mark.parametrize("to", ["weightnorm", "parametrize"])
+def test_a_plain_checkpoint_needs_like_or_include(
+    to: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 30: a plain checkpoint converted to a weight-norm format without --like or
+    --include was written unchanged, with exit code 0 ("0 renamed, 0 folded, 0 normalized")."""
+    src, dst = tmp_path / "plain.pt", tmp_path / "out.pt"
+    torch.save(plain_model().state_dict(), src)
+    line = refused(
+        convert(capsys, src, dst, "--to", to),
+        f"{src} holds no weight-normalized parameter",
+        "--like MODEL",
+        "--include PATTERN",
+    )
+    assert "would change nothing" in line
+    assert not dst.exists()
+    # told which, it normalizes them
+    code, out, err = convert(capsys, src, dst, "--to", to, "--include", "0.weight")
+    assert code == 0, err
+    assert "1 normalized" in out
+
+
+def test_a_plain_checkpoint_to_plain_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, dst = tmp_path / "plain.pt", tmp_path / "out.pt"
+    torch.save(plain_model().state_dict(), src)
+    refused(convert(capsys, src, dst, "--to", "plain"), "plain already", "nothing to fold")
+    assert not dst.exists()
+
+
+def test_a_template_that_matches_nothing_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--like a model whose weight norms are on other keys: nothing would change."""
+    src, dst, like = tmp_path / "plain.pt", tmp_path / "out.pt", tmp_path / "like.pt"
+    torch.save(plain_model().state_dict(), src)
+    other = nn.Sequential(nn.Identity(), nn.Identity(), nn.Identity(), wn.WNConv1d(1, 1, 3))
+    torch.save(other.state_dict(), like)
+    refused(
+        convert(capsys, src, dst, "--to", "weightnorm", "--like", like),
+        "holds no weight-normalized parameter",
+        f"--like {like}",
+    )
+    assert not dst.exists()
+
+
+def test_a_checkpoint_already_in_the_format_is_written_and_said_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not an error: the output is in the format asked for, and the line says it was already."""
+    src, dst = tmp_path / "in.pt", tmp_path / "out.pt"
+    torch.save(wn.apply_weight_norm(plain_model()).state_dict(), src)
+    code, out, err = convert(capsys, src, dst, "--to", "weightnorm")
+    assert code == 0, err
+    assert out.strip().endswith("0 renamed, 0 folded, 0 normalized, 2 already weightnorm")

@@ -11,12 +11,17 @@ Needs nothing beyond the test extra (the site itself is built by ``mkdocs build 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -67,30 +72,13 @@ def test_every_block_of_a_guide_is_run_by_the_tests(path: Path) -> None:
             continue
         if info in ("sh", "bash"):
             for line in body.strip().splitlines():
-                assert line.startswith(("weightnorm convert ", "torchrun ")), line
+                if not line.startswith("#"):
+                    assert line.startswith(("weightnorm convert ", "torchrun ")), line
             continue
         assert info.startswith("python title="), f"{path.name}: a block no test runs: {info!r}"
 
 
-def _vocoder() -> nn.Module:
-    torch.manual_seed(0)
-    model = nn.Module()
-    model.resblocks = nn.ModuleList([nn.Conv1d(4, 4, 3), nn.Conv1d(4, 4, 3)])
-    model.conv_post = nn.ConvTranspose1d(4, 2, 4, stride=2)
-    return model
-
-
-def _checkpoints(folder: Path) -> nn.Module:
-    """The files the checkpoints guide names: ``plain.pt`` (a plain state dict),
-    ``normalized_model.pt`` and ``model.safetensors`` (the same model normalized by ``wn``);
-    returns that model."""
-    from safetensors.torch import save_file
-
-    torch.save(_vocoder().state_dict(), folder / "plain.pt")
-    normalized = wn.apply_weight_norm(_vocoder())
-    torch.save(normalized.state_dict(), folder / "normalized_model.pt")
-    save_file(normalized.state_dict(), str(folder / "model.safetensors"))
-    return normalized
+CHECKPOINTS = DOCS / "guides" / "checkpoints.md"
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
@@ -101,33 +89,71 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)  # type: ignore[no-any-return]
 
 
-CONVERT = [line for line in shell_lines(GUIDES) if line.startswith("weightnorm convert ")]
+def _guide_model(folder: Path) -> dict[str, object]:
+    """Run the guide's ``make_examples.py`` in ``folder``; its names (``vocoder``, ``model``)."""
+    code = script(CHECKPOINTS, "make_examples.py")
+    names: dict[str, object] = {"__name__": "make_examples"}
+    cwd = Path.cwd()
+    try:
+        os.chdir(folder)
+        exec(compile(code, "make_examples.py", "exec"), names)
+    finally:
+        os.chdir(cwd)
+    return names
 
 
-def test_the_guides_show_convert() -> None:
-    assert len(CONVERT) >= 2
+def _check_convert(line: str, folder: Path, names: dict[str, object]) -> None:
+    """What the guide's text promises of the file each of its commands writes."""
+    vocoder = cast(Callable[[], nn.Sequential], names["vocoder"])
+    model = cast(nn.Sequential, names["model"])
+    out = _load(folder / shlex.split(line, comments=True)[3])  # weightnorm convert IN OUT
+    if line.endswith("--to weightnorm --like normalized_model.pt"):
+        # normalized like the model: loads into it strictly, with the plain file's weights
+        target = wn.apply_weight_norm(vocoder())
+        target.load_state_dict(out, strict=True)
+        plain = _load(folder / "plain.pt")
+        for i in (0, 2):
+            torch.testing.assert_close(target[i].weight, plain[f"{i}.weight"])
+    elif line.endswith("--to parametrize --include '0.weight'"):
+        # the Conv1d's weight normalized in torch's parametrize keys, the rest plain
+        target = vocoder()
+        nn.utils.parametrizations.weight_norm(target[0])
+        target.load_state_dict(out, strict=True)
+        assert "2.weight" in out
+    elif line.endswith("train.pt --to weightnorm"):
+        # the keys torch.nn.utils.weight_norm loads (dim=1 for the ConvTranspose)
+        target = vocoder()
+        with warnings.catch_warnings():  # torch deprecates its legacy weight norm
+            warnings.simplefilter("ignore", FutureWarning)
+            nn.utils.weight_norm(target[0])
+            nn.utils.weight_norm(target[2], dim=1)
+        target.load_state_dict(out, strict=True)
+        x = torch.randn(1, 80, 4)
+        torch.testing.assert_close(target(x), model(x))
+    elif line.endswith("model.safetensors --to plain"):
+        # folded for inference: a plain model's keys, the normalized model's outputs
+        target = vocoder()
+        target.load_state_dict(out, strict=True)
+        x = torch.randn(1, 80, 4)
+        torch.testing.assert_close(target(x), model(x))
+    else:
+        raise AssertionError(f"no check of what the guide promises for: {line}")
 
 
-@pytest.mark.parametrize("line", CONVERT)
-def test_a_guide_convert_command_runs(
-    line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_checkpoints_guide_commands_run_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    template = _checkpoints(tmp_path)
+    """Issue 30: its two safetensors commands, run in order, wrote a plain file unchanged
+    (exit 0) where the comment promised weight_g/weight_v keys, and its --include example
+    matched no key of its own model. Every command now runs, in order, on the files the guide's
+    script writes, and each output is what the text says."""
+    names = _guide_model(tmp_path)
     monkeypatch.chdir(tmp_path)
-    args = shlex.split(line, comments=True)[1:]  # convert IN OUT --to FORMAT ...
-    assert main(args) == 0
-    out = _load(tmp_path / args[2])
-    if args[args.index("--to") + 1] == "plain":  # folded: plain weights, as the model's
-        assert set(out) == set(_vocoder().state_dict())
-        return
-    for i in range(2):  # the others normalize (or keep normalized) the resblocks' weights
-        assert f"resblocks.{i}.weight" not in out
-        assert {
-            f"resblocks.{i}.weight_g",
-            f"resblocks.{i}.parametrizations.weight.original0",
-        } & set(out)
-    if "--like" in line or args[3:] == ["--to", "weightnorm"]:  # loads into the model strictly
-        template.load_state_dict(out, strict=True)
+    lines = [line for line in shell_lines([CHECKPOINTS]) if line.startswith("weightnorm convert ")]
+    assert len(lines) == 4
+    for line in lines:
+        assert main(shlex.split(line, comments=True)[1:]) == 0, line
+        _check_convert(line, tmp_path, names)
 
 
 def test_the_distributed_guide_script_runs_under_torchrun(tmp_path: Path) -> None:
@@ -204,12 +230,37 @@ def test_readme_is_a_front_door() -> None:
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
-    (block,) = [body for info, body in fences(README) if info == "bash"]
-    (command,) = [line.split("#")[0].strip() for line in block.splitlines() if "&& pytest" in line]
+    lines = [line for info, body in fences(README) if info == "bash" for line in body.splitlines()]
+    (command,) = [line.split("#")[0].strip() for line in lines if "&& pytest" in line]
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert ci[-1] == command
 
 
-def test_getting_started_shows_the_readmes_two_commands() -> None:
-    (readme_block,) = [b for info, b in fences(README) if info == "bash"]
-    assert readme_block in (DOCS / "getting-started.md").read_text()
+def test_getting_started_shows_the_readmes_install_and_two_commands() -> None:
+    blocks = [b for info, b in fences(README) if info == "bash"]
+    assert len(blocks) == 2  # the install, the two commands
+    for block in blocks:
+        assert block in (DOCS / "getting-started.md").read_text()
+
+
+def test_the_citations_name_this_version() -> None:
+    """CITATION.cff and the docs' BibTeX entry for the software carry pyproject's version, and
+    the license pyproject declares; the paper's entry is the README's."""
+    yaml = pytest.importorskip("yaml")
+    version = wn.__version__  # pyproject's, read from the installed metadata
+    license_ = importlib.metadata.metadata("weightnorm")["License-Expression"]
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert (cff["version"], cff["license"]) == (version, license_)
+    assert "1602.07868" in cff["preferred-citation"]["identifiers"][0]["value"]
+    index = (DOCS / "index.md").read_text()
+    assert f"version = {{{version}}}" in index
+    assert f"license = {{{license_}}}" in index
+    assert '--8<-- "README.md:citing"' in index
+
+
+def test_the_wheels_named_in_the_docs_are_this_version() -> None:
+    wheel = f"weightnorm-{wn.__version__}-py3-none-any.whl"
+    for path in (README, DOCS / "getting-started.md"):
+        named = set(re.findall(r"weightnorm-[^-\s]+-py3-none-any\.whl", path.read_text()))
+        assert named == {wheel}, f"{path.name} names {named}, expected {wheel}"
+    assert "eprint        = {1602.07868}" in README.read_text()

@@ -248,6 +248,11 @@ def test_report_files(tmp_path: Path, digits_data: data.Dataset) -> None:
     for method, lr in result.chosen_lr["adam"].items():
         assert f"| adam | {method} | {lr:g} |" in report, method
     assert "## What held and what did not" in report
+    # the chance of a complete separation, for the seeds this configuration ran (2: 1/6)
+    assert (
+        "(with 2 seeds each, a\ncomplete separation arises by chance with probability 1/6)"
+        in report
+    )
     for png in ("curves_adam.png", "lr_sweep.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -433,6 +438,10 @@ def test_reproduce_quick_writes_report(tmp_path: Path) -> None:
     }  # fmt: skip
     report = (out / "report.md").read_text()
     assert "(smoke test)" in report
+    # issue 30: the quick report said "with 3 seeds each ... 1/20" whatever it ran
+    assert (
+        "(with 1 seed each, a\ncomplete separation arises by chance with probability 1/2)" in report
+    )
     claims = report.split("## What held and what did not")[1].split("## Timing")[0]
     assert "**held**" not in claims
     assert "**did not hold**" not in claims

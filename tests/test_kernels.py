@@ -935,8 +935,8 @@ def test_gpu_path_ops_per_step_on_meta(layer: str) -> None:
     test_kernel_ops_launch_one_kernel_each) and no host sync: no more ops that touch data than
     torch's own fused weight norm in the same torch (counted on the CPU: torch 2.4's fused
     backward has no meta kernel). Besides them autograd's own ``detach``es for the leaves
-    (metadata only: no kernel, no data), as many as torch's: the watch of the weight handed out
-    adds none. How many autograd makes differs between torch releases (2.13: one; 2.4: two):
+    (metadata only: no kernel, no data), as many as torch's: the computed weight's type adds
+    none. How many autograd makes differs between torch releases (2.13: one; 2.4: two):
     compared with torch's in the same release, not pinned."""
     ours, syncs = extra_ops(layer, "meta", wn.weight_norm)
     assert data_ops(ours) == {"weightnorm.weight_norm": 1, "weightnorm.weight_norm_backward": 1}

@@ -5,11 +5,14 @@ names what to update, instead of a migration silently doing the wrong thing."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import partial
+from typing import cast
 
+import pytest
 import torch
 from torch import nn
-from torch.nn.utils import _named_member_accessor
+from torch.nn.utils import _named_member_accessor, parametrize
 
 import weightnorm as wn
 from weightnorm import _torch_compat as compat
@@ -146,3 +149,119 @@ def test_local_rows_of_a_dtensor() -> None:
         except ImportError:
             from torch.distributed._tensor import DTensor
         assert isinstance(DTensor, type)
+
+
+# --- how torch's removal functions find what they remove (weightnorm._torch_removal) ----------
+
+
+def test_legacy_removal_finds_its_hook_through_items_and_deletes_its_key() -> None:
+    """``torch.nn.utils.remove_weight_norm`` looks through ``_forward_pre_hooks.items()`` for an
+    instance of its hook class with the name, calls its ``remove(module)``, deletes its key."""
+    layer = nn.Linear(3, 2)
+    removed: list[tuple[nn.Module, str]] = []
+    hooks = compat.HookDict()
+    hooks.hidden = {"weightnorm.weight": compat.RemovalHook("weight", 0, _record(removed))}
+    layer.__dict__["_forward_pre_hooks"] = hooks
+    assert not hooks  # hidden entries do not count
+    assert nn.utils.remove_weight_norm(layer, "weight") is layer
+    assert removed == [(layer, "weight")]
+    assert hooks.hidden == {}  # its key deleted (the removal itself may have dropped it first)
+    with pytest.raises(ValueError, match="weight_norm of 'weight' not found"):
+        nn.utils.remove_weight_norm(layer, "weight")
+
+
+def _record(log: list[tuple[nn.Module, str]]) -> Callable[[nn.Module, str], None]:
+    return lambda module, name: log.append((module, name))
+
+
+def test_module_call_skips_hooks_when_the_hook_dicts_test_empty() -> None:
+    """``nn.Module.__call__`` calls ``forward`` directly when its hook dicts are empty (their
+    truthiness): a hidden entry is not called then; with a hook of the module's own, every
+    entry ``items()`` lists is called."""
+    layer = nn.Linear(3, 2)
+    called: list[str] = []
+    hooks = compat.HookDict()
+    hooks.hidden = {"x": lambda module, inputs: called.append("hidden")}
+    layer.__dict__["_forward_pre_hooks"] = hooks
+    layer(torch.randn(1, 3))
+    assert called == []
+    handle = layer.register_forward_pre_hook(lambda module, inputs: called.append("own"))
+    layer(torch.randn(1, 3))
+    assert called == ["own", "hidden"]
+    handle.remove()
+    assert not hooks
+    assert len(hooks.hidden) == 1
+
+
+def _recording_linear() -> tuple[nn.Linear, nn.Parameter, list[str]]:
+    """A Linear whose ``parametrizations`` and ``weight`` record what torch's removal does
+    with them, built as ``weightnorm._torch_removal`` builds its view: an empty ModuleDict that
+    contains "weight", an entry with ``is_tensor`` and ``original``, then (once ``original``
+    was read) a ``parametrizations`` that is not a ModuleDict."""
+    events: list[str] = []
+    layer = nn.Linear(3, 2)
+    weight = cast(nn.Parameter, layer._parameters.pop("weight"))
+
+    class Entry:
+        is_tensor = True
+
+        @property
+        def original(self) -> torch.Tensor:
+            events.append("original")
+            return weight
+
+    class Deleting:
+        def __delitem__(self, key: str) -> None:
+            gone = "weight" not in type(layer).__dict__
+            events.append(f"del parametrizations[{key!r}], class attribute deleted: {gone}")
+
+    class View(nn.ModuleDict):
+        def __len__(self) -> int:
+            return 0
+
+        def __contains__(self, key: object) -> bool:
+            return key == "weight"
+
+        def __getitem__(self, key: str) -> Entry:
+            events.append(f"parametrizations[{key!r}]")
+            return Entry()
+
+    def read(module: nn.Module) -> torch.Tensor:
+        events.append("read weight")
+        return weight
+
+    def view(module: nn.Module) -> object:
+        return Deleting() if "original" in events else View()
+
+    def delete(module: nn.Module) -> None:
+        events.append("delattr parametrizations")
+
+    namespace = {"weight": property(read), "parametrizations": property(view, None, delete)}
+    layer.__class__ = type("Recording", (nn.Linear,), namespace)
+    return layer, weight, events
+
+
+def test_remove_parametrizations_runs_the_sequence_torch_removal_follows() -> None:
+    """The steps of ``parametrize.remove_parametrizations(module, name)`` that
+    ``weightnorm._torch_removal`` relies on, in order."""
+    layer, weight, events = _recording_linear()
+    parametrize.remove_parametrizations(layer, "weight")
+    update = "torch's remove_parametrizations changed: update weightnorm._torch_removal"
+    assert events == [
+        "parametrizations['weight']",
+        "original",
+        "read weight",
+        "del parametrizations['weight'], class attribute deleted: True",
+        "delattr parametrizations",
+    ], update
+    assert layer._parameters["weight"] is weight, update  # original registered
+    assert type(layer) is nn.Linear, update  # the class's first base restored
+    # leave_parametrized=False: the same without the read
+    layer, weight, events = _recording_linear()
+    parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+    assert events == [
+        "parametrizations['weight']",
+        "original",
+        "del parametrizations['weight'], class attribute deleted: True",
+        "delattr parametrizations",
+    ], update

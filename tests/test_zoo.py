@@ -24,7 +24,7 @@ from weightnorm._torch_compat import find_torch_weight_norms
 from weightnorm.experiments import zoo
 
 #: the zoo models checked here: those whose packages are installed (the torchaudio ones only in
-#: .ci/zoo-torch29's environment, the others only in the main one)
+#: benchmarks/zoo-torch29's environment, the others only in the main one)
 NAMES = zoo.installed()
 ELSEWHERE = [n for n in zoo.ZOO if n not in NAMES]
 
@@ -127,6 +127,62 @@ def test_fold_is_bit_identical_to_torch_removal(spec: zoo.ZooModel, theirs: nn.M
     assert torch_norms(folded) == []
     assert our_norms(folded) == []
     assert_same_tensors(folded.state_dict(), expected)
+
+
+def own_removals(model: nn.Module) -> list[str]:
+    """The outermost modules of ``model`` with a ``remove_weight_norm()`` method of their
+    package's ("" is the model itself): what an inference script calls before export."""
+    owners = [
+        q for q, m in model.named_modules() if callable(getattr(m, "remove_weight_norm", None))
+    ]
+    return [
+        q for q in owners if not any(o != q and (o == "" or q.startswith(f"{o}.")) for o in owners)
+    ]
+
+
+#: removal methods that fail on their package's own model, whatever the weight norm: not called
+#: below; test_broken_own_removals_fail_without_weightnorm checks they still fail
+BROKEN_OWN_REMOVALS = {
+    # transformers' VitsWaveNet.remove_weight_norm reads self.speaker_embedding_size, which a
+    # VitsWaveNet never sets (AttributeError)
+    "vits": ["flow.flows.0.wavenet", "flow.flows.1.wavenet", "posterior_encoder.wavenet"],
+}
+
+
+def test_the_models_own_removal_is_fold(spec: zoo.ZooModel, theirs: nn.Module) -> None:
+    """Issue 30: the package's own ``remove_weight_norm()`` (HiFi-GAN, BigVGAN, transformers'
+    vocoders and codecs) calls ``torch.nn.utils.remove_weight_norm`` or
+    ``parametrize.remove_parametrizations`` on each layer, and raised ``ValueError: weight_norm
+    of 'weight' not found`` after ``replace_torch_weight_norm``. It now folds what it covers,
+    every parameter and the output bit for bit as ``wn.fold``."""
+    ours = wn.replace_torch_weight_norm(spec.build())
+    broken = BROKEN_OWN_REMOVALS.get(spec.name, [])
+    owners = [q for q in own_removals(ours) if q not in broken]
+    if not owners:
+        pytest.skip(f"{spec.name}: its package gives it no remove_weight_norm() method")
+    reference = copy.deepcopy(ours)
+    for qualname in owners:
+        ours.get_submodule(qualname).remove_weight_norm()
+        wn.fold(reference.get_submodule(qualname))
+        assert our_norms(ours.get_submodule(qualname)) == [], qualname
+    assert our_norms(ours) == our_norms(reference)
+    assert [type(m) for m in ours.modules()] == [type(m) for m in reference.modules()]
+    for (name, p), q in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        assert type(p) is type(q), name
+    assert_same_tensors(ours.state_dict(), reference.state_dict())
+    assert torch.equal(outputs(spec, ours), outputs(spec, reference))
+
+
+@pytest.mark.parametrize("name", list(BROKEN_OWN_REMOVALS))
+def test_broken_own_removals_fail_without_weightnorm(name: str) -> None:
+    """The removal methods skipped above fail on the package's own model too (when the package
+    fixes one, this fails: drop it from BROKEN_OWN_REMOVALS)."""
+    if name not in NAMES:
+        pytest.skip(f"{name} is not installed here")
+    model = zoo.ZOO[name].build()
+    for qualname in BROKEN_OWN_REMOVALS[name]:
+        with pytest.raises(AttributeError):
+            model.get_submodule(qualname).remove_weight_norm()
 
 
 def test_copies_and_pickles(spec: zoo.ZooModel, theirs: nn.Module) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+import textwrap
 from typing import Any
 
 import griffe
@@ -41,6 +42,12 @@ _MATH_BLOCK = re.compile(
     r"^(?P<indent>[ \t]*)\.\. math::[ \t]*\n(?P<body>(?:(?:(?P=indent)[ \t]+\S.*)?\n)+)", re.M
 )
 _LITERAL_SECTION = re.compile(r"^([ \t]*)(Examples?)::[ \t]*$", re.M)
+#: an ``Example::`` literal block: its title line, blank lines, the lines indented under it
+_LITERAL_BLOCK = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<title>Examples?)::[ \t]*\n(?:[ \t]*\n)+"
+    r"(?P<body>(?:(?P=indent)[ \t]+\S.*\n|[ \t]*\n)+)",
+    re.M,
+)
 _SECTION = re.compile(r"^([ \t]*)(Args|Arguments|Parameters|Attributes):[ \t]*$")
 
 
@@ -141,10 +148,22 @@ def _comment_docstring(attr: griffe.Attribute) -> None:
 
 
 def _rewrite(text: str, obj: griffe.Object, pkg: griffe.Module, public: set[str]) -> str:
+    text = _LITERAL_BLOCK.sub(_literal_block, text + "\n")
     text = _LITERAL_SECTION.sub(r"\1\2:", text)
     text = _MATH_BLOCK.sub(_math_block, text)
     text = _ROLE.sub(lambda m: _role(m.group(1), m.group(2), obj, pkg, public), text)
     return _split_shared_entries(text)
+
+
+def _literal_block(match: re.Match[str]) -> str:
+    """``Example::`` and its indented block as a titled, fenced block: ``pycon`` (prompts and
+    outputs highlighted, and left out by the copy button) when it starts with ``>>>``."""
+    indent = match.group("indent")
+    body = textwrap.dedent(match.group("body")).strip("\n").splitlines()
+    language = "pycon" if body and body[0].startswith(">>>") else "python"
+    fenced = [f"```{language}", *body, "```"]
+    lines = [f"{match.group('title')}:", "", *fenced]
+    return "".join(f"{indent}{line}\n" if line else "\n" for line in lines) + "\n"
 
 
 def _math_block(match: re.Match[str]) -> str:

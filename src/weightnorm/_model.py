@@ -156,7 +156,11 @@ def _check_ties(model: nn.Module, targets: list[tuple[str, nn.Module, str]]) -> 
     """A WeightNormError if a weight to normalize is one Parameter with a weight that would not
     be normalized (an excluded module, a type not selected): the two would drift apart."""
     chosen = {(id(m), n) for _, m, n in targets}
-    wanted = {id(m._parameters[n]): f"{q or 'the model'}.{n}" for q, m, n in targets}
+    wanted = {
+        id(p): f"{q or 'the model'}.{n}"
+        for q, m, n in targets
+        if (p := m._parameters.get(n)) is not None  # (not one of torch's weight norms)
+    }
     for qualname, module in model.named_modules():
         normalized = {n + "_v" for n in weight_norm_specs(module)}  # (a later call ties to them)
         for name, p in module._parameters.items():

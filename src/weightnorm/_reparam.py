@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from . import _torch_compat as compat
 from . import functional as F
 from ._errors import WeightNormError
+from ._torch_removal import TorchRemovable, expose
 from .functional import WeightNormSpec
 
 __all__ = [
@@ -496,10 +497,18 @@ def _property(name: str) -> property:
     return property(weight, doc=doc)
 
 
-class _WeightNormMixin:
-    """What every weight-normalized module class adds to ``nn.Module``, each for one behaviour."""
+class _WeightNormMixin(TorchRemovable):
+    """What every weight-normalized module class adds to ``nn.Module``, each for one behaviour
+    (and, from :class:`~weightnorm._torch_removal.TorchRemovable`, what torch's removal
+    functions find)."""
 
     _wn_props: ClassVar[frozenset[str]] = frozenset()
+
+    def _wn_torch_names(self) -> dict[str, int | None]:
+        return {n: s.dim for n, s in self.__dict__.get(_SPECS, _EMPTY).items()}
+
+    def _wn_torch_remove(self, name: str) -> None:
+        remove_weight_norm(cast(nn.Module, self), name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         """``module.<name> = t`` for a normalized name sets g and v."""
@@ -545,7 +554,7 @@ class _WeightNormMixin:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)  # type: ignore[misc]
+        super().__setstate__(state)
         compat.refresh_rnn_weights(cast(nn.Module, self))
 
     def __prepare_scriptable__(self) -> nn.Module:
@@ -685,6 +694,7 @@ def _set_specs(module: nn.Module, specs: dict[str, WeightNormSpec]) -> None:
     else:
         module.__dict__.pop(_SPECS, None)
     module.__class__ = _normed_class(root, frozenset(specs))
+    expose(module)  # to torch's removal functions (weightnorm._torch_removal)
 
 
 def weight_norm_specs(module: nn.Module) -> dict[str, WeightNormSpec]:

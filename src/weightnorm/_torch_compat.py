@@ -14,6 +14,13 @@ Each is the only way to get a feature:
   the module; ``nn.RNNBase``'s cache of its weights (``_flat_weights``);
 - ``torch._C.DisableTorchFunctionSubclass``: operations on a tensor subclass as on a plain
   tensor (inside the computed weight's ``__torch_function__``);
+- how torch's removal functions find what they remove (:class:`HookDict`,
+  :class:`RemovalHook`; ``weightnorm._torch_removal`` builds on them):
+  ``torch.nn.utils.remove_weight_norm`` looks through ``module._forward_pre_hooks.items()`` for
+  an instance of the legacy hook class with its ``name``, calls its ``remove(module)`` and
+  deletes its key; ``nn.Module.__call__`` skips every hook when the hook dicts are empty (their
+  truthiness); ``parametrize.remove_parametrizations`` follows a fixed sequence on
+  ``module.parametrizations`` (``weightnorm._torch_removal`` describes it);
 - ``torch._foreach_copy_``: one call for many copies (the optimizer-level mode's gradients);
 - ``DTensor`` and ``Shard``, whose import moved in torch 2.5.
 
@@ -23,7 +30,8 @@ Nothing here imports the rest of the library (but its error type).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -37,10 +45,13 @@ from ._errors import WeightNormError
 
 __all__ = [
     "PLAIN",
+    "HookDict",
+    "RemovalHook",
     "TorchWeightNorm",
     "capturing",
     "drop_rnn_weights",
     "find_torch_weight_norms",
+    "hook_dict",
     "fused_weight_norm",
     "foreach_copy_",
     "fused_weight_norm_backward",
@@ -175,7 +186,7 @@ def find_torch_weight_norms(module: nn.Module, where: str = "") -> list[TorchWei
     """
     found = []
     for hook in module._forward_pre_hooks.values():
-        if isinstance(hook, LegacyHook):
+        if isinstance(hook, LegacyHook) and not isinstance(hook, RemovalHook):
             g, v = (cast(nn.Parameter, module._parameters[hook.name + s]) for s in ("_g", "_v"))
             found.append(TorchWeightNorm("legacy", hook.name, _our_dim(hook.dim), g, v))
     if parametrize.is_parametrized(module):
@@ -211,7 +222,11 @@ def take_apart(module: nn.Module, found: TorchWeightNorm) -> None:
     name = found.name
     if found.kind == "legacy":
         for key, hook in list(module._forward_pre_hooks.items()):
-            if isinstance(hook, LegacyHook) and hook.name == name:
+            if (
+                isinstance(hook, LegacyHook)
+                and not isinstance(hook, RemovalHook)
+                and hook.name == name
+            ):
                 del module._forward_pre_hooks[key]
         module.__dict__.pop(name, None)  # the hook's stale copy of w
         del module._parameters[name + "_g"], module._parameters[name + "_v"]
@@ -240,6 +255,75 @@ def take_apart(module: nn.Module, found: TorchWeightNorm) -> None:
         cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False))
         if "name" in cells and cells["name"].cell_contents == name:
             del module._load_state_dict_pre_hooks[key]
+
+
+# --------------------------------------------------------------------------------------------
+# What torch.nn.utils.remove_weight_norm finds
+# --------------------------------------------------------------------------------------------
+
+
+class RemovalHook(LegacyHook):
+    """An instance of torch's legacy weight-norm hook class that only removes: what
+    ``torch.nn.utils.remove_weight_norm(module, name)`` finds (by class and ``name``) and asks to
+    ``remove(module)``, here with ``remove(module, name)``. Called as a hook, it does nothing."""
+
+    def __init__(self, name: str, dim: int | None, remove: Callable[[nn.Module, str], object]):
+        super().__init__(name, -1 if dim is None else dim)
+        self._remove = remove
+
+    def __call__(self, module: nn.Module, inputs: Any) -> None:
+        return None
+
+    def compute_weight(self, module: nn.Module) -> Any:
+        return getattr(module, self.name)
+
+    def remove(self, module: nn.Module) -> None:
+        self._remove(module, self.name)
+
+
+class HookDict(OrderedDict[Any, Any]):
+    """A module's ``_forward_pre_hooks`` with extra entries, ``hidden``, that only ``items()``
+    lists (their keys are strings; torch's are ints).
+
+    ``nn.Module.__call__`` calls ``forward`` directly when its hook dicts are empty, testing their
+    truthiness (their length, read in C): hidden entries do not count, so they cost a call of the
+    module nothing. A module with hooks of its own calls every hook ``items()`` lists: a hidden
+    entry is a no-op there. ``torch.nn.utils.remove_weight_norm`` iterates ``items()`` and
+    deletes the key of the hook it found. Pickled and copied, it is a plain ``OrderedDict`` of
+    the real hooks.
+    """
+
+    hidden: dict[str, Any]
+
+    def __init__(self, real: Iterable[tuple[Any, Any]] = ()) -> None:
+        super().__init__(real)
+        self.hidden = {}
+
+    def items(self) -> Any:  # (a list when there are hidden entries)
+        if not self.hidden:
+            return super().items()
+        return [*super().items(), *self.hidden.items()]
+
+    def __delitem__(self, key: Any) -> None:
+        if isinstance(key, str):  # hidden (a removal may have dropped it already)
+            self.hidden.pop(key, None)
+        else:
+            super().__delitem__(key)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (OrderedDict, (list(super().items()),))
+
+
+def hook_dict(module: nn.Module) -> HookDict | None:
+    """``module._forward_pre_hooks`` as a :class:`HookDict`: made one if it is an empty dict
+    (a non-empty one cannot be replaced: the handles of its hooks hold it); None otherwise."""
+    hooks = module.__dict__.get("_forward_pre_hooks")
+    if isinstance(hooks, HookDict):
+        return hooks
+    if hooks is None or len(hooks) > 0:
+        return None
+    made = module.__dict__["_forward_pre_hooks"] = HookDict()
+    return made
 
 
 # nn.RNNBase keeps a list of its weights, ``_flat_weights`` (their names in

@@ -104,7 +104,7 @@ def add_parser(sub: Any) -> None:
         nargs="+",
         metavar="MODEL",
         help=f"models to time; ours: {', '.join(bench.MODELS)}; the zoo's (extra 'zoo', and "
-        f".ci/zoo-torch29 for the torchaudio ones): {', '.join(zoo.ZOO)} (default: "
+        f"benchmarks/zoo-torch29 for the torchaudio ones): {', '.join(zoo.ZOO)} (default: "
         f"{', '.join(bench.CPU_MODELS)} on the CPU, and the large-batch ones on a GPU)",
     )
     b.add_argument(

@@ -354,6 +354,29 @@ def _counts(report: ConversionReport, to: str) -> str:
     return text
 
 
+def _check_something_to_do(
+    args: argparse.Namespace, reports: dict[str | None, ConversionReport]
+) -> None:
+    """:class:`UsageError` when the checkpoint has no weight norm and none was asked for: the
+    output would be the input, and an exit status of 0 would hide that."""
+    if any(r.renamed or r.kept or r.folded or r.normalized or r.resplit for r in reports.values()):
+        return
+    none = f"{args.input} holds no weight-normalized parameter"
+    if args.to == "plain":
+        raise UsageError(f"{none}: it is plain already, and there is nothing to fold")
+    if args.like is not None:
+        raise UsageError(
+            f"{none}, and no weight norm of --like {args.like} matches one of its keys: "
+            "expected a template of the model this checkpoint belongs to"
+        )
+    raise UsageError(
+        f"{none}, so --to {args.to} alone would change nothing; say which plain weights to "
+        "normalize: --like MODEL (a checkpoint of the normalized model: its weight norms, "
+        "along its unit dims) or --include PATTERN (keys matching an fnmatch pattern, along "
+        "dim 0; repeatable)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import copy
     import io
@@ -394,6 +417,7 @@ def run(args: argparse.Namespace) -> int:
         except WeightNormError as err:
             inside = "" if where is None else f"[{where!r}]"
             raise UsageError(f"{args.input}{inside}: {err}") from None
+    _check_something_to_do(args, reports)
     result: Any = reports[None].state_dict if None in reports else copy.copy(obj)
     for where, report in reports.items():
         if where is not None:
@@ -462,7 +486,9 @@ def add_parser(sub: Any) -> None:
         "(parametrizations.<name>.original0/1) or plain folded weights. Any mix is read. "
         "By default only parameters that are already normalized are renamed (or folded, "
         "--to plain): plain weights stay plain, so the result loads into the model the "
-        "checkpoint came from. --like and --include normalize plain weights. "
+        "checkpoint came from. --like and --include normalize plain weights. A checkpoint "
+        "with no weight norm is refused (exit 2) unless --like or --include says which "
+        "weights to normalize: converting it would change nothing. "
         "A checkpoint holding several state dicts (e.g. generator and discriminator) has "
         "each converted; optimizer states and other entries are copied unchanged. "
         "Checkpoints are loaded with torch.load(weights_only=True): arbitrary pickled "

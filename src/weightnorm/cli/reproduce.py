@@ -272,6 +272,7 @@ def _show(value: Any) -> str:
 def add_parser(sub: Any) -> None:
     """Add ``reproduce`` and its experiments to ``sub`` (argparse subparsers)."""
     import importlib
+    import textwrap
 
     from ..experiments.configs import CONFIGS
 
@@ -281,6 +282,7 @@ def add_parser(sub: Any) -> None:
         description="Run one of the paper's experiments and write report.md, results.json/csv "
         "and PNG plots. Without an experiment name: the comparison (the main job). Finished "
         "runs are kept: rerun the same command to resume.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     experiments = r.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     common = argparse.ArgumentParser(add_help=False)
@@ -302,6 +304,18 @@ def add_parser(sub: Any) -> None:
     )
     common.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress lines on stderr"
+    )
+    # `reproduce --help` lists the experiments' options too (they are the subcommands' own)
+    listing = common._get_formatter()
+    listing.add_arguments(common._actions)
+    r.epilog = (
+        "options of every experiment (reproduce [EXPERIMENT] [options]; EXPERIMENT --help\n"
+        "adds its settings):\n"
+        + textwrap.indent(listing.format_help().rstrip(), "  ")
+        + "\n\nexamples:\n"
+        "  weightnorm reproduce --quick     the main job as a smoke test (under a minute)\n"
+        "  weightnorm reproduce             the main job\n"
+        "  weightnorm reproduce vae --quick another experiment, as a smoke test"
     )
     for name, summary in _EXPERIMENTS.items():
         if name == "comparison":

@@ -439,6 +439,11 @@ def write_report(
     images = "\n".join(f"![{p}]({p})" for p in plots)
     heading = f"# Weight normalization: {cfg.name}" + (" (smoke test)" if quick else "")
     diverged = sum(r.diverged for r in result.runs)
+    # one method's seeds all beating the other's by chance: 1 / C(2n, n) with n seeds each
+    by_chance = (
+        f"with {_seeds(cfg.seeds)} each, a\ncomplete separation arises by chance with "
+        f"probability 1/{math.comb(2 * cfg.seeds, cfg.seeds)}"
+    )
     report = f"""{heading}
 
 Data: {result.data["name"]} ({result.data["train"]} train, {result.data["val"]} validation,
@@ -457,8 +462,7 @@ input noise on; interpolated between epochs) first reaches {target:.1%}.
 ## What held and what did not
 
 A claim *held* when every seed of one method beats every seed of the other, *did not hold* when
-the reverse is true, and is *inconclusive* when the seeds' ranges overlap (with 3 seeds each, a
-complete separation arises by chance with probability 1/20).
+the reverse is true, and is *inconclusive* when the seeds' ranges overlap ({by_chance}).
 
 {claims}
 
@@ -485,3 +489,7 @@ per run{f", {workers} parallel runs" if workers else ""}; wall time
 """
     atomic_write_text(out / "report.md", report)
     return payload
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"

@@ -12,8 +12,9 @@ This module belongs to the layer above the library (benchmarks, tests): the libr
 imports it. Install the packages of the first eight models with ``pip install "weightnorm[zoo]"``.
 The four standalone packages that need ``torchaudio`` at import (``descript-audio-codec``,
 ``encodec``, ``vocos``, ``speechbrain``) are not in that extra: torchaudio is served for an older
-torch than the one this project tests (and has no CPU wheel), so ``bash .ci/zoo-torch29`` builds
-them an environment of their own (torch 2.9.1, torchaudio 2.9.1) and runs the zoo checks there.
+torch than the one this project tests (and has no CPU wheel). ``bash benchmarks/zoo-torch29``
+builds them an environment of their own (torch 2.9.1, torchaudio 2.9.1) and runs the zoo checks
+there.
 Where a model's package is missing, :func:`missing_packages` names it and the tests skip it.
 
 Example::
@@ -213,7 +214,7 @@ def _bigvgan() -> nn.Module:
     return cast(nn.Module, BigVGAN(h, use_cuda_kernel=False))
 
 
-# --- standalone packages that need torchaudio (installed by .ci/zoo-torch29) ------------------
+# --- standalone packages that need torchaudio (installed by benchmarks/zoo-torch29) ---------------
 
 
 def _dac_descript() -> nn.Module:
@@ -342,7 +343,7 @@ def _autoencoder(model: nn.Module, inputs: Inputs) -> Tensor:
     return model.decoder(model.encoder(audio))  # type: ignore[operator,no-any-return]
 
 
-_TORCH29 = "bash .ci/zoo-torch29 (an environment of its own: torch 2.9.1, torchaudio)"
+_TORCH29 = "bash benchmarks/zoo-torch29 (an environment of its own: torch 2.9.1, torchaudio)"
 
 ZOO: dict[str, ZooModel] = {
     m.name: m
