@@ -482,3 +482,25 @@ def test_fsdp2_construction_after_an_init_and_its_meta_recipe(tmp_path: Path) ->
         assert torch.isfinite(meta(torch.randn(3, 4))).all()
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_the_forward_reads_the_computed_tensor_and_other_code_a_computed_weight() -> None:
+    """Inside the module's own call its forward's read is the computed tensor (an input of the
+    layer's computation: no Python call per operation on it, nothing kept as a Python object by
+    the graph); every other read, a tied module's included, is a ComputedWeight."""
+    seen: list[type] = []
+
+    class Reads(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(type(self.weight))
+            return super().forward(x)
+
+    layer = wn.weight_norm(Reads(4, 3))
+    layer(torch.randn(2, 4)).sum().backward()
+    assert seen == [torch.Tensor]
+    assert type(layer.weight) is wn.ComputedWeight
+    assert "_wn_in_call" not in layer.__dict__  # (the mark ends with the call)
+    with pytest.raises(RuntimeError, match="boom"):
+        layer.register_forward_hook(lambda *_: (_ for _ in ()).throw(RuntimeError("boom")))
+        layer(torch.randn(2, 4))
+    assert "_wn_in_call" not in layer.__dict__  # (also when the call raises)

@@ -14,7 +14,9 @@ normalized names; removing the last weight norm restores the original class. The
 - ``module.weight = t`` sets ``g = ||t||`` and ``v = t`` (with a fixed gain, only ``v``).
 - The property hands out a :class:`ComputedWeight`: an in-place change to it, to a view of it or
   to its ``.data`` (``nn.init.*_``, ``w.mul_``, ``w.data = t``) is written into ``g`` and ``v``
-  before the operation returns, so nothing is ever pending. A
+  before the operation returns, so nothing is ever pending. Inside the module's own call the
+  forward reads the computed tensor itself (an input of the layer's computation: no Python
+  call per operation on it). A
   change to a weight read before ``g`` or ``v`` changed (an optimizer step, a load) is refused.
 - ``torch.func.functional_call(module, {"weight": W})`` fills the slot for the call; the
   property returns what fills it, and ``g`` and ``v`` are not touched.
@@ -57,6 +59,7 @@ M = TypeVar("M", bound=nn.Module)
 PerOutput = Literal["output"]
 
 _SPECS = "_wn_specs"  # module.__dict__[_SPECS]: {name: WeightNormSpec}
+_IN_CALL = "_wn_in_call"  # in module.__dict__ while the module's call runs
 _EMPTY: dict[str, WeightNormSpec] = {}
 
 
@@ -174,6 +177,8 @@ class ComputedWeight(Tensor, metaclass=_ComparesWithParameters):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
+        if func in _READS:  # (a layer's forward: the weight is read, never changed or aliased)
+            return _DISABLED(func, types, args, kwargs or {})
         if kwargs is None:
             kwargs = {}
         special = _SPECIAL.get(func)
@@ -351,6 +356,22 @@ def _shown_as_a_tensor(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any])
         t.__class__ = computed
 
 
+#: The operations of the layers' forwards on their weight: they read it, never change it or return
+#: a tensor that shares its memory, so they run as on a plain tensor at once (the common case,
+#: kept cheap). ``F.embedding`` is not one: with ``max_norm`` it renormalizes rows in place.
+_READS = frozenset(
+    {
+        torch.nn.functional.linear,
+        torch.conv1d,
+        torch.conv2d,
+        torch.conv3d,
+        torch.conv_transpose1d,
+        torch.conv_transpose2d,
+        torch.conv_transpose3d,
+    }
+)
+_DISABLED = torch._C._disabled_torch_function_impl
+
 #: ``w.data = t`` (it changes no version counter); compared with ``==``: each access to a
 #: descriptor's ``__set__`` makes a new method-wrapper, equal to the others.
 _DATA_SET = Tensor.data.__set__  # type: ignore[attr-defined]
@@ -395,13 +416,16 @@ def _read(module: nn.Module, name: str) -> Tensor:
     if cache is not None:  # (a weight computed with a graph is not one without, and back)
         key = (id(module), name, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         hit = cache.get(key)
-        if hit is not None and _current(hit.__dict__["_wn_link"], g, v):
-            return hit
-    w = _compute(module, name, spec, False)
-    if _linkable(w):
-        _link(w, _Link(module, name, g, v), None)
-        if cache is not None:
-            cache[key] = w
+        if hit is not None and _current(hit[1], g, v):
+            return hit[0]
+    if v.shape != spec.shape:
+        _compute(module, name, spec, False)  # (raises: v was resized)
+    w = F.weight_and_norms(v, g, spec, False)[0]
+    link = _Link(module, name, g, v)
+    if _IN_CALL not in module.__dict__ and (type(w) is Tensor or _linkable(w)):
+        _link(w, link, None)
+    if cache is not None:
+        cache[key] = (w, link)
     return w
 
 
@@ -412,9 +436,9 @@ def _current(link: _Link, g: Tensor, v: Tensor) -> bool:
     return link.g is g and link.v is v and link.state == _state(g, v)
 
 
-#: The weights computed inside :func:`cached` blocks, by (module id, name, grad mode, inference
-#: mode).
-_CACHE: ContextVar[dict[tuple[int, str, bool, bool], Tensor] | None] = ContextVar(
+#: The weights computed inside :func:`cached` blocks, with what they were computed from, by
+#: (module id, name, grad mode, inference mode).
+_CACHE: ContextVar[dict[tuple[int, str, bool, bool], tuple[Tensor, _Link]] | None] = ContextVar(
     "wn_cache", default=None
 )
 
@@ -517,6 +541,22 @@ class _WeightNormMixin(TorchRemovable):
         else:
             super().__setattr__(name, value)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The module's call (``nn.Module.__call__``), marked: the weights its forward reads are
+        the computed tensors themselves, inputs of the layer's computation, not
+        :class:`ComputedWeight` handles (a handle costs about 8 us per weight and step: a
+        Python call per operation, and the tensor kept as a Python object by the graph)."""
+        if torch.compiler.is_compiling():
+            return super().__call__(*args, **kwargs)  # type: ignore[misc]
+        state = self.__dict__
+        if _IN_CALL in state:  # (a module that calls itself)
+            return super().__call__(*args, **kwargs)  # type: ignore[misc]
+        state[_IN_CALL] = True
+        try:
+            return super().__call__(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            del state[_IN_CALL]
+
     def __delattr__(self, name: str) -> None:
         """Deleting a normalized weight (what ``torch.nn.utils.parametrize`` does to stack a
         parametrization, e.g. ``spectral_norm``, on it) is refused: the stack would train a
@@ -551,6 +591,7 @@ class _WeightNormMixin(TorchRemovable):
         with torch.no_grad():  # (nn.RNNBase's refreshes its cache first: no graph needed)
             state = dict(super().__getstate__())  # type: ignore[misc]
         compat.drop_rnn_weights(state, set(state[_SPECS]))
+        state.pop(_IN_CALL, None)  # (a copy made inside the module's call is not in one)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
