@@ -500,7 +500,7 @@ def test_the_forward_reads_the_computed_tensor_and_other_code_a_computed_weight(
     assert seen == [torch.Tensor]
     assert type(layer.weight) is wn.ComputedWeight
     assert "_wn_in_call" not in layer.__dict__  # (the mark ends with the call)
+    layer.register_forward_hook(lambda *_: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
-        layer.register_forward_hook(lambda *_: (_ for _ in ()).throw(RuntimeError("boom")))
         layer(torch.randn(2, 4))
     assert "_wn_in_call" not in layer.__dict__  # (also when the call raises)
