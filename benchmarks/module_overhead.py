@@ -4,12 +4,13 @@ Both run the same fused kernels (forward and backward). Ours adds, per weight an
 check of the norms the kernel returns (``norms.min().item()``: what makes a zero row finite); a
 post hook on the kernel's autograd node that makes second derivatives exact (a Python call in
 every backward, which returns at once unless a graph of the backward is being built); and the
-computed weight's type (``ComputedWeight``: one ``__torch_function__`` call per operation on the
-weight, so that an in-place change such as ``nn.init.*_`` is written into g and v when it is
-made). The plain differentiable form (norm, clamp, divide, multiply: exact to every order with
-no hook, what the fused kernel and its hook replace) is timed beside them. This times a forward
-and backward of one weight-normalized Conv1d, the variants interleaved, and prints the median
-cost of each per weight and step.
+module's property and dispatch. A read outside the module's call hands out a ``ComputedWeight``
+(one ``__torch_function__`` call per operation on it, so that an in-place change such as
+``nn.init.*_`` is written into g and v when it is made): timed too, as is the plain
+differentiable form (norm, clamp, divide, multiply: exact to every order with no hook, what the
+fused kernel and its hook replace). This times a forward and backward of one
+weight-normalized Conv1d, the variants interleaved, and prints the median cost of each per
+weight and step.
 
     python benchmarks/module_overhead.py
 """
@@ -28,13 +29,16 @@ from torch import nn
 
 import weightnorm as wn
 import weightnorm.functional as F
-from weightnorm._reparam import ComputedWeight, _Link
 
 
 def _variants(
-    v: nn.Parameter, g: nn.Parameter, layer: nn.Module
+    v: nn.Parameter, g: nn.Parameter, layer: nn.Module, theirs: nn.Module, x: torch.Tensor
 ) -> dict[str, Callable[[], torch.Tensor]]:
+    """Each variant's forward output for one step (the weight computed, then the convolution)."""
     spec = F.WeightNormSpec(tuple(v.shape), 0)
+
+    def conv(w: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv1d(x, w, layer.bias, padding=3)
 
     def fused() -> torch.Tensor:
         return torch._weight_norm_interface(v, g, 0)[0]
@@ -50,25 +54,21 @@ def _variants(
         w.grad_fn.register_hook(partial(F._exact_double_backward, v, g, spec))
         return w
 
-    def linked() -> torch.Tensor:  # (the type a module's read hands out)
+    def typed() -> torch.Tensor:  # (the type a read outside the module's call hands out)
         w = hooked()
-        w.__class__ = ComputedWeight
-        w.__dict__["_wn_link"] = _Link(layer, "weight", g, v)
+        w.__class__ = wn.ComputedWeight
+        w.__dict__["_wn_link"] = None
         return w
 
-    def plain() -> torch.Tensor:
-        return F.PLAIN.forward(v, g, spec)[0]
-
-    def ours() -> torch.Tensor:  # what a module's forward reads
-        return layer.weight  # type: ignore[no-any-return]
-
     return {
-        "torch's fused": fused,
-        "+ eps check": checked,
-        "+ exact second-order hook": hooked,
-        "+ the computed weight's type": linked,
-        "ours (the module's read)": ours,
-        "the plain form (no fused kernel, no hook)": plain,
+        "torch's fused": lambda: conv(fused()),
+        "+ eps check": lambda: conv(checked()),
+        "+ exact second-order hook": lambda: conv(hooked()),
+        "ours: the module's call": lambda: layer(x),
+        "torch's parametrize weight norm: the module's call": lambda: theirs(x),
+        "a read outside the call (a ComputedWeight)": lambda: conv(layer.weight),
+        "the fused kernel, hooked, as a ComputedWeight": lambda: conv(typed()),
+        "the plain form (no fused kernel, no hook)": lambda: conv(F.PLAIN.forward(v, g, spec)[0]),
     }
 
 
@@ -80,10 +80,12 @@ def main() -> int:
     torch.set_num_threads(1)
     c = args.channels
     torch.manual_seed(0)
-    layer = wn.weight_norm(nn.Conv1d(c, c, 7))
+    layer = wn.weight_norm(nn.Conv1d(c, c, 7, padding=3))
     v, g = layer.weight_v, layer.weight_g
     x = torch.randn(2, c, 64)
-    variants = _variants(v, g, layer)
+    theirs = torch.nn.utils.parametrizations.weight_norm(nn.Conv1d(c, c, 7, padding=3))
+    theirs.load_state_dict(wn.convert_state_dict(layer.state_dict(), to="parametrize"))
+    variants = _variants(v, g, layer, theirs, x)
     times: dict[str, list[float]] = {k: [] for k in variants}
     rng = random.Random(0)
     for r in range(-10, args.rounds):
@@ -92,7 +94,7 @@ def main() -> int:
         for name in order:
             start = time.perf_counter()
             for _ in range(20):
-                nn.functional.conv1d(x, variants[name](), padding=3).sum().backward()
+                variants[name]().sum().backward()
             if r >= 0:
                 times[name].append((time.perf_counter() - start) / 20)
     base = times["torch's fused"]
