@@ -123,7 +123,12 @@ class _Link:
 def _state(g: Tensor, v: Tensor) -> tuple[int, int, int, int]:
     """What changes when ``g`` or ``v`` change: their versions (every in-place write through
     torch's ops) and their memory (``p.data = t``, ``.to()``)."""
-    return g._version, v._version, g.data_ptr(), v.data_ptr()
+    return g._version, v._version, _memory(g), _memory(v)
+
+
+def _memory(t: Tensor) -> int:
+    """Where a plain tensor's data is (0 for a DTensor: it has no storage of its own)."""
+    return t.data_ptr() if type(t) in compat.PLAIN else 0
 
 
 class _ComparesWithParameters(type(Tensor)):  # type: ignore[misc]
@@ -421,8 +426,10 @@ def _read(module: nn.Module, name: str) -> Tensor:
     if v.shape != spec.shape:
         _compute(module, name, spec, False)  # (raises: v was resized)
     w = F.weight_and_norms(v, g, spec, False)[0]
+    if not (type(w) is Tensor or _linkable(w)):  # (e.g. a fake tensor of an export's tracing)
+        return w
     link = _Link(module, name, g, v)
-    if _IN_CALL not in module.__dict__ and (type(w) is Tensor or _linkable(w)):
+    if _IN_CALL not in module.__dict__:
         _link(w, link, None)
     if cache is not None:
         cache[key] = (w, link)
