@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,19 +11,34 @@ from typing import Any
 import torch
 
 
-def launch(fn: Callable[..., None], world: int, args: tuple[Any, ...], timeout: float) -> None:
-    """Run ``fn(rank, world, *args)`` in ``world`` fresh processes; raise if any fails or the
-    whole run takes longer than ``timeout`` seconds (then every rank is killed)."""
-    context = torch.multiprocessing.start_processes(
-        fn, args=(world, *args), nprocs=world, join=False, start_method="spawn"
+def launch(
+    fn: Callable[..., None], world: int, args: tuple[Any, ...], timeout: float, tries: int = 2
+) -> None:
+    """Run ``fn(rank, world, *args)`` in ``world`` fresh processes; raise if any fails. A run
+    that takes longer than ``timeout`` seconds has every rank killed and starts again, with a
+    fresh rendezvous, up to ``tries`` times in all (gloo's rendezvous on torch 2.4.1 hung, rarely,
+    on this 2-core machine while other work ran); a failure is raised at once."""
+    for attempt in range(tries):
+        os.environ[ATTEMPT] = str(attempt)
+        context = torch.multiprocessing.start_processes(
+            fn, args=(world, *args), nprocs=world, join=False, start_method="spawn"
+        )
+        deadline = time.monotonic() + timeout
+        while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                for p in context.processes:
+                    if p.is_alive():
+                        p.kill()
+                break
+        else:
+            return
+    raise TimeoutError(
+        f"{world} ranks of {fn.__name__} did not finish in {timeout:.0f} s, {tries} times"
     )
-    deadline = time.monotonic() + timeout
-    while not context.join(timeout=max(0.1, deadline - time.monotonic())):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                if p.is_alive():
-                    p.kill()
-            raise TimeoutError(f"{world} ranks of {fn.__name__} did not finish in {timeout:.0f} s")
+
+
+#: The environment variable that tells the ranks which try they are (a rendezvous file each).
+ATTEMPT = "WN_TEST_LAUNCH_ATTEMPT"
 
 
 def init_gloo(rank: int, world: int, folder: str) -> None:
@@ -31,7 +47,7 @@ def init_gloo(rank: int, world: int, folder: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group(
         "gloo",
-        init_method=f"file://{folder}/rendezvous",
+        init_method=f"file://{folder}/rendezvous{os.environ.get(ATTEMPT, '0')}",
         rank=rank,
         world_size=world,
         timeout=datetime.timedelta(seconds=60),
