@@ -14,24 +14,32 @@ import torch
 def launch(
     fn: Callable[..., None], world: int, args: tuple[Any, ...], timeout: float, tries: int = 2
 ) -> None:
-    """Run ``fn(rank, world, *args)`` in ``world`` fresh processes; raise if any fails. A run
-    that takes longer than ``timeout`` seconds has every rank killed and starts again, with a
-    fresh rendezvous, up to ``tries`` times in all (gloo's rendezvous on torch 2.4.1 hung, rarely,
-    on this 2-core machine while other work ran); a failure is raised at once."""
+    """Run ``fn(rank, world, *args)`` in ``world`` fresh processes; raise if any fails.
+
+    Two ways a run can end that are torch's and not the code under test are run again, with a
+    fresh rendezvous, up to ``tries`` times in all: a run past ``timeout`` seconds (every rank
+    killed; gloo's rendezvous on torch 2.4.1 hung, rarely, on this 2-core machine while other
+    work ran), and a rank aborted by SIGABRT (torch 2.13's gloo sometimes aborts a process as it
+    exits, after its work and its process group's teardown: "terminate called without an active
+    exception"). Any other failure is raised at once."""
     for attempt in range(tries):
         os.environ[ATTEMPT] = str(attempt)
         context = torch.multiprocessing.start_processes(
             fn, args=(world, *args), nprocs=world, join=False, start_method="spawn"
         )
         deadline = time.monotonic() + timeout
-        while not context.join(timeout=max(0.1, deadline - time.monotonic())):
-            if time.monotonic() > deadline:
-                for p in context.processes:
-                    if p.is_alive():
-                        p.kill()
-                break
-        else:
-            return
+        try:
+            while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+                if time.monotonic() > deadline:
+                    for p in context.processes:
+                        if p.is_alive():
+                            p.kill()
+                    break
+            else:
+                return
+        except torch.multiprocessing.ProcessExitedException as err:
+            if err.signal_name != "SIGABRT" or attempt == tries - 1:
+                raise
     raise TimeoutError(
         f"{world} ranks of {fn.__name__} did not finish in {timeout:.0f} s, {tries} times"
     )

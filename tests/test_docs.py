@@ -161,13 +161,21 @@ def test_the_distributed_guide_script_runs_under_torchrun(tmp_path: Path) -> Non
     (tmp_path / "train_ddp.py").write_text(script(guide, "train_ddp.py"))
     (command,) = [line for line in shell_lines([guide]) if line.startswith("torchrun ")]
     args = shlex.split(command)[1:]
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    for _ in range(3):
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        # torch 2.13's gloo sometimes aborts a rank as its process exits, after the script has
+        # finished and torn its process group down ("terminate called without an active
+        # exception"; 0.2.0 too, 4 of 10 runs here): that alone is run again
+        if result.returncode == 0 or "terminate called without an active exception" not in (
+            result.stderr
+        ):
+            break
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 ranks, identical parameters" in result.stdout
 
