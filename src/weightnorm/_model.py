@@ -14,6 +14,7 @@ from . import functional as F
 from ._errors import WeightNormError
 from ._reparam import (
     PerOutput,
+    _gain,
     find_weight_norms,
     make_spec,
     register,
@@ -194,8 +195,7 @@ def _tie(
             f"their units differ (dim={spec1.dim} vs dim={spec0.dim}): one weight norm cannot "
             "serve both; untie them, or exclude one of the two modules"
         )
-    g = m0._parameters.get(n0 + "_g")
-    register(m1, n1, spec0, cast(Tensor, g if g is not None else m0._buffers[n0 + "_g"]), v)
+    register(m1, n1, spec0, _gain(m0, n0, spec0), v)
 
 
 def fold(model: M) -> M:

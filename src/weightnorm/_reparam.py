@@ -14,10 +14,10 @@ normalized names; removing the last weight norm restores the original class. The
 - ``module.weight = t`` sets ``g = ||t||`` and ``v = t`` (with a fixed gain, only ``v``).
 - The property hands out a :class:`ComputedWeight`: an in-place change to it, to a view of it or
   to its ``.data`` (``nn.init.*_``, ``w.mul_``, ``w.data = t``) is written into ``g`` and ``v``
-  before the operation returns, so nothing is ever pending. Inside the module's own call the
-  forward reads the computed tensor itself (an input of the layer's computation: no Python
-  call per operation on it). A
-  change to a weight read before ``g`` or ``v`` changed (an optimizer step, a load) is refused.
+  before the operation returns, so nothing is ever pending. A change to a weight read before
+  ``g`` or ``v`` changed (an optimizer step, a load) is refused. Inside the module's own call
+  the forward reads the computed tensor itself (an input of the layer's computation: no Python
+  call per operation on it).
 - ``torch.func.functional_call(module, {"weight": W})`` fills the slot for the call; the
   property returns what fills it, and ``g`` and ``v`` are not touched.
 - With a fixed gain (``gain=c``) ``weight_g`` is a buffer filled with ``c``: saved, loaded,
@@ -381,8 +381,8 @@ _DISABLED = torch._C._disabled_torch_function_impl
 #: descriptor's ``__set__`` makes a new method-wrapper, equal to the others.
 _DATA_SET = Tensor.data.__set__  # type: ignore[attr-defined]
 #: ``w.data``: its result shares all of the weight's memory without being a view of it, and it is
-#: how initializers write (``w.data.normal_()``). (``w.detach()`` is a plain tensor: a value to
-#: keep or compare, as a buffer of another module, not a handle on this one.)
+#: how initializers write (``w.data.normal_()``). (``w.detach()`` is a value tied to nothing, to
+#: keep or compare, e.g. as a buffer of another module: not a handle on this one.)
 _ALIASES = frozenset({Tensor.data.__get__})  # type: ignore[attr-defined]
 _DETACHES = frozenset({Tensor.detach, torch.detach})
 _SPECIAL: dict[Any, Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]] = {
@@ -426,10 +426,11 @@ def _read(module: nn.Module, name: str) -> Tensor:
     if v.shape != spec.shape:
         _compute(module, name, spec, False)  # (raises: v was resized)
     w = F.weight_and_norms(v, g, spec, False)[0]
-    if not (type(w) is Tensor or _linkable(w)):  # (e.g. a fake tensor of an export's tracing)
-        return w
+    in_call = _IN_CALL in module.__dict__
+    if (in_call and cache is None) or not (type(w) is Tensor or _linkable(w)):
+        return w  # (the forward's input; or e.g. a fake tensor of an export's tracing)
     link = _Link(module, name, g, v)
-    if _IN_CALL not in module.__dict__:
+    if not in_call:
         _link(w, link, None)
     if cache is not None:
         cache[key] = (w, link)
@@ -474,7 +475,8 @@ def cached() -> Iterator[None]:
         ...     cell.weight is cell.weight
         True
     """
-    token = _CACHE.set({} if _CACHE.get() is None else _CACHE.get())
+    outer = _CACHE.get()  # (a block inside another shares its cache)
+    token = _CACHE.set({} if outer is None else outer)
     try:
         yield
     finally:
@@ -509,10 +511,6 @@ def _set_weight(module: nn.Module, name: str, value: Any) -> None:
             g.copy_(spec.split(src).reshape(g.shape))
         v.copy_(src)
     compat.refresh_rnn_weights(module)  # (an RNN's cache between forwards: the new weight)
-    cache = _CACHE.get()
-    if cache is not None:  # (a cached weight would be found stale anyway: free it now)
-        for key in [k for k in cache if k[:2] == (id(module), name)]:
-            del cache[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,12 +549,10 @@ class _WeightNormMixin(TorchRemovable):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The module's call (``nn.Module.__call__``), marked: the weights its forward reads are
         the computed tensors themselves, inputs of the layer's computation, not
-        :class:`ComputedWeight` handles (a handle costs about 8 us per weight and step: a
+        :class:`ComputedWeight` handles (a handle costs about 9 us per weight and step: a
         Python call per operation, and the tensor kept as a Python object by the graph)."""
-        if torch.compiler.is_compiling():
-            return super().__call__(*args, **kwargs)  # type: ignore[misc]
         state = self.__dict__
-        if _IN_CALL in state:  # (a module that calls itself)
+        if _IN_CALL in state or torch.compiler.is_compiling():  # (nested; or being traced)
             return super().__call__(*args, **kwargs)  # type: ignore[misc]
         state[_IN_CALL] = True
         try:
@@ -674,7 +670,9 @@ def _reset_parameters(self: nn.Module) -> None:
     slots = {n: _own_direction(self, n, "reset_parameters") for n in specs}
     try:
         self._parameters.update(slots)  # (the property returns what fills the slot)
-        owner: type = next(c for c in type(self).__mro__ if vars(c).get("reset_parameters") is _own)
+        owner: type = next(
+            c for c in type(self).__mro__ if vars(c).get("reset_parameters") is _reset_parameters
+        )
         cast(Any, super(owner, self)).reset_parameters()
     finally:
         self._parameters.update(dict.fromkeys(slots))
@@ -684,9 +682,6 @@ def _reset_parameters(self: nn.Module) -> None:
                 g = _gain(self, name, spec)
                 g.copy_(spec.split(slots[name].detach()).reshape(g.shape))
     compat.refresh_rnn_weights(self)
-
-
-_own = _reset_parameters
 
 
 def _rebuild(root: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
@@ -721,7 +716,7 @@ def _normed_class(root: type, names: frozenset[str]) -> type:
         bases = (root,) if issubclass(root, _WeightNormMixin) else (_WeightNormMixin, root)
         namespace: dict[str, Any] = {n: _property(n) for n in sorted(missing)}
         if callable(getattr(root, "reset_parameters", None)) and not any(
-            vars(c).get("reset_parameters") is _own for c in root.__mro__
+            vars(c).get("reset_parameters") is _reset_parameters for c in root.__mro__
         ):
             namespace["reset_parameters"] = _reset_parameters
         namespace.update(

@@ -127,24 +127,26 @@ def _hooks(
     # keyed by g: a layer called twice, or layers tied by apply_weight_norm (one g), initialize
     # on the first call only
     def pre_hook(module: nn.Module, args: Any) -> None:
-        if id(module.weight_g) in done:
+        g = cast(Tensor, module.weight_g)
+        if id(g) in done:
             return
-        g_before[id(module.weight_g)] = cast(Tensor, module.weight_g).detach().reshape(-1).clone()
-        module.weight_g.fill_(1.0)  # type: ignore[operator]
+        g_before[id(g)] = g.detach().reshape(-1).clone()
+        g.fill_(1.0)
         if module.bias is not None:
             module.bias.zero_()  # type: ignore[operator]
 
     def make_hook(name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Tensor) -> Tensor | None:
-            if id(module.weight_g) in done:
+            g = cast(Tensor, module.weight_g)
+            if id(g) in done:
                 return None
-            done.add(id(module.weight_g))
+            done.add(id(g))
             axis = _unit_axis(module)
             mean, var = _moments(output, axis, name)
             scale = init_scale / torch.sqrt(var + _VAR_EPS)
             dead = var <= _DEAD**2 * (var + mean * mean)
             if bool(dead.any()):  # (the same units on every rank: the statistics are all-reduced)
-                scale = torch.where(dead, g_before[id(module.weight_g)].to(scale.dtype), scale)
+                scale = torch.where(dead, g_before[id(g)].to(scale.dtype), scale)
                 warnings.warn(
                     f"data-dependent init: {int(dead.sum())} of {dead.numel()} units of {name} "
                     f"have constant pre-activations on the init batch (std <= {_DEAD:g} x their "
@@ -153,7 +155,6 @@ def _hooks(
                     "more varied batch may give them a scale",
                     stacklevel=2,
                 )
-            g = cast(Tensor, module.weight_g)
             g.copy_(scale.reshape(g.shape))  # g's flat order is output-unit order
             bias = cast("Tensor | None", module.bias)
             if bias is not None:
