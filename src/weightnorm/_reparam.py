@@ -549,7 +549,7 @@ class _WeightNormMixin(TorchRemovable):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The module's call (``nn.Module.__call__``), marked: the weights its forward reads are
         the computed tensors themselves, inputs of the layer's computation, not
-        :class:`ComputedWeight` handles (a handle costs about 9 us per weight and step: a
+        :class:`ComputedWeight` handles (a handle costs about 10 us per weight and step: a
         Python call per operation, and the tensor kept as a Python object by the graph)."""
         state = self.__dict__
         if _IN_CALL in state or torch.compiler.is_compiling():  # (nested; or being traced)
