@@ -60,7 +60,7 @@ CONFIGS: dict[str, NamedConfig] = {
         description="the paper's CIFAR-10 comparison, adapted to 1-D, on MNIST-1D (10,000 "
         "generated samples: 7,000 train, 1,000 validation, 2,000 test)",
         comparison=ComparisonConfig(
-            name="mnist1d", epochs=10, batch_size=100, seeds=3, candidates=2,
+            name="mnist1d", epochs=10, batch_size=100, seeds=10, search_seeds=3, candidates=2,
             init_batch_size=500,
         ),
         quick=ComparisonConfig(
@@ -78,7 +78,8 @@ CONFIGS: dict[str, NamedConfig] = {
         name="digits",
         description="scikit-learn's 8x8 digits (1,797 images) with the 2-D network, no pooling",
         comparison=ComparisonConfig(
-            name="digits", epochs=20, batch_size=50, seeds=3, init_batch_size=300,
+            name="digits", epochs=20, batch_size=50, seeds=10, search_seeds=3,
+            init_batch_size=300,
             target_train_error=0.05,
         ),
         quick=ComparisonConfig(
@@ -97,7 +98,8 @@ CONFIGS: dict[str, NamedConfig] = {
         description="the paper's exact CIFAR-10 setup: ZCA-whitened inputs, noise 0.15, "
         "96/192 channels, dropout 0.5, batch 100, 200 epochs (needs --data-dir; a GPU)",
         comparison=ComparisonConfig(
-            name="cifar10", epochs=200, batch_size=100, seeds=3, init_batch_size=500,
+            name="cifar10", epochs=200, batch_size=100, seeds=6, search_seeds=3,
+            init_batch_size=500,
             optimizers=("adam",),
         ),
         quick=ComparisonConfig(

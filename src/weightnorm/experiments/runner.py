@@ -8,10 +8,11 @@ a changed configuration never reuses stale results.
 
 Protocol: for each optimizer and method, every learning rate of the grid is trained with seed 0
 and scored by its final validation error (a diverged run scores 100%); the ``candidates`` best
-rates are trained again with seeds 1..S-1, and the rate with the lowest validation error averaged
-over all S seeds is chosen. Its S runs are the method's result; test errors are only reported.
-One seed at the edge of stability cannot decide the choice: a rate that is good for seed 0 only
-loses to a neighbour that is good for every seed. Every run uses the same number of torch threads
+rates are trained again with seeds 1..K-1 (K: ``search_seeds``), and the rate with the lowest
+validation error averaged over those K seeds is chosen. Seeds K..S-1 then run at the chosen rate
+only; its S runs are the method's result; test errors are only reported. One seed at the edge of
+stability cannot decide the choice: a rate that is good for seed 0 only loses to a neighbour that
+is good for every seed. Every run uses the same number of torch threads
 (``threads``, part of each run's key), so a run's numbers are the same in every execution path.
 """
 
@@ -67,13 +68,25 @@ class ComparisonConfig:
         optimizers: ``"adam"`` (the paper's) and/or ``"sgd"`` (momentum, same schedule shape).
         lr_grid: learning rates tried per optimizer.
         seeds: runs per method and optimizer at its chosen rate (the sweep's seed 0 is the
-            first).
-        candidates: rates per method and optimizer trained with every seed before choosing.
+            first): enough for the report's intervals to decide its claims (the main job's
+            page has the power analysis).
+        search_seeds: seeds of each candidate rate before choosing (at most ``seeds``); the
+            remaining seeds run at the chosen rate only.
+        candidates: rates per method and optimizer trained with ``search_seeds`` seeds before
+            choosing.
         methods: names from :data:`weightnorm.experiments.METHODS`.
         init_batch_size: samples of the data-dependent initialization batch (paper: 500).
-        target_train_error: training error whose first crossing is reported per method
-            ("epochs to target"); ``None``: the median over methods of the final mean training
-            error (about half the methods reach it).
+        target_train_error: training error whose first crossing is shown per method in the
+            report's table ("epochs to target"); ``None``: the median over methods of the final
+            mean training error. The convergence claims use their own target, one that both
+            methods compared reach on every seed.
+        delta_epochs: the convergence claims' margin, as a fraction of ``epochs``: a difference
+            in epochs to target smaller than this is no difference that matters.
+        delta_test_error: the test-error claims' margin (absolute; 0.005 = 0.5 percentage
+            points).
+        delta_train_error: the early-training-error claims' margin (absolute).
+        delta_step_time: "not noticeably slower": a training step at most this fraction slower
+            than the normal parameterization's.
     """
 
     name: str = "custom"
@@ -82,10 +95,15 @@ class ComparisonConfig:
     optimizers: tuple[str, ...] = ("adam", "sgd")
     lr_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_LR_GRID))
     seeds: int = 3
+    search_seeds: int = 3
     candidates: int = 2
     methods: tuple[str, ...] = tuple(METHODS)
     init_batch_size: int = 500
     target_train_error: float | None = None
+    delta_epochs: float = 0.05
+    delta_test_error: float = 0.005
+    delta_train_error: float = 0.01
+    delta_step_time: float = 0.10
 
     def validate(self) -> None:
         """Raise ``ValueError`` saying what was expected and what was got."""
@@ -95,6 +113,12 @@ class ComparisonConfig:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.search_seeds < 1:
+            raise ValueError(f"search_seeds must be >= 1, got {self.search_seeds}")
+        for name in ("delta_epochs", "delta_test_error", "delta_train_error", "delta_step_time"):
+            value = getattr(self, name)
+            if not (0 < value < 1):
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
         if self.candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {self.candidates}")
         if self.init_batch_size < 2:
@@ -131,26 +155,47 @@ class RunSpec:
 
 #: The per-epoch curves of every run, and the errors kept as its final ones.
 CURVES = ("train_loss", "train_error", "val_error", "test_error", "epoch_time_s")
-_FINAL = ("train_error", "val_error", "test_error")
+#: The curves kept at ``fine_per_epoch`` points per epoch: each the mean over that part of the
+#: epoch's minibatches (dropout and input noise on, as trained).
+FINE_CURVES = ("train_loss", "train_error")
+_FINAL = ("train_error", "val_error", "test_error", "top_class_share")
+#: Points per epoch of the fine curves (fewer when an epoch has fewer minibatches).
+FINE_PER_EPOCH = 10
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One finished run: per-epoch curves (NaN after a divergence), final errors, timing."""
+    """One finished run: per-epoch curves (NaN after a divergence), the training curves at
+    ``fine_per_epoch`` points per epoch, final errors, timing.
+
+    ``final["top_class_share"]`` is the share of the test inputs given the most predicted class
+    at the end: about 1/classes for a model that learned, 1 for a constant prediction.
+    """
 
     spec: RunSpec
     diverged: bool
     curves: dict[str, list[float]]
-    final: dict[str, float]  # train_error, val_error, test_error at the last epoch
+    fine: dict[str, list[float]]
+    fine_per_epoch: int
+    final: dict[str, float]  # train_error, val_error, test_error, top_class_share at the end
     median_epoch_time_s: float
     world_size: int
 
     def check(self) -> None:
         """:class:`~weightnorm.experiments.records.RecordError` unless every curve is there,
-        with one value per epoch."""
-        missing = [k for k in CURVES if k not in self.curves]
+        with one value per epoch (``fine_per_epoch`` for the fine ones)."""
+        missing = [k for k in CURVES if k not in self.curves] + [
+            k for k in FINE_CURVES if k not in self.fine
+        ]
         lengths = {len(v) for v in self.curves.values()}
-        if missing or len(lengths) != 1 or not set(_FINAL) <= set(self.final):
+        epochs = next(iter(lengths), 0)
+        fine = {len(v) for v in self.fine.values()}
+        if (
+            missing
+            or len(lengths) != 1
+            or fine != {epochs * self.fine_per_epoch}
+            or not set(_FINAL) <= set(self.final)
+        ):
             raise RecordError(f"record {self.spec.name}: incomplete curves or final errors")
 
     @property
@@ -213,14 +258,26 @@ def _make_optimizer(kind: str, params: Any, lr: float) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def _error(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000) -> float:
+def _predict(
+    model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000
+) -> torch.Tensor:
+    """The predicted class of every input of ``split`` (eval mode), on the CPU."""
     model.eval()
-    wrong = 0
-    for start in range(0, len(split), batch_size):
-        out = model(split.x[start : start + batch_size].to(device))  # (batch, classes)
-        wrong += int((out.argmax(1).cpu() != split.y[start : start + batch_size]).sum())
+    predicted = [
+        model(split.x[start : start + batch_size].to(device)).argmax(1).cpu()  # (batch,)
+        for start in range(0, len(split), batch_size)
+    ]
     model.train()
-    return wrong / len(split)
+    return torch.cat(predicted)
+
+
+def _error(model: nn.Module, split: Split, device: torch.device) -> float:
+    return float((_predict(model, split, device) != split.y).double().mean())
+
+
+def _top_class_share(predicted: torch.Tensor) -> float:
+    """The share of the predictions given to the most predicted class."""
+    return float(torch.bincount(predicted).max()) / len(predicted)
 
 
 def train_run(
@@ -255,13 +312,17 @@ def train_run(
     opt = _make_optimizer(spec.optimizer, model.parameters(), spec.lr)
     steps = math.ceil(n / config.batch_size)
     total = config.epochs * steps
+    per_epoch = min(FINE_PER_EPOCH, steps)
     curves: dict[str, list[float]] = {k: [] for k in CURVES}
+    fine: dict[str, list[float]] = {k: [] for k in FINE_CURVES}
+    top_share = math.nan
     diverged = False
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     model.train()
     for epoch in range(config.epochs):
         perm = torch.randperm(n, generator=gen)
-        sums = torch.zeros(3, dtype=torch.float64)  # loss, errors, samples
+        # per part of the epoch: loss, errors, samples
+        sums = torch.zeros(per_epoch, 3, dtype=torch.float64)
         start = time.perf_counter()
         for i in range(steps):
             set_paper_schedule(opt, spec.optimizer, spec.lr, epoch * steps + i, total)
@@ -273,20 +334,28 @@ def train_run(
             opt.zero_grad(set_to_none=True)
             (loss / len(idx)).backward()
             opt.step()
-            sums += torch.tensor([loss.item(), float((out.argmax(1) != y).sum()), len(idx)])
+            part = i * per_epoch // steps
+            sums[part] += torch.tensor(
+                [loss.item(), float((out.argmax(1) != y).sum()), len(idx)], dtype=torch.float64
+            )
         elapsed = time.perf_counter() - start
         if world > 1:
             torch.distributed.all_reduce(sums)
-        train_loss = float(sums[0] / sums[2])
+        epoch_sums = sums.sum(0)
+        train_loss = float(epoch_sums[0] / epoch_sums[2])
         if not math.isfinite(train_loss):
             diverged = True
             break
+        fine["train_loss"] += (sums[:, 0] / sums[:, 2]).tolist()
+        fine["train_error"] += (sums[:, 1] / sums[:, 2]).tolist()
         eval_model = cast(nn.Module, model.module) if world > 1 else model
+        test_predicted = _predict(eval_model, data.test, device)
+        top_share = _top_class_share(test_predicted)
         record = {
             "train_loss": train_loss,
-            "train_error": float(sums[1] / sums[2]),
+            "train_error": float(epoch_sums[1] / epoch_sums[2]),
             "val_error": _error(eval_model, data.val, device),
-            "test_error": _error(eval_model, data.test, device),
+            "test_error": float((test_predicted != data.test.y).double().mean()),
             "epoch_time_s": elapsed,
         }
         for key, value in record.items():
@@ -295,11 +364,18 @@ def train_run(
             on_epoch(epoch, record)
     for values in curves.values():  # a diverged run keeps its length: NaN after divergence
         values.extend([math.nan] * (config.epochs - len(values)))
+    for values in fine.values():
+        values.extend([math.nan] * (config.epochs * per_epoch - len(values)))
     return RunRecord(
         spec=spec,
         diverged=diverged,
         curves=curves,
-        final={k: curves[k][-1] for k in _FINAL},
+        fine=fine,
+        fine_per_epoch=per_epoch,
+        final={
+            **{k: curves[k][-1] for k in _FINAL if k in curves},
+            "top_class_share": math.nan if diverged else top_share,
+        },
         median_epoch_time_s=nanmedian(curves["epoch_time_s"]),
         world_size=world,
     )
@@ -315,7 +391,7 @@ def time_steps(
     chosen_lr: dict[str, dict[str, float]],
     *,
     device: str = "cpu",
-    rounds: int = 15,
+    rounds: int = 25,
     steps: int = 8,
 ) -> dict[str, dict[str, list[float]]]:
     """Training-step time of each method relative to the normal parameterization, per round.
@@ -450,9 +526,13 @@ def run_comparison(
         describe=_describe,
     )  # fmt: skip
     with jobs:
-        extra = config.seeds - 1
+        search = min(config.search_seeds, config.seeds)
         candidates = {o: min(config.candidates, len(config.lr_grid[o])) for o in config.optimizers}
-        jobs.expect(len(sweep) + sum(candidates[o] * extra for o, _ in pairs))
+        jobs.expect(
+            len(sweep)
+            + sum(candidates[o] * (search - 1) for o, _ in pairs)
+            + len(pairs) * (config.seeds - search)
+        )
         done = dict(jobs.run(sweep))
         shortlist = {
             (o, m): sorted(
@@ -464,16 +544,22 @@ def run_comparison(
             RunSpec(m, o, float(lr), seed)
             for (o, m), rates in shortlist.items()
             for lr in rates
-            for seed in range(1, config.seeds)
+            for seed in range(1, search)
         ]
         done.update(jobs.run(more))
-    chosen: dict[str, dict[str, float]] = {o: {} for o in config.optimizers}
-    for (o, m), rates in shortlist.items():
+        chosen: dict[str, dict[str, float]] = {o: {} for o in config.optimizers}
+        for (o, m), rates in shortlist.items():
 
-        def mean_score(lr: float, o: str = o, m: str = m) -> float:
-            return statistics.fmean(done[RunSpec(m, o, lr, s)].score for s in range(config.seeds))
+            def mean_score(lr: float, o: str = o, m: str = m) -> float:
+                return statistics.fmean(done[RunSpec(m, o, lr, s)].score for s in range(search))
 
-        chosen[o][m] = min(rates, key=lambda lr: (mean_score(lr), lr))
+            chosen[o][m] = min(rates, key=lambda lr: (mean_score(lr), lr))
+        rest = [
+            RunSpec(m, o, chosen[o][m], seed)
+            for o, m in pairs
+            for seed in range(search, config.seeds)
+        ]
+        done.update(jobs.run(rest))
     # the timing pass builds models (data init all-reduces): single-process runs only
     _, world = distributed()
     with torch_threads(threads):
