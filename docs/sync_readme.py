@@ -4,8 +4,9 @@ into the main job's page of the site (docs/experiments/main-job.md).
 Run after regenerating docs/ from one default run (``weightnorm reproduce --out results/mnist1d``
 on a fresh clone; its ``report.md`` copied to ``docs/mnist1d-report.md`` and its PNG plots into
 ``docs/``): the section between the ``main-job`` markers of each file is then exactly what that
-run printed (never edited by hand). The README gets the headline (the results table and the run's
-summary), the page everything (the table, the verdicts, the step times). ``--check`` changes
+run printed (never edited by hand). The README gets the headline (the claims with their effects
+and verdicts, the run's summary), the page everything (the claims, their notes, the
+power analysis, the methods' table, the step times). ``--check`` changes
 nothing and exits 1 if either file is out of date (``tests/test_docs.py`` runs the same check).
 """
 
@@ -22,37 +23,43 @@ PAGE = ROOT / "docs" / "experiments" / "main-job.md"
 BEGIN, END = "<!-- main-job:begin -->", "<!-- main-job:end -->"
 
 
+def _table(lines: list[str], header: str) -> list[str]:
+    """The Markdown table whose first line starts with ``header``."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[start:end]
+
+
 def blocks(report: str) -> dict[Path, str]:
     """The text between (and including) the markers, for the README and for the page."""
     lines = report.splitlines()
-    table = [line for line in lines if line.startswith("|")]
-    split = table.index(next(t for t in table[1:] if t.startswith("| optimizer")))
-    results, timing = table[:split], table[split:]
-    held = report.split("## What held and what did not")[1].split("## Timing")[0]
-    claims = [line for line in held.splitlines() if line.startswith("- ")]
+    claims = _table(lines, "| optimizer | claim | measure |")
+    power = _table(lines, "| optimizer | claim | seed spread")
+    methods = _table(lines, "| optimizer | method | lr |")
+    timing = _table(lines, "| optimizer | method | step time")
     paragraphs = [" ".join(p.split()) for p in report.split("\n\n")]
-    summary = next(p for p in paragraphs if p.startswith("Machine:"))
-    ratio = re.search(r"\d+ runs, \d+ of them diverged[^.]*\.", " ".join(paragraphs))
+
+    def paragraph(prefix: str) -> str:
+        return next(p for p in paragraphs if p.startswith(prefix))
+
+    tally = paragraph(f"{len(claims) - 2} claims:")
+    how = paragraph("How to read it:")
+    section = report.split("## The paper's claims")[1].split("### Power")[0]
+    notes = [line for line in section.splitlines() if line.startswith("- **")]
+    ratio = re.search(r"\d+ runs, \d+ of them diverged\.", " ".join(paragraphs))
     ratio_text = ratio.group(0) if ratio else ""
-    headline = [BEGIN, "", *results, "", ratio_text, summary, "", END]
+    summary = paragraph("Machine:")
+    headline = [BEGIN, "", *claims, "", tally, ratio_text, summary, "", END]
     full = [
-        BEGIN,
-        "",
-        *results,
-        "",
-        "What held and what did not (from the report):",
-        "",
-        *claims,
-        "",
-        "Step time (varies from run to run):",
-        "",
-        *timing,
-        "",
-        ratio_text,
-        summary,
-        "",
-        END,
-    ]
+        BEGIN, "", *claims, "", tally, "", how, "", *notes, "",
+        "Power: the seeds' spread in each claim's measure, from this run, and what it implies "
+        "(two-sided 5%, the normal approximation divided by the rank method's efficiency):", "",
+        *power, "", "Each method at its chosen rate (medians over the seeds that trained, 95% "
+        "intervals):", "", *methods, "", "Step time (varies from run to run):", "", *timing, "",
+        ratio_text, summary, "", END,
+    ]  # fmt: skip
     return {README: "\n".join(headline), PAGE: "\n".join(full)}
 
 

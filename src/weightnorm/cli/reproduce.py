@@ -324,8 +324,9 @@ def add_parser(sub: Any) -> None:
                 "Train every method (normal, weight norm with and without data-dependent init, "
                 "batch norm, mean-only BN, weight norm + mean-only BN) under the paper's "
                 "optimizer schedule, each with its learning rate chosen on a validation split "
-                "over several seeds; report test errors, epochs to a target training error and "
-                "what held of the paper's claims, with the seeds' spread."
+                "over several seeds; report each of the paper's claims as an effect with its 95% "
+                "interval over 10 seeds and a verdict (held, did not hold, no difference larger "
+                "than its margin, inconclusive), with every method's test error and step time."
             )
         else:
             module = importlib.import_module(f"weightnorm.experiments.{name.replace('-', '_')}")

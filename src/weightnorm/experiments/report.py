@@ -1,12 +1,15 @@
 """The report of a comparison: Markdown, JSON, CSV and PNG plots, each written atomically.
 
-Every verdict on a claim of the paper compares per-seed values and carries their spread: a
-claim "A beats B" *held* when every seed of A beats every seed of B, *did not hold* when every
-seed of B beats every seed of A, and is *inconclusive* otherwise (the seeds' ranges overlap).
-With 3 seeds each, a complete separation happens by chance with probability 1/20 when the two
-methods are equally good (a one-sided permutation test at p = 0.05). Timing verdicts use the
-quartiles of the per-round ratios in the same way. A ``--quick`` report is a smoke test: it
-states no verdicts.
+Every claim of the paper is checked as an effect with a 95% interval over seeds and a verdict
+from rules fixed before the run (:func:`~weightnorm.experiments._stats.decide`): the effect is
+the Hodges-Lehmann shift between the two methods' per-seed values, its interval Moses'
+distribution-free interval from the Mann-Whitney null distribution; *no difference larger than
+delta* when the interval lies inside the claim's margin, *held* when it lies on the claimed side
+of 0, *did not hold* on the other side, *inconclusive* otherwise. The timing claim is one-sided
+("at most ``delta_step_time`` slower") on the median of the per-round step-time ratios and its
+order-statistic interval. A run that diverged or ended predicting one class for most inputs
+*failed to train*: it is counted as never reaching a target (it ranks last) and shown as failed,
+never as an ordinary result. A ``--quick`` report is a smoke test: it states no verdicts.
 """
 
 from __future__ import annotations
@@ -16,23 +19,79 @@ import io
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ._env import environment
 from ._io import atomic_write_bytes, atomic_write_text
-from ._stats import finite, nanmean
+from ._stats import (
+    ClaimVerdict,
+    Interval,
+    decide,
+    decide_at_most,
+    finite,
+    median_interval,
+    nanmean,
+    power_of,
+    seeds_for_power,
+    shift_interval,
+)
 from .methods import METHODS
 from .plotting import png, pyplot
 from .records import to_json
 from .runner import CURVES, ComparisonResult, RunRecord
 
-__all__ = ["MethodSummary", "Verdict", "compare", "epochs_to", "summarize", "write_report"]
+__all__ = [
+    "Claim",
+    "MethodSummary",
+    "Verdict",
+    "claims",
+    "compare",
+    "epochs_to",
+    "failure",
+    "summarize",
+    "windowed",
+    "write_report",
+]
 
-#: "Not noticeably slower": a training step within this factor of the normal parameterization's.
-SLOWER = 1.10
+#: A run whose most predicted class gets more than this share of the test inputs has collapsed
+#: to (nearly) a constant prediction: it failed to train. A model that learned anything spreads
+#: its predictions over the classes (about 1/classes each on balanced data).
+CONSTANT_SHARE = 0.5
+
+#: Confidence of every interval in the report.
+CONFIDENCE = 0.95
+
+#: The convergence claims' target is rounded up to a multiple of this (a training error).
+TARGET_STEP = 0.005
+
+
+def failure(run: RunRecord) -> str | None:
+    """Why ``run`` failed to train (``"diverged"``, ``"constant prediction"``), or ``None``."""
+    if run.diverged:
+        return "diverged"
+    if run.final["top_class_share"] > CONSTANT_SHARE:
+        return "constant prediction"
+    return None
+
+
+def windowed(fine: Sequence[float], per_epoch: int) -> list[float]:
+    """The training curve over a trailing window of one epoch, at each of its fine points
+    (a partial window during the first epoch; NaN once a value in the window is NaN).
+
+    Example::
+
+        >>> windowed([4.0, 2.0, 1.0, 1.0], 2)
+        [4.0, 3.0, 1.5, 1.0]
+    """
+    out = []
+    for j in range(len(fine)):
+        window = fine[max(0, j - per_epoch + 1) : j + 1]
+        ok = all(math.isfinite(v) for v in window)
+        out.append(statistics.fmean(window) if ok else math.nan)
+    return out
 
 
 @dataclass
@@ -43,32 +102,40 @@ class MethodSummary:
     method: str
     lr: float
     seeds: int
-    diverged: int  # of the runs at the chosen rate
+    failed: dict[str, int]  # reason -> runs at the chosen rate that failed to train
     sweep_runs: int  # every run of this method and optimizer (sweep and candidates)
     sweep_diverged: int
     test_errors: list[float]  # per seed (NaN: diverged)
-    test_error_mean: float
-    test_error_std: float
-    train_error_final: float  # mean over seeds
-    epochs_to_target: list[float]  # per seed; inf: never reached
+    test_error: Interval | None  # median over the seeds that trained, None if none did
+    mean_train_loss: Interval | None  # the training-loss curve's mean over the run
+    train_error_final: float  # mean over the seeds that trained
     step_time: list[float]  # per-round ratios to the normal parameterization (may be empty)
     train_error_curve: list[float]  # mean over seeds, per epoch
     test_error_curve: list[float]
 
+    @property
+    def trained(self) -> int:
+        """Seeds at the chosen rate that trained."""
+        return self.seeds - sum(self.failed.values())
+
 
 def _mean_curve(runs: Sequence[RunRecord], key: str) -> list[float]:
+    if not runs:
+        return []
     curves = [r.curves[key] for r in runs]
     return [nanmean([c[i] for c in curves]) for i in range(len(curves[0]))]
 
 
-def epochs_to(curve: Sequence[float], target: float) -> float:
-    """Epochs (1-based, linearly interpolated between epochs) until ``curve`` <= ``target``;
-    ``inf`` if it never gets there.
+def epochs_to(curve: Sequence[float], target: float, per_epoch: int = 1) -> float:
+    """Epochs until ``curve`` (``per_epoch`` points per epoch, the first at ``1/per_epoch``)
+    first reaches ``target``, linearly interpolated between points; ``inf`` if it never does.
 
     Example::
 
         >>> epochs_to([0.5, 0.3, 0.1], 0.2)
         2.5
+        >>> epochs_to([0.5, 0.3, 0.1], 0.2, per_epoch=2)
+        1.25
         >>> epochs_to([0.5, float("nan")], 0.2)
         inf
     """
@@ -76,8 +143,8 @@ def epochs_to(curve: Sequence[float], target: float) -> float:
         if math.isfinite(value) and value <= target:
             before = curve[i - 1] if i > 0 else math.nan
             if not math.isfinite(before) or before == value:
-                return float(i + 1)
-            return i + (before - target) / (before - value)
+                return (i + 1) / per_epoch
+            return (i + (before - target) / (before - value)) / per_epoch
     return math.inf
 
 
@@ -92,6 +159,7 @@ Verdict = Literal["held", "did not hold", "inconclusive"]
 
 def compare(a: Sequence[float], b: Sequence[float]) -> Verdict:
     """Does ``a`` beat ``b`` (lower is better; NaN counts as worst) on every pair of seeds?
+    (The further experiments' rule; the main job's is :func:`claims`.)
 
     Example::
 
@@ -110,60 +178,245 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Verdict:
     return "inconclusive"
 
 
-def _beats_all(verdicts: Sequence[Verdict]) -> Verdict:
-    """ "A beats every other method" from A's verdict against each: held if each held, did not
-    hold if some other method beat it, inconclusive otherwise."""
-    if all(v == "held" for v in verdicts):
-        return "held"
-    return "did not hold" if "did not hold" in verdicts else "inconclusive"
+def _trained(runs: Sequence[RunRecord]) -> list[RunRecord]:
+    return [r for r in runs if failure(r) is None]
 
 
-def _target(result: ComparisonResult) -> float:
-    if result.config.target_train_error is not None:
-        return result.config.target_train_error
-    last = [
-        _mean_curve(result.runs_of(o, m), "train_error")[-1]
-        for o in result.config.optimizers
-        for m in result.config.methods
-    ]
-    reached = finite(last)
-    return statistics.median(reached) if reached else 0.5
+def _fine_error(run: RunRecord) -> list[float]:
+    return windowed(run.fine["train_error"], run.fine_per_epoch)
 
 
-def summarize(result: ComparisonResult) -> tuple[list[MethodSummary], float]:
-    """Per optimizer and method: errors over seeds, epochs to target, divergences, timing."""
-    target = _target(result)
+def _interval(values: Sequence[float]) -> Interval | None:
+    kept = finite(values)
+    return median_interval(kept, CONFIDENCE) if kept else None
+
+
+def summarize(result: ComparisonResult) -> list[MethodSummary]:
+    """Per optimizer and method: errors over seeds, failures, the mean training loss, timing."""
     summaries = []
     for opt in result.config.optimizers:
         for method in result.config.methods:
             runs = result.runs_of(opt, method)
+            trained = _trained(runs)
             every = [r for r in result.runs if r.spec.optimizer == opt and r.spec.method == method]
-            tests = [r.final["test_error"] for r in runs]
-            finished = finite(tests)
-            train_curve = _mean_curve(runs, "train_error")
+            failed: dict[str, int] = {}
+            for r in runs:
+                reason = failure(r)
+                if reason:
+                    failed[reason] = failed.get(reason, 0) + 1
+            final_train = [r.final["train_error"] for r in trained]
             summaries.append(
                 MethodSummary(
                     optimizer=opt,
                     method=method,
                     lr=result.chosen_lr[opt][method],
                     seeds=len(runs),
-                    diverged=sum(r.diverged for r in runs),
+                    failed=failed,
                     sweep_runs=len(every),
                     sweep_diverged=sum(r.diverged for r in every),
-                    test_errors=tests,
-                    test_error_mean=nanmean(tests),
-                    test_error_std=statistics.stdev(finished) if len(finished) > 1 else 0.0,
-                    train_error_final=train_curve[-1],
-                    epochs_to_target=[epochs_to(r.curves["train_error"], target) for r in runs],
+                    test_errors=[r.final["test_error"] for r in runs],
+                    test_error=_interval([r.final["test_error"] for r in trained]),
+                    mean_train_loss=_interval([nanmean(r.fine["train_loss"]) for r in trained]),
+                    train_error_final=nanmean(final_train),
                     step_time=result.step_time_ratios.get(opt, {}).get(method, []),
-                    train_error_curve=train_curve,
-                    test_error_curve=_mean_curve(runs, "test_error"),
+                    train_error_curve=_mean_curve(trained, "train_error"),
+                    test_error_curve=_mean_curve(trained, "test_error"),
                 )
             )
-    return summaries, target
+    return summaries
 
 
 # --- claims ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    """One of the paper's claims under one optimizer, checked on this run.
+
+    The effect is ``a - b`` in the claim's measure (lower is better: the claim is that ``a``
+    is lower), with its interval and the margin ``delta`` of the verdict; ``unit`` names how
+    effects are shown (``"epochs"``, ``"pp"``: percentage points, ``"%"``: relative).
+    """
+
+    optimizer: str
+    title: str
+    measure: str
+    a: str
+    b: str
+    a_values: list[float]
+    b_values: list[float]
+    effect: Interval
+    delta: float
+    unit: str
+    verdict: ClaimVerdict
+    rule: str  # "shift" (two methods' seeds) or "at most" (one-sided, a median ratio)
+    note: str = ""
+
+
+def _fmt(value: float, unit: str, sign: bool = True) -> str:
+    if math.isinf(value):
+        return ("+" if value > 0 else "-") + "inf" if sign else "inf"
+    plus = "+" if sign else ""
+    if unit == "epochs":
+        return f"{value:{plus}.2f}"
+    if unit == "pp":
+        return f"{100 * value:{plus}.2f} pp"
+    return f"{100 * value:{plus}.1f}%"
+
+
+def effect_text(claim: Claim) -> str:
+    """``estimate [low, high]`` in the claim's unit."""
+    e, u = claim.effect, claim.unit
+    return f"{_fmt(e.estimate, u)} [{_fmt(e.low, u)}, {_fmt(e.high, u)}]"
+
+
+def delta_text(claim: Claim) -> str:
+    """The claim's margin in its unit."""
+    if claim.unit == "epochs":
+        return f"{claim.delta:g} epoch" + ("s" if claim.delta != 1 else "")
+    return _fmt(claim.delta, claim.unit, sign=False)
+
+
+def verdict_text(claim: Claim) -> str:
+    """The verdict with the margin spelled out."""
+    if claim.verdict == "no difference larger than delta":
+        return f"no difference larger than {delta_text(claim)}"
+    return claim.verdict
+
+
+def _best_other(values: dict[str, list[float]], claimant: str) -> tuple[str, list[float]] | None:
+    others = {m: v for m, v in values.items() if m != claimant}
+    if not others:
+        return None
+    best = min(others, key=lambda m: (statistics.median([_bad(v) for v in others[m]]), m))
+    return best, others[best]
+
+
+def _shift_claim(
+    opt: str, title: str, measure: str, a: str, b: str, av: list[float], bv: list[float],
+    delta: float, unit: str, note: str = "",
+) -> Claim:  # fmt: skip
+    av, bv = [_bad(v) for v in av], [_bad(v) for v in bv]
+    effect = shift_interval(av, bv, CONFIDENCE)
+    return Claim(opt, title, measure, a, b, av, bv, effect, delta, unit,
+                 decide(effect, delta), "shift", note)  # fmt: skip
+
+
+def _convergence(
+    opt: str, title: str, a: str, b: str, runs: dict[str, list[RunRecord]], delta: float
+) -> Claim | None:
+    """A convergence claim: epochs to a target that every trained seed of ``a`` and ``b``
+    reaches (failed seeds never do), with the mean training loss as a second measure."""
+    if a not in runs or b not in runs:
+        return None
+    kept = _trained(runs[a] + runs[b])
+    if not kept:
+        return None
+    worst = max(min(finite(_fine_error(r))) for r in kept)
+    target = math.ceil(worst / TARGET_STEP - 1e-9) * TARGET_STEP
+    values = {
+        m: [
+            epochs_to(_fine_error(r), target, r.fine_per_epoch) if failure(r) is None else math.inf
+            for r in runs[m]
+        ]
+        for m in (a, b)
+    }
+    loss = {m: [_bad(nanmean(r.fine["train_loss"])) for r in runs[m]] for m in (a, b)}
+    auc = shift_interval(loss[a], loss[b], CONFIDENCE)
+    note = (
+        f"target: {target:.1%} training error (one epoch's running mean), the highest "
+        f"any trained seed of the two needs; mean training loss over the run, {a} - {b}: "
+        f"{auc.estimate:+.3f} [{auc.low:+.3f}, {auc.high:+.3f}]"
+    )
+    measure = f"epochs to {target:.1%} training error"
+    return _shift_claim(opt, title, measure, a, b, values[a], values[b], delta,
+                        "epochs", note)  # fmt: skip
+
+
+def claims(result: ComparisonResult) -> list[Claim]:
+    """The paper's claims, each checked on ``result`` (:class:`Claim`), in report order."""
+    cfg = result.config
+    out: list[Claim] = []
+    early = max(1, cfg.epochs // 4)
+    delta_epochs = cfg.delta_epochs * cfg.epochs
+    for opt in cfg.optimizers:
+        runs = {m: result.runs_of(opt, m) for m in cfg.methods}
+
+        found = [
+            _convergence(opt, "weight norm speeds up convergence", "wn-init", "normal-init",
+                         runs, delta_epochs),
+            _convergence(opt, "data-dependent init speeds up weight norm", "wn-init", "wn",
+                         runs, delta_epochs),
+        ]  # fmt: skip
+        if "wn-mobn" in runs:
+            tests = {m: [r.final["test_error"] for r in runs[m]] for m in runs}
+            other = _best_other(tests, "wn-mobn")
+            if other:
+                found.append(
+                    _shift_claim(
+                        opt, "WN + mean-only BN gives the best test error", "test error",
+                        "wn-mobn", other[0], tests["wn-mobn"], other[1], cfg.delta_test_error,
+                        "pp", f"against the best other method by median, {other[0]} (paper, "
+                        "CIFAR-10: 7.31% vs 8.05% batch norm, 8.43% normal parameterization)",
+                    )
+                )  # fmt: skip
+        if "bn" in runs:
+            at = {m: [r.curves["train_error"][early - 1] for r in runs[m]] for m in runs}
+            other = _best_other(at, "bn")
+            if other:
+                found.append(
+                    _shift_claim(
+                        opt, "batch norm has the lowest training error early",
+                        f"training error in epoch {early}", "bn", other[0], at["bn"], other[1],
+                        cfg.delta_train_error, "pp",
+                        f"against the best other method by median there, {other[0]}",
+                    )
+                )  # fmt: skip
+        ratios = result.step_time_ratios.get(opt, {})
+        if ratios.get("wn-init"):
+            base = next((m for m in ("normal-init", "normal") if m in ratios), "")
+            slower = [r - 1 for r in ratios["wn-init"]]
+            effect = median_interval(slower, CONFIDENCE)
+            found.append(
+                Claim(
+                    opt, "weight norm is not noticeably slower",
+                    "training step time, wn-init / " + (base or "baseline") + " - 1",
+                    "wn-init", base, slower, [], effect, cfg.delta_step_time, "%",
+                    decide_at_most(effect, cfg.delta_step_time), "at most",
+                    f"median of {len(slower)} interleaved timing rounds; held when the "
+                    f"interval lies below +{cfg.delta_step_time:.0%}; timings vary from run "
+                    "to run",
+                )
+            )  # fmt: skip
+        out += [c for c in found if c is not None]
+    return out
+
+
+def _power_rows(found: Sequence[Claim], seeds: int) -> list[str]:
+    """Per two-method claim: the seeds' spread in its measure (pooled standard deviation of the
+    finite values), the power at its margin with the seeds run, the seeds for 80%."""
+    rows = []
+    for c in found:
+        if c.rule != "shift":
+            continue
+        spreads = [statistics.stdev(v) for v in (finite(c.a_values), finite(c.b_values))
+                   if len(v) > 1]  # fmt: skip
+        if not spreads:
+            continue
+        sd = math.sqrt(statistics.fmean(s**2 for s in spreads))
+        shown = _fmt(sd, c.unit, sign=False)
+        if sd == 0:
+            rows.append(f"| {c.optimizer} | {c.title} | {shown} | {delta_text(c)} | {seeds} | "
+                        "1.00 | 2 |")  # fmt: skip
+            continue
+        rows.append(
+            f"| {c.optimizer} | {c.title} | {shown} | {delta_text(c)} | {seeds} | "
+            f"{power_of(sd, c.delta, seeds):.2f} | {seeds_for_power(sd, c.delta)} |"
+        )
+    return rows
+
+
+# --- writing -----------------------------------------------------------------------------------
 
 
 def _range(values: Sequence[float], fmt: str) -> str:
@@ -188,110 +441,69 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def _claims(summaries: list[MethodSummary], result: ComparisonResult, target: float) -> list[str]:
-    """The paper's claims, each checked against this run with its spread, said plainly."""
-    lines: list[str] = []
-    early = max(1, result.config.epochs // 4)
-    for opt in dict.fromkeys(s.optimizer for s in summaries):
-        by = {s.method: s for s in summaries if s.optimizer == opt}
-        say = lines.append
-
-        def ett(m: str, by: dict[str, MethodSummary] = by) -> str:
-            return _range(by[m].epochs_to_target, ".1f")
-
-        if "wn-init" in by and "normal-init" in by:
-            v = compare(by["wn-init"].epochs_to_target, by["normal-init"].epochs_to_target)
-            say(
-                f"- **{opt}: weight norm speeds up convergence** (both with data init; epochs "
-                f"to {target:.1%} training error, median [min-max] over seeds): **{v}**. "
-                f"WN {ett('wn-init')}, normal parameterization {ett('normal-init')}."
-            )
-        if "wn" in by and "wn-init" in by:
-            v = compare(by["wn-init"].epochs_to_target, by["wn"].epochs_to_target)
-            say(
-                f"- **{opt}: data-dependent init speeds up weight norm** (epochs to "
-                f"{target:.1%}): **{v}**. With init {ett('wn-init')}, without "
-                f"{ett('wn')}; test error {_range(by['wn-init'].test_errors, '.2%')} vs "
-                f"{_range(by['wn'].test_errors, '.2%')}."
-            )
-        if "wn-mobn" in by and len(by) > 1:
-            others = [s for m, s in by.items() if m != "wn-mobn"]
-            verdicts = [compare(by["wn-mobn"].test_errors, s.test_errors) for s in others]
-            beaten = [
-                s.method for s, v in zip(others, verdicts, strict=True) if v == "did not hold"
-            ]
-            word = _beats_all(verdicts)
-            best = min(by.values(), key=lambda s: _bad(s.test_error_mean))
-            detail = (
-                f"beaten on every seed by {', '.join(beaten)}"
-                if beaten
-                else "separated from every other method on every seed"
-                if word == "held"
-                else "the seeds' ranges overlap with "
-                + ", ".join(s.method for s, v in zip(others, verdicts, strict=True) if v != "held")
-            )
-            say(
-                f"- **{opt}: WN + mean-only BN gives the best test error** (paper: 7.31% vs "
-                f"8.05% BN, 8.43% normal): **{word}** ({detail}). WN + MOBN "
-                f"{_range(by['wn-mobn'].test_errors, '.2%')}; lowest mean: {best.method} "
-                f"{best.test_error_mean:.2%}."
-            )
-        if "bn" in by and len(by) > 1:
-            runs = {m: result.runs_of(opt, m) for m in by}
-            at = {m: [r.curves["train_error"][early - 1] for r in runs[m]] for m in by}
-            against = {m: compare(at["bn"], at[m]) for m in by if m != "bn"}
-            losses = [m for m, v in against.items() if v == "did not hold"]
-            word = _beats_all(list(against.values()))
-            lowest = min(by, key=lambda m: _bad(nanmean(at[m])))
-            say(
-                f"- **{opt}: batch norm has the lowest training error early** (epoch {early}): "
-                f"**{word}**. Batch norm {_range(at['bn'], '.2%')}; lowest mean there: {lowest} "
-                f"({nanmean(at[lowest]):.2%})"
-                + (f"; beaten on every seed by {', '.join(losses)}." if losses else ".")
-            )
-        if "wn-init" in by and by["wn-init"].step_time:
-            q1, q2, q3 = _quartiles(by["wn-init"].step_time)
-            word = "held" if q3 <= SLOWER else ("did not hold" if q1 > SLOWER else "inconclusive")
-            say(
-                f"- **{opt}: weight norm is not noticeably slower** (a training step within "
-                f"{SLOWER:.2f}x the normal parameterization's, on the quartiles of "
-                f"{len(by['wn-init'].step_time)} interleaved timing rounds): **{word}**, median "
-                f"{q2:.2f}x [quartiles {q1:.2f}-{q3:.2f}]. Timings vary from run to run."
-            )
-    return lines
+def _median_text(iv: Interval | None, fmt: Callable[[float], str]) -> str:
+    if iv is None:
+        return "-"
+    if math.isinf(iv.low) and math.isinf(iv.high):
+        return f"{fmt(iv.estimate)} (too few seeds for an interval)"
+    return f"{fmt(iv.estimate)} [{fmt(iv.low)}, {fmt(iv.high)}]"
 
 
-# --- writing -----------------------------------------------------------------------------------
+def _status(s: MethodSummary) -> str:
+    if not s.failed:
+        return f"{s.seeds} of {s.seeds}"
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(s.failed.items()))
+    return f"**{s.trained} of {s.seeds}** ({why})"
 
 
-def _table(summaries: list[MethodSummary], target: float) -> str:
+def _table(summaries: list[MethodSummary]) -> str:
     lines = [
-        "| optimizer | method | lr | test error, mean +- std | test error per seed | "
-        f"epochs to {target:.1%} train error, median [min-max] | diverged (chosen lr / all "
-        "runs) |",
+        "| optimizer | method | lr | seeds that trained | test error, median [95% CI] | "
+        "mean training loss, median [95% CI] | runs diverged (all rates) |",
         "|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
-        per_seed = ", ".join(
-            "diverged" if not math.isfinite(t) else f"{t:.2%}" for t in s.test_errors
-        )
+        if s.trained == 0:
+            test = loss = "failed to train"
+        else:
+            test = _median_text(s.test_error, lambda v: f"{v:.2%}")
+            loss = _median_text(s.mean_train_loss, lambda v: f"{v:.3f}")
         lines.append(
-            f"| {s.optimizer} | {s.method} | {s.lr:g} | {s.test_error_mean:.2%} +- "
-            f"{s.test_error_std:.2%} | {per_seed} | {_range(s.epochs_to_target, '.1f')} | "
-            f"{s.diverged}/{s.seeds} / {s.sweep_diverged}/{s.sweep_runs} |"
+            f"| {s.optimizer} | {s.method} | {s.lr:g} | {_status(s)} | {test} | {loss} | "
+            f"{s.sweep_diverged} of {s.sweep_runs} |"
         )
     return "\n".join(lines)
 
 
+def _claims_table(found: Sequence[Claim]) -> str:
+    lines = [
+        "| optimizer | claim | measure | effect [95% CI] | margin | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in found:
+        vs = f"{c.a} - {c.b}" if c.rule == "shift" else c.a
+        lines.append(
+            f"| {c.optimizer} | {c.title} | {c.measure} ({vs}) | {effect_text(c)} | "
+            f"{delta_text(c)} | **{verdict_text(c)}** |"
+        )
+    return "\n".join(lines)
+
+
+def _claim_notes(found: Sequence[Claim]) -> str:
+    return "\n".join(f"- **{c.optimizer}: {c.title}**: {c.note}." for c in found if c.note)
+
+
 def _timing_table(summaries: list[MethodSummary]) -> str:
     lines = [
-        "| optimizer | method | step time / normal's, median [quartiles] |",
+        "| optimizer | method | step time / normal's, median [95% CI] |",
         "|---|---|---|",
     ]
     for s in summaries:
         if s.step_time:
-            q1, q2, q3 = _quartiles(s.step_time)
-            lines.append(f"| {s.optimizer} | {s.method} | {q2:.2f}x [{q1:.2f}-{q3:.2f}] |")
+            iv = median_interval(s.step_time, CONFIDENCE)
+            lines.append(
+                f"| {s.optimizer} | {s.method} | {iv.estimate:.2f}x [{iv.low:.2f}, {iv.high:.2f}] |"
+            )
     return "\n".join(lines)
 
 
@@ -330,25 +542,42 @@ def _plot_curves(summaries: list[MethodSummary], result: ComparisonResult, out: 
         for (style, marker), s in zip(
             _STYLES * 2, (s for s in summaries if s.optimizer == opt), strict=False
         ):
-            runs = result.runs_of(opt, s.method)
+            runs = _trained(result.runs_of(opt, s.method))
+            if not runs:  # failed on every seed: named in the legend, no curve
+                why = _status(s).strip("*")
+                axes[0].plot([], [], linestyle=":", color="0.5",
+                             label=f"{s.method}: failed to train ({why})")  # fmt: skip
+                continue
+            label = f"{s.method} (lr {s.lr:g})" + (
+                f", {s.seeds - s.trained} of {s.seeds} failed" if s.failed else ""
+            )
+            per_epoch = runs[0].fine_per_epoch
             for ax, key in zip(axes, ("train_error", "test_error"), strict=True):
-                curves = [r.curves[key] for r in runs]
-                epochs = list(range(1, len(curves[0]) + 1))
-                mean = _mean_curve(runs, key)
-                lo = [min((c[i] for c in curves), default=math.nan) for i in range(len(mean))]
-                hi = [max((c[i] for c in curves), default=math.nan) for i in range(len(mean))]
+                if key == "train_error":  # one epoch's running mean, at its fine points
+                    curves = [_fine_error(r) for r in runs]
+                    x = [(j + 1) / per_epoch for j in range(len(curves[0]))]
+                    every = per_epoch
+                else:
+                    curves = [r.curves[key] for r in runs]
+                    x = [float(j + 1) for j in range(len(curves[0]))]
+                    every = 1
+                mean = [nanmean([c[i] for c in curves]) for i in range(len(x))]
+                lo = [min(c[i] for c in curves) for i in range(len(x))]
+                hi = [max(c[i] for c in curves) for i in range(len(x))]
                 shown += mean
                 (line,) = ax.plot(
-                    epochs, mean, linestyle=style, marker=marker, markersize=3.5,
-                    label=f"{s.method} (lr {s.lr:g})",
+                    x, mean, linestyle=style, marker=marker, markersize=3.5, markevery=every,
+                    label=label,
                 )  # fmt: skip
-                ax.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.12, linewidth=0)
-        for ax, what in zip(axes, ("training error", "test error"), strict=True):
-            ax.set_title(f"{what}: mean over seeds, band = min-max", fontsize=10)
+                ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.12, linewidth=0)
+        for ax, what in zip(axes, ("training error (one epoch's running mean)", "test error"),
+                            strict=True):  # fmt: skip
+            ax.set_title(f"{what}:\nmean over the seeds that trained, band = min-max",
+                         fontsize=10)  # fmt: skip
             ax.set_xlabel("epoch")
-            ax.set_ylabel(what)
+            ax.set_ylabel(what.split(" (")[0])
             _log_percent_axis(ax, shown)
-        axes[0].legend(fontsize=8)
+        axes[0].legend(fontsize=7)
         fig.suptitle(f"{title}, {_OPTIMIZERS.get(opt, opt)}, each method at its chosen rate")
         fig.tight_layout()
         name = f"curves_{opt}.png"
@@ -382,6 +611,40 @@ def _plot_curves(summaries: list[MethodSummary], result: ComparisonResult, out: 
     return written
 
 
+def _plot_effects(found: Sequence[Claim], out: Path) -> list[str]:
+    """Every claim's effect and interval in units of its margin: the shaded band is "no
+    difference larger than the margin", left of 0 the claimed side."""
+    if not found:
+        return []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(found) + 1.4))
+    limit = 4.0
+    for row, c in enumerate(reversed(found)):
+        # the timing claim is one-sided at +delta: shift it so that its threshold sits at 0
+        shift = -1.0 if c.rule == "at most" else 0.0
+        e = c.effect
+        lo, mid, hi = (max(-limit, min(limit, v / c.delta + shift))
+                       for v in (e.low, e.estimate, e.high))  # fmt: skip
+        ax.plot([lo, hi], [row, row], color="C0", linewidth=2)
+        ax.plot([mid], [row], marker="o", color="C0")
+        for v, end in ((e.low, lo), (e.high, hi)):
+            if math.isinf(v) or abs(v / c.delta + shift) > limit:
+                ax.annotate("", xy=(end, row), xytext=(end - 0.3 * math.copysign(1, end), row),
+                            arrowprops={"arrowstyle": "->", "color": "C0"})  # fmt: skip
+        ax.text(limit + 0.1, row, verdict_text(c), va="center", fontsize=8)
+    ax.axvspan(-1, 1, color="0.85", zorder=0)
+    ax.axvline(0, color="0.3", linewidth=0.8)
+    ax.set_yticks(range(len(found)))
+    ax.set_yticklabels([f"{c.optimizer}: {c.title}" for c in reversed(found)], fontsize=8)
+    ax.set_xlim(-limit, limit)
+    ax.set_xlabel("effect / margin (negative: the claimed side; shaded: within the margin)")
+    ax.set_title("each claim's effect with its 95% interval, in units of its margin\n(the "
+                 "timing claim: slowdown / margin - 1, held left of 0)", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    atomic_write_bytes(out / "effects.png", png(fig))
+    return ["effects.png"]
+
+
 def _csv(result: ComparisonResult) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -411,8 +674,9 @@ def write_report(
     test and states no verdicts. Returns the summary written to JSON.
     """
     out = Path(out)
-    summaries, target = summarize(result)
-    plots = _plot_curves(summaries, result, out)
+    summaries = summarize(result)
+    found = [] if quick else claims(result)
+    plots = _plot_effects(found, out) + _plot_curves(summaries, result, out)
     env = environment()
     payload = {
         "config": asdict(result.config),
@@ -422,8 +686,8 @@ def write_report(
         "wall_time_s": result.wall_time_s,
         "chosen_lr": result.chosen_lr,
         "step_time_ratios": result.step_time_ratios,
-        "target_train_error": target,
         "summary": [asdict(s) for s in summaries],
+        "claims": [asdict(c) for c in found],
         "runs": [to_json(r) for r in result.runs],
     }
     atomic_write_text(out / "results.json", json.dumps(payload, indent=1, default=str))
@@ -432,46 +696,80 @@ def write_report(
     threads = (resolved or {}).get("threads", 1)
     workers = (resolved or {}).get("workers")
     methods = "\n".join(f"- `{m}`: {METHODS[m].label}" for m in cfg.methods)
-    if quick:
-        claims = SMOKE_TEST
-    else:
-        claims = "\n".join(_claims(summaries, result, target)) or "- (too few methods to check)"
     images = "\n".join(f"![{p}]({p})" for p in plots)
     heading = f"# Weight normalization: {cfg.name}" + (" (smoke test)" if quick else "")
     diverged = sum(r.diverged for r in result.runs)
-    # one method's seeds all beating the other's by chance: 1 / C(2n, n) with n seeds each
-    by_chance = (
-        f"with {_seeds(cfg.seeds)} each, a\ncomplete separation arises by chance with "
-        f"probability 1/{math.comb(2 * cfg.seeds, cfg.seeds)}"
-    )
+    search = min(cfg.search_seeds, cfg.seeds)
+    if quick:
+        verdicts = SMOKE_TEST
+    elif not found:
+        verdicts = "- (too few methods to check)"
+    else:
+        counts = {v: sum(verdict_text(c) == v for c in found)
+                  for v in dict.fromkeys(verdict_text(c) for c in found)}  # fmt: skip
+        tally = ", ".join(f"{n} {v}" for v, n in counts.items())
+        power = "\n".join(_power_rows(found, cfg.seeds))
+        verdicts = f"""{_claims_table(found)}
+
+{len(found)} claims: {tally}.
+
+How to read it: the effect is the first method's value minus the second's in the claim's
+measure (negative: the claimed side), the Hodges-Lehmann estimate (the median of all
+{cfg.seeds} x {cfg.seeds} pairwise differences between the two methods' seeds) with its 95%
+interval (Moses' distribution-free interval from the Mann-Whitney distribution: no assumption of
+normal errors; a run that failed to train counts as never reaching the target and ranks last).
+The rules, fixed before the run: **no difference larger than the margin** when the interval lies
+inside (-margin, +margin) (an equivalence test; it comes first: an interval that bounds the
+difference below what matters says so whatever its sign), **held** when it lies below 0,
+**did not hold** when it lies above 0, **inconclusive** otherwise. The timing claim is one-sided:
+**held** when the interval of the median slowdown (order statistics of the timing rounds) lies
+below its margin, **did not hold** above it. Margins: {cfg.delta_epochs:.0%} of the
+{cfg.epochs} epochs for convergence, {cfg.delta_test_error * 100:g} percentage points for test
+error (about two binomial standard errors of a 1.5% error on a 2,000-example test split: a
+smaller difference is one the split itself cannot resolve), {cfg.delta_train_error * 100:g}
+point(s) for training error, {cfg.delta_step_time:.0%} for step time.
+
+{_claim_notes(found)}
+
+### Power
+
+The seeds' spread in each claim's measure (pooled standard deviation of the two methods'
+finite values, from this run), and what it implies: the probability that {cfg.seeds} seeds
+per method detect a true difference of one margin (two-sided, 5%; the normal approximation
+divided by the rank method's efficiency 3/pi), and the seeds that 80% would take.
+
+| optimizer | claim | seed spread (sd) | margin | seeds run | power at the margin | seeds for 80% |
+|---|---|---|---|---|---|---|
+{power}"""
     report = f"""{heading}
 
 Data: {result.data["name"]} ({result.data["train"]} train, {result.data["val"]} validation,
 {result.data["test"]} test; inputs {tuple(result.data["input_shape"])}). {cfg.epochs} epochs,
 batch {cfg.batch_size}; the paper's schedule (momentum/beta1 0.9, then 0.5 with the learning rate
 decayed linearly to 0 over the second half). Each method's learning rate: every rate of the grid
-trained with seed 0, the {cfg.candidates} best (validation error) trained with {cfg.seeds} seeds,
-and the one with the lowest mean validation error over those seeds chosen. Errors are on the test
-split. {len(result.runs)} runs, {diverged} of them diverged (scored 100% validation error).
+trained with seed 0, the {cfg.candidates} best (validation error) trained with {_seeds(search)},
+and the one with the lowest mean validation error over those seeds chosen; {cfg.seeds} seeds in
+all at the chosen rate. Errors are on the test split. {len(result.runs)} runs, {diverged} of them
+diverged.
 
-{_table(summaries, target)}
+## The paper's claims
 
-Epochs to target: when a seed's training error (measured during each epoch, with dropout and
-input noise on; interpolated between epochs) first reaches {target:.1%}.
+{verdicts}
 
-## What held and what did not
+## Each method
 
-A claim *held* when every seed of one method beats every seed of the other, *did not hold* when
-the reverse is true, and is *inconclusive* when the seeds' ranges overlap ({by_chance}).
+At its chosen learning rate; medians over the seeds that trained, with their 95% intervals
+(order statistics). A seed *failed to train* when it diverged or ended predicting one class for
+more than {CONSTANT_SHARE:.0%} of the test inputs (a constant prediction, at chance level).
 
-{claims}
+{_table(summaries)}
 
 ## Timing (varies from run to run)
 
 A training step (forward, backward, update) relative to the normal parameterization under the
 same optimizer, from an interleaved timing pass after training (the parallel runs' own clocks
 share the machine and are kept in `results.json` only). Everything else in this report is a
-function of the configuration: a rerun reproduces it exactly.
+function of the configuration and the number of torch threads: a rerun reproduces it exactly.
 
 {_timing_table(summaries)}
 

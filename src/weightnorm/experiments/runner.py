@@ -392,7 +392,7 @@ def time_steps(
     *,
     device: str = "cpu",
     rounds: int = 25,
-    steps: int = 8,
+    steps: int = 16,
 ) -> dict[str, dict[str, list[float]]]:
     """Training-step time of each method relative to the normal parameterization, per round.
 
