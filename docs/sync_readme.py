@@ -18,6 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "mnist1d-report.md"
+#: The same run with ``--threads 2`` (other reduction orders, so other rounding): its verdicts
+#: are set beside the default run's on the page.
+REPORT_THREADS2 = ROOT / "docs" / "mnist1d-threads2" / "report.md"
 README = ROOT / "README.md"
 PAGE = ROOT / "docs" / "experiments" / "main-job.md"
 BEGIN, END = "<!-- main-job:begin -->", "<!-- main-job:end -->"
@@ -32,7 +35,33 @@ def _table(lines: list[str], header: str) -> list[str]:
     return lines[start:end]
 
 
-def blocks(report: str) -> dict[Path, str]:
+def _claim_rows(report: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(optimizer, claim) -> (effect [interval], verdict) from a report's claims table."""
+    rows = {}
+    for line in _table(report.splitlines(), "| optimizer | claim | measure |")[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0], cells[1]] = (cells[3], cells[5].strip("*"))
+    return rows
+
+
+def rounding_check(report: str, threads2: str) -> list[str]:
+    """The two runs' effects and verdicts side by side, and how many verdicts agree."""
+    one, two = _claim_rows(report), _claim_rows(threads2)
+    lines = [
+        "| optimizer | claim | effect, `--threads 1` | effect, `--threads 2` | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    same = 0
+    for key, (effect, verdict) in one.items():
+        effect2, verdict2 = two.get(key, ("-", "(missing)"))
+        same += verdict == verdict2
+        shown = verdict if verdict == verdict2 else f"{verdict} / {verdict2} (differ)"
+        lines.append(f"| {key[0]} | {key[1]} | {effect} | {effect2} | {shown} |")
+    lines += ["", f"{same} of {len(one)} verdicts are the same in both runs."]
+    return lines
+
+
+def blocks(report: str, threads2: str | None = None) -> dict[Path, str]:
     """The text between (and including) the markers, for the README and for the page."""
     lines = report.splitlines()
     claims = _table(lines, "| optimizer | claim | measure |")
@@ -56,7 +85,11 @@ def blocks(report: str) -> dict[Path, str]:
         BEGIN, "", *claims, "", tally, "", how, "", *notes, "",
         "Power: the seeds' spread in each claim's measure, from this run, and what it implies "
         "(two-sided 5%, the normal approximation divided by the rank method's efficiency):", "",
-        *power, "", "Each method at its chosen rate (medians over the seeds that trained, 95% "
+        *power, "",
+        *(["The same run with `--threads 2` (other reduction orders, so other rounding: "
+           "[its report](../mnist1d-threads2/report.md)):", "",
+           *rounding_check(report, threads2), ""] if threads2 else []),
+        "Each method at its chosen rate (medians over the seeds that trained, 95% "
         "intervals):", "", *methods, "", "Step time (varies from run to run):", "", *timing, "",
         ratio_text, summary, "", END,
     ]  # fmt: skip
@@ -72,7 +105,12 @@ def synced(path: Path, block: str) -> str:
 
 def out_of_date() -> list[Path]:
     """The files whose marked section differs from the report's."""
-    return [p for p, b in blocks(REPORT.read_text()).items() if synced(p, b) != p.read_text()]
+    return [p for p, b in _blocks().items() if synced(p, b) != p.read_text()]
+
+
+def _blocks() -> dict[Path, str]:
+    threads2 = REPORT_THREADS2.read_text() if REPORT_THREADS2.exists() else None
+    return blocks(REPORT.read_text(), threads2)
 
 
 def main(argv: list[str]) -> int:
@@ -84,7 +122,7 @@ def main(argv: list[str]) -> int:
     if argv:
         print("usage: python docs/sync_readme.py [--check]", file=sys.stderr)
         return 2
-    for path, block in blocks(REPORT.read_text()).items():
+    for path, block in _blocks().items():
         path.write_text(synced(path, block))
     return 0
 

@@ -206,6 +206,7 @@ def test_comparison_resumes_and_never_reuses_stale_results(
     assert len(messages) == 6  # (not vacuously: every run reported, each from its record)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again.runs == result.runs  # read back from the records, exactly
+    assert (result.loaded_runs, again.loaded_runs) == (0, 6)  # the report says so
 
     messages.clear()
     run_comparison(
@@ -612,4 +613,6 @@ def test_claims_on_known_effects(tmp_path: Path) -> None:
     )
     assert "5 claims: 3 held, 1 no difference larger than 0.50 pp, 1 did not hold." in report
     assert len(payload["claims"]) == 5
+    power = report.split("### Power")[1].split("## Each method")[0]
+    assert len([line for line in power.splitlines() if line.startswith("| adam |")]) == 4
     assert (tmp_path / "effects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,6 +18,7 @@ from weightnorm.experiments._stats import (
     Interval,
     decide,
     decide_at_most,
+    detectable,
     mann_whitney_counts,
     median_interval,
     power_of,
@@ -183,6 +184,8 @@ def test_power_formula_and_its_check_by_simulation() -> None:
     assert seeds_for_power(0.5, 1.0) == math.ceil(expected / 4)
     assert power_of(1.0, 1.0, 17) >= 0.8 > power_of(1.0, 1.0, 16)
     assert power_of(0.0, 1.0, 3) == 1.0
+    for sd, n in ((0.5, 10), (2.0, 7)):  # the detectable difference is the power's inverse
+        assert power_of(sd, detectable(sd, n), n) == pytest.approx(0.8)
     # the rank interval really detects a shift of one sd with 17 seeds about 80% of the time
     rng = random.Random(4)
     reps = 300

@@ -14,6 +14,7 @@ __all__ = [
     "Interval",
     "decide",
     "decide_at_most",
+    "detectable",
     "finite",
     "mann_whitney_counts",
     "mean_std",
@@ -258,6 +259,21 @@ def seeds_for_power(sd: float, delta: float, *, power: float = 0.8, alpha: float
     z = statistics.NormalDist().inv_cdf
     n = 2 * (z(1 - alpha / 2) + z(power)) ** 2 * sd**2 / delta**2 / RANK_EFFICIENCY
     return max(2, math.ceil(n))
+
+
+def detectable(sd: float, seeds: int, *, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The true difference that ``seeds`` seeds per method detect with probability ``power``
+    (:func:`seeds_for_power` solved for the difference).
+
+    Example::
+
+        >>> round(detectable(1.0, 17), 2)
+        0.98
+    """
+    if seeds < 1 or sd < 0:
+        raise ValueError(f"seeds >= 1 and sd >= 0 expected, got seeds={seeds}, sd={sd}")
+    z = statistics.NormalDist().inv_cdf
+    return (z(1 - alpha / 2) + z(power)) * sd * math.sqrt(2 / (seeds * RANK_EFFICIENCY))
 
 
 def power_of(sd: float, delta: float, seeds: int, *, alpha: float = 0.05) -> float:

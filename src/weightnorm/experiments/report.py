@@ -31,6 +31,7 @@ from ._stats import (
     Interval,
     decide,
     decide_at_most,
+    detectable,
     finite,
     median_interval,
     nanmean,
@@ -60,6 +61,11 @@ __all__ = [
 #: to (nearly) a constant prediction: it failed to train. A model that learned anything spreads
 #: its predictions over the classes (about 1/classes each on balanced data).
 CONSTANT_SHARE = 0.5
+
+_POWER_HEADER = (
+    "| optimizer | claim | seed spread (sd) | margin | power at the margin | seeds for 80% "
+    "there | detected with 80% power |\n|---|---|---|---|---|---|---|"
+)
 
 #: Confidence of every interval in the report.
 CONFIDENCE = 0.95
@@ -323,10 +329,16 @@ def _convergence(
     }
     loss = {m: [_bad(nanmean(r.fine["train_loss"])) for r in runs[m]] for m in (a, b)}
     auc = shift_interval(loss[a], loss[b], CONFIDENCE)
+    failed = [
+        f"{sum(failure(r) is not None for r in runs[m])} of {len(runs[m])} seeds of {m} failed "
+        "to train (never reach it)"
+        for m in (a, b)
+        if any(failure(r) is not None for r in runs[m])
+    ]
     note = (
-        f"target: {target:.1%} training error (one epoch's running mean), the highest "
-        f"any trained seed of the two needs; mean training loss over the run, {a} - {b}: "
-        f"{auc.estimate:+.3f} [{auc.low:+.3f}, {auc.high:+.3f}]"
+        f"target: {target:.1%} training error (one epoch's running mean), the highest any "
+        f"trained seed of the two needs{''.join('; ' + f for f in failed)}; mean training loss "
+        f"over the run, {a} - {b}: {auc.estimate:+.3f} [{auc.low:+.3f}, {auc.high:+.3f}]"
     )
     measure = f"epochs to {target:.1%} training error"
     return _shift_claim(opt, title, measure, a, b, values[a], values[b], delta,
@@ -394,7 +406,8 @@ def claims(result: ComparisonResult) -> list[Claim]:
 
 def _power_rows(found: Sequence[Claim], seeds: int) -> list[str]:
     """Per two-method claim: the seeds' spread in its measure (pooled standard deviation of the
-    finite values), the power at its margin with the seeds run, the seeds for 80%."""
+    finite values), the power at its margin with the seeds run, the seeds for 80%, and the
+    difference the seeds run detect with 80% power."""
     rows = []
     for c in found:
         if c.rule != "shift":
@@ -405,13 +418,10 @@ def _power_rows(found: Sequence[Claim], seeds: int) -> list[str]:
             continue
         sd = math.sqrt(statistics.fmean(s**2 for s in spreads))
         shown = _fmt(sd, c.unit, sign=False)
-        if sd == 0:
-            rows.append(f"| {c.optimizer} | {c.title} | {shown} | {delta_text(c)} | {seeds} | "
-                        "1.00 | 2 |")  # fmt: skip
-            continue
+        detected = _fmt(detectable(sd, seeds), c.unit, sign=False)
         rows.append(
-            f"| {c.optimizer} | {c.title} | {shown} | {delta_text(c)} | {seeds} | "
-            f"{power_of(sd, c.delta, seeds):.2f} | {seeds_for_power(sd, c.delta)} |"
+            f"| {c.optimizer} | {c.title} | {shown} | {delta_text(c)} | "
+            f"{power_of(sd, c.delta, seeds):.2f} | {seeds_for_power(sd, c.delta)} | {detected} |"
         )
     return rows
 
@@ -431,14 +441,6 @@ def _range(values: Sequence[float], fmt: str) -> str:
     if bad:
         text += f", {bad} of {len(values)} seeds never"
     return text
-
-
-def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
-    if len(values) < 2:
-        v = values[0] if values else math.nan
-        return v, v, v
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q2, q3
 
 
 def _median_text(iv: Interval | None, fmt: Callable[[float], str]) -> str:
@@ -544,7 +546,7 @@ def _plot_curves(summaries: list[MethodSummary], result: ComparisonResult, out: 
         ):
             runs = _trained(result.runs_of(opt, s.method))
             if not runs:  # failed on every seed: named in the legend, no curve
-                why = _status(s).strip("*")
+                why = _status(s).replace("**", "")
                 axes[0].plot([], [], linestyle=":", color="0.5",
                              label=f"{s.method}: failed to train ({why})")  # fmt: skip
                 continue
@@ -618,7 +620,7 @@ def _plot_effects(found: Sequence[Claim], out: Path) -> list[str]:
         return []
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(found) + 1.4))
-    limit = 4.0
+    limit = 8.0
     for row, c in enumerate(reversed(found)):
         # the timing claim is one-sided at +delta: shift it so that its threshold sits at 0
         shift = -1.0 if c.rule == "at most" else 0.0
@@ -631,7 +633,7 @@ def _plot_effects(found: Sequence[Claim], out: Path) -> list[str]:
             if math.isinf(v) or abs(v / c.delta + shift) > limit:
                 ax.annotate("", xy=(end, row), xytext=(end - 0.3 * math.copysign(1, end), row),
                             arrowprops={"arrowstyle": "->", "color": "C0"})  # fmt: skip
-        ax.text(limit + 0.1, row, verdict_text(c), va="center", fontsize=8)
+        ax.text(limit + 0.4, row, verdict_text(c), va="center", fontsize=8)
     ax.axvspan(-1, 1, color="0.85", zorder=0)
     ax.axvline(0, color="0.3", linewidth=0.8)
     ax.set_yticks(range(len(found)))
@@ -700,6 +702,12 @@ def write_report(
     heading = f"# Weight normalization: {cfg.name}" + (" (smoke test)" if quick else "")
     diverged = sum(r.diverged for r in result.runs)
     search = min(cfg.search_seeds, cfg.seeds)
+    loaded = (
+        f" ({result.loaded_runs} of {len(result.runs)} runs read back from an earlier "
+        "execution's records)"
+        if result.loaded_runs
+        else ""
+    )
     if quick:
         verdicts = SMOKE_TEST
     elif not found:
@@ -734,12 +742,14 @@ point(s) for training error, {cfg.delta_step_time:.0%} for step time.
 ### Power
 
 The seeds' spread in each claim's measure (pooled standard deviation of the two methods'
-finite values, from this run), and what it implies: the probability that {cfg.seeds} seeds
-per method detect a true difference of one margin (two-sided, 5%; the normal approximation
-divided by the rank method's efficiency 3/pi), and the seeds that 80% would take.
+finite values, from this run), and what it implies for {cfg.seeds} seeds per method (two-sided
+5%; the normal approximation divided by the rank method's efficiency 3/pi): the probability of
+detecting a true difference of one margin, the seeds that 80% would take, and the difference
+that {cfg.seeds} seeds detect with 80% power. Power is the chance of *finding* a difference:
+a *held* or *did not hold* is a significant result whatever it was; low power shows where an
+*inconclusive* may come from, and how far an equivalence can be trusted.
 
-| optimizer | claim | seed spread (sd) | margin | seeds run | power at the margin | seeds for 80% |
-|---|---|---|---|---|---|---|
+{_POWER_HEADER}
 {power}"""
     report = f"""{heading}
 
@@ -783,7 +793,7 @@ function of the configuration and the number of torch threads: a rerun reproduce
 
 Machine: {env["machine"]}, {env["cpus"]} CPUs, torch {env["torch"]}, {threads} torch thread(s)
 per run{f", {workers} parallel runs" if workers else ""}; wall time
-{result.wall_time_s / 60:.1f} min. Every curve is in `results.json` / `results.csv`.
+{result.wall_time_s / 60:.1f} min{loaded}. Every curve is in `results.json` / `results.csv`.
 """
     atomic_write_text(out / "report.md", report)
     return payload

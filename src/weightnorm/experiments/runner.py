@@ -217,6 +217,9 @@ class ComparisonResult:
     # optimizer -> method -> per-round training-step time / the normal parameterization's,
     # from one interleaved timing pass (parallel runs share the machine: their clocks do not)
     step_time_ratios: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # runs read back from the records of an earlier execution instead of trained (a resumed
+    # or repeated command: its wall time is not the experiment's)
+    loaded_runs: int = 0
 
     def runs_of(self, optimizer: str, method: str, lr: float | None = None) -> list[RunRecord]:
         """The runs of ``method`` under ``optimizer`` at ``lr`` (default: its chosen rate), in
@@ -560,6 +563,7 @@ def run_comparison(
             for seed in range(search, config.seeds)
         ]
         done.update(jobs.run(rest))
+        loaded = jobs.cached
     # the timing pass builds models (data init all-reduces): single-process runs only
     _, world = distributed()
     with torch_threads(threads):
@@ -569,6 +573,7 @@ def run_comparison(
         runs=list(done.values()),
         chosen_lr=chosen,
         step_time_ratios=ratios,
+        loaded_runs=loaded,
         data={
             "name": data.name,
             "fingerprint": data.fingerprint(),
