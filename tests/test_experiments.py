@@ -616,3 +616,19 @@ def test_claims_on_known_effects(tmp_path: Path) -> None:
     power = report.split("### Power")[1].split("## Each method")[0]
     assert len([line for line in power.splitlines() if line.startswith("| adam |")]) == 4
     assert (tmp_path / "effects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_choose_rate_keeps_the_largest_rate_as_good_as_the_best() -> None:
+    """Validation errors within the tolerance of the lowest are equal, so a rounding change of
+    one validation example cannot flip the choice (issue 29: it did, between --threads 1 and 2)."""
+    from weightnorm.experiments.runner import choose_rate
+
+    # the two runs of this setup: 1.10% / 1.00% and 0.93% / 1.03% at 0.003 / 0.01
+    assert choose_rate({0.003: 0.0110, 0.01: 0.0100}, 0.005) == 0.01
+    assert choose_rate({0.003: 0.0093, 0.01: 0.0103}, 0.005) == 0.01
+    assert choose_rate({0.003: 0.0200, 0.01: 0.0133}, 0.005) == 0.01  # clearly better
+    assert choose_rate({0.003: 0.0133, 0.01: 0.0200}, 0.005) == 0.003  # clearly worse
+    assert choose_rate({0.003: 0.0110, 0.01: 0.0100}, 0.0) == 0.01  # no tolerance: the lowest
+    assert choose_rate({0.003: 0.0100, 0.01: 0.0110}, 0.0) == 0.003
+    with pytest.raises(ValueError, match="no learning rates"):
+        choose_rate({}, 0.005)

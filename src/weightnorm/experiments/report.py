@@ -758,9 +758,10 @@ Data: {result.data["name"]} ({result.data["train"]} train, {result.data["val"]} 
 batch {cfg.batch_size}; the paper's schedule (momentum/beta1 0.9, then 0.5 with the learning rate
 decayed linearly to 0 over the second half). Each method's learning rate: every rate of the grid
 trained with seed 0, the {cfg.candidates} best (validation error) trained with {_seeds(search)},
-and the one with the lowest mean validation error over those seeds chosen; {cfg.seeds} seeds in
-all at the chosen rate. Errors are on the test split. {len(result.runs)} runs, {diverged} of them
-diverged.
+and the largest whose mean validation error over those seeds is within
+{cfg.lr_tolerance * 100:g} points of the lowest chosen (smaller differences are below what the
+validation split resolves); {cfg.seeds} seeds in all at the chosen rate. Errors are on the
+test split. {len(result.runs)} runs, {diverged} of them diverged.
 
 ## The paper's claims
 

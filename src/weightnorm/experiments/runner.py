@@ -8,10 +8,12 @@ a changed configuration never reuses stale results.
 
 Protocol: for each optimizer and method, every learning rate of the grid is trained with seed 0
 and scored by its final validation error (a diverged run scores 100%); the ``candidates`` best
-rates are trained again with seeds 1..K-1 (K: ``search_seeds``), and the rate with the lowest
-validation error averaged over those K seeds is chosen. Seeds K..S-1 then run at the chosen rate
-only; its S runs are the method's result; test errors are only reported. One seed at the edge of
-stability cannot decide the choice: a rate that is good for seed 0 only loses to a neighbour that
+rates are trained again with seeds 1..K-1 (K: ``search_seeds``), and the largest rate whose
+validation error averaged over those K seeds is within ``lr_tolerance`` of the lowest is chosen
+(:func:`choose_rate`: a difference the validation split cannot resolve does not decide, so
+rounding cannot flip the choice). Seeds K..S-1 then run at the chosen rate only; its S runs are
+the method's result; test errors are only reported. One seed at the edge of stability cannot
+decide the choice: a rate that is good for seed 0 only loses to a neighbour that
 is good for every seed. Every run uses the same number of torch threads
 (``threads``, part of each run's key), so a run's numbers are the same in every execution path.
 """
@@ -45,6 +47,7 @@ __all__ = [
     "RunRecord",
     "RunSpec",
     "run_comparison",
+    "choose_rate",
     "set_paper_schedule",
     "time_steps",
     "train_run",
@@ -74,6 +77,8 @@ class ComparisonConfig:
             remaining seeds run at the chosen rate only.
         candidates: rates per method and optimizer trained with ``search_seeds`` seeds before
             choosing.
+        lr_tolerance: mean validation errors within this of the lowest count as equal; the
+            largest such rate is chosen (:func:`choose_rate`).
         methods: names from :data:`weightnorm.experiments.METHODS`.
         init_batch_size: samples of the data-dependent initialization batch (paper: 500).
         target_train_error: training error whose first crossing is shown per method in the
@@ -97,6 +102,7 @@ class ComparisonConfig:
     seeds: int = 3
     search_seeds: int = 3
     candidates: int = 2
+    lr_tolerance: float = 0.005
     methods: tuple[str, ...] = tuple(METHODS)
     init_batch_size: int = 500
     target_train_error: float | None = None
@@ -113,6 +119,8 @@ class ComparisonConfig:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if not (0 <= self.lr_tolerance < 1):
+            raise ValueError(f"lr_tolerance must be in [0, 1), got {self.lr_tolerance}")
         if self.search_seeds < 1:
             raise ValueError(f"search_seeds must be >= 1, got {self.search_seeds}")
         for name in ("delta_epochs", "delta_test_error", "delta_train_error", "delta_step_time"):
@@ -387,6 +395,26 @@ def train_run(
 # --- many runs ---------------------------------------------------------------------------------
 
 
+def choose_rate(scores: dict[float, float], tolerance: float) -> float:
+    """The learning rate to keep: the largest whose score (mean validation error; lower is
+    better) is within ``tolerance`` of the lowest. Rates whose scores differ by less than the
+    validation split can resolve are equally good, and the choice among them must not depend on
+    rounding; of equals the largest trains fastest (the question is speed of convergence). This
+    is the one-standard-error rule of model selection, with the learning rate as the knob.
+
+    Example::
+
+        >>> choose_rate({0.001: 0.012, 0.003: 0.010, 0.01: 0.014}, 0.005)
+        0.01
+        >>> choose_rate({0.001: 0.012, 0.003: 0.010, 0.01: 0.030}, 0.005)
+        0.003
+    """
+    if not scores:
+        raise ValueError("no learning rates to choose from")
+    best = min(scores.values())
+    return max(lr for lr, score in scores.items() if score <= best + tolerance)
+
+
 def time_steps(
     config: ComparisonConfig,
     factory: Callable[..., nn.Module],
@@ -556,7 +584,7 @@ def run_comparison(
             def mean_score(lr: float, o: str = o, m: str = m) -> float:
                 return statistics.fmean(done[RunSpec(m, o, lr, s)].score for s in range(search))
 
-            chosen[o][m] = min(rates, key=lambda lr: (mean_score(lr), lr))
+            chosen[o][m] = choose_rate({lr: mean_score(lr) for lr in rates}, config.lr_tolerance)
         rest = [
             RunSpec(m, o, chosen[o][m], seed)
             for o, m in pairs
