@@ -66,7 +66,6 @@ CONFIGS: dict[str, NamedConfig] = {
         quick=ComparisonConfig(
             name="mnist1d-quick", epochs=4, batch_size=100, seeds=2, candidates=1,
             init_batch_size=100, lr_grid={"adam": (3e-3,), "sgd": (3e-2,)},
-            target_train_error=0.75,
         ),
         network={"dims": 1, "widths": (32, 64), "dropout": 0.3, "noise": 0.15},
         quick_network={"dims": 1, "widths": (8, 16), "dropout": 0.3, "noise": 0.15},
@@ -80,12 +79,11 @@ CONFIGS: dict[str, NamedConfig] = {
         comparison=ComparisonConfig(
             name="digits", epochs=20, batch_size=50, seeds=10, search_seeds=3,
             init_batch_size=300,
-            target_train_error=0.05,
         ),
         quick=ComparisonConfig(
             name="digits-quick", epochs=3, batch_size=50, seeds=2, candidates=1,
             init_batch_size=100,
-            lr_grid={"adam": (3e-3,), "sgd": (3e-2,)}, target_train_error=0.6,
+            lr_grid={"adam": (3e-3,), "sgd": (3e-2,)},
         ),
         network={"dims": 2, "widths": (16, 32), "dropout": 0.3, "noise": 0.15, "pool": False},
         quick_network={"dims": 2, "widths": (4, 8), "dropout": 0.3, "noise": 0.15, "pool": False},

@@ -81,10 +81,6 @@ class ComparisonConfig:
             largest such rate is chosen (:func:`choose_rate`).
         methods: names from :data:`weightnorm.experiments.METHODS`.
         init_batch_size: samples of the data-dependent initialization batch (paper: 500).
-        target_train_error: training error whose first crossing is shown per method in the
-            report's table ("epochs to target"); ``None``: the median over methods of the final
-            mean training error. The convergence claims use their own target, one that both
-            methods compared reach on every seed.
         delta_epochs: the convergence claims' margin, as a fraction of ``epochs``: a difference
             in epochs to target smaller than this is no difference that matters.
         delta_test_error: the test-error claims' margin (absolute; 0.005 = 0.5 percentage
@@ -105,7 +101,6 @@ class ComparisonConfig:
     lr_tolerance: float = 0.005
     methods: tuple[str, ...] = tuple(METHODS)
     init_batch_size: int = 500
-    target_train_error: float | None = None
     delta_epochs: float = 0.05
     delta_test_error: float = 0.005
     delta_train_error: float = 0.01
