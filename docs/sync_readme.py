@@ -28,7 +28,9 @@ BEGIN, END = "<!-- main-job:begin -->", "<!-- main-job:end -->"
 
 def _table(lines: list[str], header: str) -> list[str]:
     """The Markdown table whose first line starts with ``header``."""
-    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    start = next((i for i, line in enumerate(lines) if line.startswith(header)), None)
+    if start is None:
+        raise SystemExit(f"the report has no table starting {header!r}: is it a default run's?")
     end = start
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
@@ -52,12 +54,13 @@ def rounding_check(report: str, threads2: str) -> list[str]:
         "|---|---|---|---|---|",
     ]
     same = 0
-    for key, (effect, verdict) in one.items():
+    for key in {**one, **two}:
+        effect, verdict = one.get(key, ("-", "(missing)"))
         effect2, verdict2 = two.get(key, ("-", "(missing)"))
         same += verdict == verdict2
         shown = verdict if verdict == verdict2 else f"{verdict} / {verdict2} (differ)"
         lines.append(f"| {key[0]} | {key[1]} | {effect} | {effect2} | {shown} |")
-    lines += ["", f"{same} of {len(one)} verdicts are the same in both runs."]
+    lines += ["", f"{same} of {len({**one, **two})} verdicts are the same in both runs."]
     return lines
 
 
@@ -71,7 +74,10 @@ def blocks(report: str, threads2: str | None = None) -> dict[Path, str]:
     paragraphs = [" ".join(p.split()) for p in report.split("\n\n")]
 
     def paragraph(prefix: str) -> str:
-        return next(p for p in paragraphs if p.startswith(prefix))
+        found = next((p for p in paragraphs if p.startswith(prefix)), None)
+        if found is None:
+            raise SystemExit(f"the report has no paragraph starting {prefix!r}")
+        return found
 
     tally = paragraph(f"{len(claims) - 2} claims:")
     how = paragraph("How to read it:")

@@ -585,7 +585,7 @@ def test_claims_on_known_effects(tmp_path: Path) -> None:
     result = ComparisonResult(
         config=config, runs=runs, chosen_lr={"adam": dict.fromkeys(methods, 1e-3)},
         data={"name": "synthetic", "fingerprint": "-", "train": 1, "val": 1, "test": 1,
-              "input_shape": [1]},
+              "input_shape": [1], "chance_error": 0.9},
         wall_time_s=1.0, step_time_ratios={"adam": timing},
     )  # fmt: skip
     found = {c.title: c for c in report_module.claims(result)}
@@ -608,9 +608,7 @@ def test_claims_on_known_effects(tmp_path: Path) -> None:
     assert slower.effect.estimate == pytest.approx(st.median(timing["wn-init"]) - 1)
     payload = write_report(result, tmp_path)
     report = (tmp_path / "report.md").read_text()
-    assert (
-        "| adam | wn | 0.001 | **0 of 10** (10 constant prediction) | failed to train |" in report
-    )
+    assert "| adam | wn | 0.001 | **0 of 10** (10 at chance) | failed to train |" in report
     assert "5 claims: 3 held, 1 no difference larger than 0.50 pp, 1 did not hold." in report
     assert len(payload["claims"]) == 5
     power = report.split("### Power")[1].split("## Each method")[0]
@@ -632,3 +630,40 @@ def test_choose_rate_keeps_the_largest_rate_as_good_as_the_best() -> None:
     assert choose_rate({0.003: 0.0100, 0.01: 0.0110}, 0.0) == 0.003
     with pytest.raises(ValueError, match="no learning rates"):
         choose_rate({}, 0.005)
+
+
+def test_claims_edge_cases() -> None:
+    """Two methods that never trained are not "equal" (inconclusive, and the claim is still
+    reported); "the best" must hold against every other method, not only the one with the
+    lowest median; a timing pass without an unnormalized baseline gives no timing claim."""
+    methods = ("normal-init", "wn-init", "bn", "mobn", "wn-mobn")
+    seeds = 10
+    runs = []
+    for seed in range(seeds):
+        wide = 0.005 if seed % 2 else 0.047  # median 2.6%, spread 0.5%-4.7%
+        runs += [
+            _synthetic_run("normal-init", seed, start_error=0.9, rate=0.0, test=0.95, early=0.9),
+            _synthetic_run("wn-init", seed, start_error=0.9, rate=0.0, test=0.95, early=0.9),
+            _synthetic_run("bn", seed, start_error=0.5, rate=0.2, test=0.025, early=0.3),
+            _synthetic_run("mobn", seed, start_error=0.5, rate=0.2, test=wide, early=0.3),
+            _synthetic_run("wn-mobn", seed, start_error=0.5, rate=0.2, test=0.015, early=0.3),
+        ]
+    result = ComparisonResult(
+        config=ComparisonConfig(epochs=4, seeds=seeds, optimizers=("adam",), methods=methods,
+                                lr_grid={"adam": (1e-3,)}),
+        runs=runs, chosen_lr={"adam": dict.fromkeys(methods, 1e-3)},
+        data={"name": "synthetic", "fingerprint": "-", "train": 1, "val": 1, "test": 1,
+              "input_shape": [1], "chance_error": 0.9},
+        wall_time_s=1.0, step_time_ratios={"adam": {"wn-init": [1.0] * 25, "bn": [1.2] * 25}},
+    )  # fmt: skip
+    found = {c.title: c for c in report_module.claims(result)}
+    faster = found["weight norm speeds up convergence"]
+    assert faster.verdict == "inconclusive"  # not "no difference": nothing was compared
+    assert "neither wn-init nor normal-init trained" in faster.note
+    best = found["WN + mean-only BN gives the best test error"]
+    # bn has the lowest median of the others and is beaten on every pair of seeds, but mobn's
+    # wide spread leaves its comparison open: "the best" is not established
+    assert best.verdict == "inconclusive"
+    assert best.b == "mobn"
+    assert "bn: -1.00 pp [" in best.note  # beaten everywhere: not the deciding comparison
+    assert "weight norm is not noticeably slower" not in found

@@ -19,6 +19,7 @@ from weightnorm.experiments._stats import (
     decide,
     decide_at_most,
     detectable,
+    fewest_seeds,
     mann_whitney_counts,
     median_interval,
     power_of,
@@ -183,7 +184,12 @@ def test_power_formula_and_its_check_by_simulation() -> None:
     assert seeds_for_power(1.0, 1.0) == math.ceil(expected) == 17
     assert seeds_for_power(0.5, 1.0) == math.ceil(expected / 4)
     assert power_of(1.0, 1.0, 17) >= 0.8 > power_of(1.0, 1.0, 16)
-    assert power_of(0.0, 1.0, 3) == 1.0
+    assert power_of(0.0, 1.0, 4) == 1.0
+    # 3 seeds bound no 95% interval (P(complete separation) = 1/20): no power, whatever the spread
+    assert fewest_seeds() == 4
+    assert power_of(0.0, 1.0, 3) == power_of(1.0, 100.0, 3) == 0.0
+    assert detectable(1.0, 3) == math.inf
+    assert seeds_for_power(0.01, 1.0) == 4
     for sd, n in ((0.5, 10), (2.0, 7)):  # the detectable difference is the power's inverse
         assert power_of(sd, detectable(sd, n), n) == pytest.approx(0.8)
     # the rank interval really detects a shift of one sd with 17 seeds about 80% of the time

@@ -15,6 +15,7 @@ __all__ = [
     "decide",
     "decide_at_most",
     "detectable",
+    "fewest_seeds",
     "finite",
     "mann_whitney_counts",
     "mean_std",
@@ -258,7 +259,23 @@ def seeds_for_power(sd: float, delta: float, *, power: float = 0.8, alpha: float
         raise ValueError(f"sd >= 0 and delta > 0 expected, got sd={sd}, delta={delta}")
     z = statistics.NormalDist().inv_cdf
     n = 2 * (z(1 - alpha / 2) + z(power)) ** 2 * sd**2 / delta**2 / RANK_EFFICIENCY
-    return max(2, math.ceil(n))
+    return max(fewest_seeds(alpha), math.ceil(n))
+
+
+def fewest_seeds(alpha: float = 0.05) -> int:
+    """The fewest seeds per method for which a ``1 - alpha`` shift interval exists at all:
+    with fewer, even a complete separation of the two methods is as likely as ``alpha`` by
+    chance, the interval is unbounded and every verdict inconclusive (4 at 95%).
+
+    Example::
+
+        >>> fewest_seeds()
+        4
+    """
+    n = 1
+    while _lower_tail(mann_whitney_counts(n, n), alpha)[0] == 0:
+        n += 1
+    return n
 
 
 def detectable(sd: float, seeds: int, *, power: float = 0.8, alpha: float = 0.05) -> float:
@@ -272,6 +289,8 @@ def detectable(sd: float, seeds: int, *, power: float = 0.8, alpha: float = 0.05
     """
     if seeds < 1 or sd < 0:
         raise ValueError(f"seeds >= 1 and sd >= 0 expected, got seeds={seeds}, sd={sd}")
+    if seeds < fewest_seeds(alpha):
+        return math.inf
     z = statistics.NormalDist().inv_cdf
     return (z(1 - alpha / 2) + z(power)) * sd * math.sqrt(2 / (seeds * RANK_EFFICIENCY))
 
@@ -285,6 +304,8 @@ def power_of(sd: float, delta: float, seeds: int, *, alpha: float = 0.05) -> flo
         >>> round(power_of(1.0, 1.0, 17), 2)
         0.81
     """
+    if seeds < fewest_seeds(alpha):
+        return 0.0  # no interval is bounded: no difference can be found
     if sd == 0:
         return 1.0
     dist = statistics.NormalDist()

@@ -52,15 +52,11 @@ __all__ = [
     "compare",
     "epochs_to",
     "failure",
+    "rewrite_report",
     "summarize",
     "windowed",
     "write_report",
 ]
-
-#: A run whose most predicted class gets more than this share of the test inputs has collapsed
-#: to (nearly) a constant prediction: it failed to train. A model that learned anything spreads
-#: its predictions over the classes (about 1/classes each on balanced data).
-CONSTANT_SHARE = 0.5
 
 _POWER_HEADER = (
     "| optimizer | claim | seed spread (sd) | margin | power at the margin | seeds for 80% "
@@ -74,13 +70,22 @@ CONFIDENCE = 0.95
 TARGET_STEP = 0.005
 
 
-def failure(run: RunRecord) -> str | None:
-    """Why ``run`` failed to train (``"diverged"``, ``"constant prediction"``), or ``None``."""
+def failure(run: RunRecord, chance_error: float) -> str | None:
+    """Why ``run`` failed to train, or ``None``: ``"diverged"``, or ``"at chance"`` when its
+    final test error is no better than ``chance_error``, the error of the best constant
+    prediction (always the test split's most frequent class). A run that collapsed to a
+    constant prediction is always at chance; so is one that learned nothing else.
+    """
     if run.diverged:
         return "diverged"
-    if run.final["top_class_share"] > CONSTANT_SHARE:
-        return "constant prediction"
+    if run.final["test_error"] >= chance_error:
+        return "at chance"
     return None
+
+
+def _chance(result: ComparisonResult) -> float:
+    """The error of the best constant prediction on the test split."""
+    return float(result.data["chance_error"])
 
 
 def windowed(fine: Sequence[float], per_epoch: int) -> list[float]:
@@ -184,8 +189,8 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Verdict:
     return "inconclusive"
 
 
-def _trained(runs: Sequence[RunRecord]) -> list[RunRecord]:
-    return [r for r in runs if failure(r) is None]
+def _trained(runs: Sequence[RunRecord], chance_error: float) -> list[RunRecord]:
+    return [r for r in runs if failure(r, chance_error) is None]
 
 
 def _fine_error(run: RunRecord) -> list[float]:
@@ -200,14 +205,15 @@ def _interval(values: Sequence[float]) -> Interval | None:
 def summarize(result: ComparisonResult) -> list[MethodSummary]:
     """Per optimizer and method: errors over seeds, failures, the mean training loss, timing."""
     summaries = []
+    chance = _chance(result)
     for opt in result.config.optimizers:
         for method in result.config.methods:
             runs = result.runs_of(opt, method)
-            trained = _trained(runs)
+            trained = _trained(runs, chance)
             every = [r for r in result.runs if r.spec.optimizer == opt and r.spec.method == method]
             failed: dict[str, int] = {}
             for r in runs:
-                reason = failure(r)
+                reason = failure(r, chance)
                 if reason:
                     failed[reason] = failed.get(reason, 0) + 1
             final_train = [r.final["train_error"] for r in trained]
@@ -260,6 +266,8 @@ class Claim:
 
 
 def _fmt(value: float, unit: str, sign: bool = True) -> str:
+    if math.isnan(value):
+        return "-"
     if math.isinf(value):
         return ("+" if value > 0 else "-") + "inf" if sign else "inf"
     plus = "+" if sign else ""
@@ -290,50 +298,93 @@ def verdict_text(claim: Claim) -> str:
     return claim.verdict
 
 
-def _best_other(values: dict[str, list[float]], claimant: str) -> tuple[str, list[float]] | None:
-    others = {m: v for m, v in values.items() if m != claimant}
-    if not others:
-        return None
-    best = min(others, key=lambda m: (statistics.median([_bad(v) for v in others[m]]), m))
-    return best, others[best]
-
-
 def _shift_claim(
     opt: str, title: str, measure: str, a: str, b: str, av: list[float], bv: list[float],
     delta: float, unit: str, note: str = "",
 ) -> Claim:  # fmt: skip
     av, bv = [_bad(v) for v in av], [_bad(v) for v in bv]
+    if not finite(av) and not finite(bv):  # two failures tie: that is no evidence of equality
+        nothing = Interval(math.nan, -math.inf, math.inf, 1.0)
+        note = f"neither {a} nor {b} trained on any seed: nothing to compare" + (
+            f"; {note}" if note else ""
+        )
+        return Claim(opt, title, measure, a, b, av, bv, nothing, delta, unit, "inconclusive",
+                     "shift", note)  # fmt: skip
     effect = shift_interval(av, bv, CONFIDENCE)
     return Claim(opt, title, measure, a, b, av, bv, effect, delta, unit,
                  decide(effect, delta), "shift", note)  # fmt: skip
 
 
+def _best_claim(
+    opt: str, title: str, measure: str, claimant: str, values: dict[str, list[float]],
+    delta: float, unit: str, note: str,
+) -> Claim | None:  # fmt: skip
+    """ "``claimant`` is the lowest", against every other method at once (an intersection-union
+    test: every comparison must agree, so no multiplicity correction is needed). With each
+    effect ``claimant - other`` and its interval: *did not hold* if some interval lies above 0
+    (a method beats it), *held* if every interval lies below 0 (it beats them all), *no
+    difference larger than delta* if every interval lies below ``delta`` (none beats it by more
+    than the margin: it ties the best), *inconclusive* otherwise. The effect shown is the
+    deciding comparison: the one closest to changing the verdict."""
+    others = [m for m in values if m != claimant]
+    if claimant not in values or not others:
+        return None
+    each = {
+        m: _shift_claim(opt, title, measure, claimant, m, values[claimant], values[m], delta, unit)
+        for m in others
+    }
+    lows = {m: c.effect.low for m, c in each.items()}
+    highs = {m: c.effect.high for m, c in each.items()}
+    if any(low > 0 for low in lows.values()):
+        verdict: ClaimVerdict = "did not hold"
+        decider = max(lows, key=lambda m: (lows[m], m))  # the clearest winner over it
+    else:
+        decider = max(highs, key=lambda m: (highs[m], m))  # the closest to beating it
+        top = highs[decider]
+        verdict = (
+            "held" if top < 0 else "no difference larger than delta" if top < delta
+            else "inconclusive"
+        )  # fmt: skip
+    shown = each[decider]
+    every = "; ".join(f"{m}: {effect_text(c)}" for m, c in each.items())
+    shown.verdict = verdict
+    shown.note = (
+        f"against every other method at once, shown against the deciding one ({every}); {note}"
+    )
+    return shown
+
+
 def _convergence(
-    opt: str, title: str, a: str, b: str, runs: dict[str, list[RunRecord]], delta: float
-) -> Claim | None:
+    opt: str, title: str, a: str, b: str, runs: dict[str, list[RunRecord]], delta: float,
+    chance: float,
+) -> Claim | None:  # fmt: skip
     """A convergence claim: epochs to a target that every trained seed of ``a`` and ``b``
     reaches (failed seeds never do), with the mean training loss as a second measure."""
     if a not in runs or b not in runs:
         return None
-    kept = _trained(runs[a] + runs[b])
+    kept = _trained(runs[a] + runs[b], chance)
     if not kept:
-        return None
+        never = {m: [math.inf] * len(runs[m]) for m in (a, b)}
+        return _shift_claim(opt, title, "epochs to a target training error", a, b, never[a],
+                            never[b], delta, "epochs")  # fmt: skip
     worst = max(min(finite(_fine_error(r))) for r in kept)
     target = math.ceil(worst / TARGET_STEP - 1e-9) * TARGET_STEP
+    failed_runs = {m: [failure(r, chance) is not None for r in runs[m]] for m in (a, b)}
     values = {
         m: [
-            epochs_to(_fine_error(r), target, r.fine_per_epoch) if failure(r) is None else math.inf
-            for r in runs[m]
+            math.inf if bad else epochs_to(_fine_error(r), target, r.fine_per_epoch)
+            for r, bad in zip(runs[m], failed_runs[m], strict=True)
         ]
         for m in (a, b)
     }
-    loss = {m: [_bad(nanmean(r.fine["train_loss"])) for r in runs[m]] for m in (a, b)}
+    # the area under the training-loss curve: a diverged run's is unbounded
+    loss = {m: [math.inf if r.diverged else nanmean(r.fine["train_loss"]) for r in runs[m]]
+            for m in (a, b)}  # fmt: skip
     auc = shift_interval(loss[a], loss[b], CONFIDENCE)
     failed = [
-        f"{sum(failure(r) is not None for r in runs[m])} of {len(runs[m])} seeds of {m} failed "
-        "to train (never reach it)"
+        f"{sum(failed_runs[m])} of {len(runs[m])} seeds of {m} failed to train (never reach it)"
         for m in (a, b)
-        if any(failure(r) is not None for r in runs[m])
+        if any(failed_runs[m])
     ]
     note = (
         f"target: {target:.1%} training error (one epoch's running mean), the highest any "
@@ -351,48 +402,36 @@ def claims(result: ComparisonResult) -> list[Claim]:
     out: list[Claim] = []
     early = max(1, cfg.epochs // 4)
     delta_epochs = cfg.delta_epochs * cfg.epochs
+    chance = _chance(result)
     for opt in cfg.optimizers:
         runs = {m: result.runs_of(opt, m) for m in cfg.methods}
-
         found = [
             _convergence(opt, "weight norm speeds up convergence", "wn-init", "normal-init",
-                         runs, delta_epochs),
+                         runs, delta_epochs, chance),
             _convergence(opt, "data-dependent init speeds up weight norm", "wn-init", "wn",
-                         runs, delta_epochs),
+                         runs, delta_epochs, chance),
+            _best_claim(
+                opt, "WN + mean-only BN gives the best test error", "test error", "wn-mobn",
+                {m: [r.final["test_error"] for r in runs[m]] for m in runs},
+                cfg.delta_test_error, "pp",
+                "paper, CIFAR-10: 7.31% vs 8.05% batch norm, 8.43% normal parameterization",
+            ),
+            _best_claim(
+                opt, "batch norm has the lowest training error early",
+                f"training error in epoch {early}", "bn",
+                {m: [r.curves["train_error"][early - 1] for r in runs[m]] for m in runs},
+                cfg.delta_train_error, "pp", "the training error as trained (dropout and noise on)",
+            ),
         ]  # fmt: skip
-        if "wn-mobn" in runs:
-            tests = {m: [r.final["test_error"] for r in runs[m]] for m in runs}
-            other = _best_other(tests, "wn-mobn")
-            if other:
-                found.append(
-                    _shift_claim(
-                        opt, "WN + mean-only BN gives the best test error", "test error",
-                        "wn-mobn", other[0], tests["wn-mobn"], other[1], cfg.delta_test_error,
-                        "pp", f"against the best other method by median, {other[0]} (paper, "
-                        "CIFAR-10: 7.31% vs 8.05% batch norm, 8.43% normal parameterization)",
-                    )
-                )  # fmt: skip
-        if "bn" in runs:
-            at = {m: [r.curves["train_error"][early - 1] for r in runs[m]] for m in runs}
-            other = _best_other(at, "bn")
-            if other:
-                found.append(
-                    _shift_claim(
-                        opt, "batch norm has the lowest training error early",
-                        f"training error in epoch {early}", "bn", other[0], at["bn"], other[1],
-                        cfg.delta_train_error, "pp",
-                        f"against the best other method by median there, {other[0]}",
-                    )
-                )  # fmt: skip
         ratios = result.step_time_ratios.get(opt, {})
-        if ratios.get("wn-init"):
-            base = next((m for m in ("normal-init", "normal") if m in ratios), "")
+        base = next((m for m in ("normal-init", "normal") if m in ratios), "")
+        if ratios.get("wn-init") and base:  # (else the timing pass had no unnormalized baseline)
             slower = [r - 1 for r in ratios["wn-init"]]
             effect = median_interval(slower, CONFIDENCE)
             found.append(
                 Claim(
                     opt, "weight norm is not noticeably slower",
-                    "training step time, wn-init / " + (base or "baseline") + " - 1",
+                    f"training step time, wn-init / {base} - 1",
                     "wn-init", base, slower, [], effect, cfg.delta_step_time, "%",
                     decide_at_most(effect, cfg.delta_step_time), "at most",
                     f"median of {len(slower)} interleaved timing rounds; held when the "
@@ -544,7 +583,7 @@ def _plot_curves(summaries: list[MethodSummary], result: ComparisonResult, out: 
         for (style, marker), s in zip(
             _STYLES * 2, (s for s in summaries if s.optimizer == opt), strict=False
         ):
-            runs = _trained(result.runs_of(opt, s.method))
+            runs = _trained(result.runs_of(opt, s.method), _chance(result))
             if not runs:  # failed on every seed: named in the legend, no curve
                 why = _status(s).replace("**", "")
                 axes[0].plot([], [], linestyle=":", color="0.5",
@@ -688,6 +727,7 @@ def write_report(
         "wall_time_s": result.wall_time_s,
         "chosen_lr": result.chosen_lr,
         "step_time_ratios": result.step_time_ratios,
+        "loaded_runs": result.loaded_runs,
         "summary": [asdict(s) for s in summaries],
         "claims": [asdict(c) for c in found],
         "runs": [to_json(r) for r in result.runs],
@@ -729,7 +769,11 @@ normal errors; a run that failed to train counts as never reaching the target an
 The rules, fixed before the run: **no difference larger than the margin** when the interval lies
 inside (-margin, +margin) (an equivalence test; it comes first: an interval that bounds the
 difference below what matters says so whatever its sign), **held** when it lies below 0,
-**did not hold** when it lies above 0, **inconclusive** otherwise. The timing claim is one-sided:
+**did not hold** when it lies above 0, **inconclusive** otherwise. A claim that one method is
+the best is checked against every other method at once: **did not hold** if one beats it,
+**held** if it beats every one, **no difference larger than the margin** if none beats it by
+more than the margin (it ties the best), and the effect shown is the deciding comparison. The
+timing claim is one-sided:
 **held** when the interval of the median slowdown (order statistics of the timing rounds) lies
 below its margin, **did not hold** above it. Margins: {cfg.delta_epochs:.0%} of the
 {cfg.epochs} epochs for convergence, {cfg.delta_test_error * 100:g} percentage points for test
@@ -770,8 +814,9 @@ test split. {len(result.runs)} runs, {diverged} of them diverged.
 ## Each method
 
 At its chosen learning rate; medians over the seeds that trained, with their 95% intervals
-(order statistics). A seed *failed to train* when it diverged or ended predicting one class for
-more than {CONSTANT_SHARE:.0%} of the test inputs (a constant prediction, at chance level).
+(order statistics). A seed *failed to train* when it diverged or ended no better than chance:
+a test error of at least {_chance(result):.2%}, the best constant prediction's (its most
+frequent class); a run that collapsed to a constant prediction is one.
 
 {_table(summaries)}
 
@@ -798,6 +843,36 @@ per run{f", {workers} parallel runs" if workers else ""}; wall time
 """
     atomic_write_text(out / "report.md", report)
     return payload
+
+
+def rewrite_report(out: str | Path) -> dict[str, Any]:
+    """Write ``out``'s report again from its ``results.json`` with this version's analysis:
+    the same runs, step times and wall time, nothing trained or timed (e.g. after an upgrade
+    changed the statistics). Returns what :func:`write_report` returns.
+
+    Example::
+
+        >>> rewrite_report("results/mnist1d")  # doctest: +SKIP
+    """
+    from .records import from_json
+    from .runner import ComparisonConfig
+
+    payload = json.loads((Path(out) / "results.json").read_text())
+    config = dict(payload["config"])
+    config["lr_grid"] = {k: tuple(v) for k, v in config["lr_grid"].items()}
+    for key in ("optimizers", "methods"):
+        config[key] = tuple(config[key])
+    result = ComparisonResult(
+        config=ComparisonConfig(**config),
+        runs=[from_json(RunRecord, r) for r in payload["runs"]],
+        chosen_lr=payload["chosen_lr"],
+        data=payload["data"],
+        wall_time_s=payload["wall_time_s"],
+        step_time_ratios=payload["step_time_ratios"],
+        loaded_runs=payload.get("loaded_runs", 0),
+    )
+    resolved = payload.get("resolved") or {}
+    return write_report(result, out, resolved=resolved, quick=bool(resolved.get("quick")))
 
 
 def _seeds(n: int) -> str:

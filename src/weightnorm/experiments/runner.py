@@ -604,6 +604,9 @@ def run_comparison(
             "val": len(data.val),
             "test": len(data.test),
             "input_shape": list(data.input_shape),
+            # the error of the best constant prediction (the most frequent test class): a run
+            # no better than this failed to train
+            "chance_error": 1 - float(torch.bincount(data.test.y).max()) / len(data.test),
         },
         wall_time_s=time.perf_counter() - start,
     )
