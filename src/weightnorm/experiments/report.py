@@ -119,22 +119,12 @@ class MethodSummary:
     test_errors: list[float]  # per seed (NaN: diverged)
     test_error: Interval | None  # median over the seeds that trained, None if none did
     mean_train_loss: Interval | None  # the training-loss curve's mean over the run
-    train_error_final: float  # mean over the seeds that trained
     step_time: list[float]  # per-round ratios to the normal parameterization (may be empty)
-    train_error_curve: list[float]  # mean over seeds, per epoch
-    test_error_curve: list[float]
 
     @property
     def trained(self) -> int:
         """Seeds at the chosen rate that trained."""
         return self.seeds - sum(self.failed.values())
-
-
-def _mean_curve(runs: Sequence[RunRecord], key: str) -> list[float]:
-    if not runs:
-        return []
-    curves = [r.curves[key] for r in runs]
-    return [nanmean([c[i] for c in curves]) for i in range(len(curves[0]))]
 
 
 def epochs_to(curve: Sequence[float], target: float, per_epoch: int = 1) -> float:
@@ -216,7 +206,6 @@ def summarize(result: ComparisonResult) -> list[MethodSummary]:
                 reason = failure(r, chance)
                 if reason:
                     failed[reason] = failed.get(reason, 0) + 1
-            final_train = [r.final["train_error"] for r in trained]
             summaries.append(
                 MethodSummary(
                     optimizer=opt,
@@ -229,10 +218,7 @@ def summarize(result: ComparisonResult) -> list[MethodSummary]:
                     test_errors=[r.final["test_error"] for r in runs],
                     test_error=_interval([r.final["test_error"] for r in trained]),
                     mean_train_loss=_interval([nanmean(r.fine["train_loss"]) for r in trained]),
-                    train_error_final=nanmean(final_train),
                     step_time=result.step_time_ratios.get(opt, {}).get(method, []),
-                    train_error_curve=_mean_curve(trained, "train_error"),
-                    test_error_curve=_mean_curve(trained, "test_error"),
                 )
             )
     return summaries
